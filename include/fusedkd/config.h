@@ -1,0 +1,26 @@
+// Compiler glue shared by the CPU and the CUDA kernels.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define FUSEDKD_HD __host__ __device__ __forceinline__
+#else
+// always_inline: the CPU kernels call these helpers inside `omp simd` loops, which vectorise only
+// when every call in the body has been inlined.
+#define FUSEDKD_HD inline __attribute__((always_inline))
+#endif
+
+namespace fusedkd {
+
+// Reinterpret the bits of one trivially copyable type as another of the same size.
+template <typename To, typename From>
+FUSEDKD_HD To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of one size");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+}  // namespace fusedkd

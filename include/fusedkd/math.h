@@ -1,0 +1,122 @@
+// The math of the row-wise ops, written once and used by both the CPU and the CUDA kernels.
+// Derivations: docs/math.md.
+#pragma once
+
+#include <cmath>
+#include <limits>
+
+#include "fusedkd/config.h"
+
+namespace fusedkd {
+
+constexpr double kLog2e = 1.4426950408889634;  // log2(e)
+constexpr double kLn2 = 0.6931471805599453;    // ln(2)
+
+template <typename Acc>
+FUSEDKD_HD Acc neg_infinity() {
+  return -std::numeric_limits<Acc>::infinity();
+}
+
+// 2^x for x <= 0 (or NaN), the only range the softmax family needs (logits minus their maximum).
+// On the GPU this is the hardware exp2; on the CPU a branch-free polynomial that vectorises:
+// x = n + f with n integral and |f| <= 1/2, 2^f from its degree-7 Taylor polynomial (relative
+// error below 1e-8, under float rounding), 2^n built in the exponent bits. Results below 2^-126
+// flush to 0; a NaN argument gives NaN.
+FUSEDKD_HD float exp2_nonpositive(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2f(x);
+#else
+  const float clamped = x < -126.0f ? -126.0f : x;  // NaN fails the test and stays NaN
+  constexpr float kRound = 12582912.0f;            // 1.5 * 2^23: adding it rounds to an integer
+  const float shifted = clamped + kRound;
+  const float n = shifted - kRound;
+  const float f = clamped - n;
+  float p = 1.525273380405984e-05f;
+  p = p * f + 1.5403530393381608e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.618129107628477e-03f;
+  p = p * f + 5.550410866482158e-02f;
+  p = p * f + 2.402265069591007e-01f;
+  p = p * f + 6.931471805599453e-01f;
+  p = p * f + 1.0f;
+  // The low mantissa bits of `shifted` hold n; n + 127 is the biased exponent of 2^n.
+  const std::int32_t n_int = bit_cast<std::int32_t>(shifted) - bit_cast<std::int32_t>(kRound);
+  const float scale = bit_cast<float>(static_cast<std::uint32_t>(n_int + 127) << 23);
+  return x < -126.0f ? 0.0f : p * scale;
+#endif
+}
+
+FUSEDKD_HD double exp2_nonpositive(double x) { return exp2(x); }
+
+// Running state of a softmax over part of a row, in the temperature-scaled domain:
+// `max` is the largest raw logit seen, `sum` = sum_j exp((x_j - max) / T).
+template <typename Acc>
+struct SoftmaxStats {
+  Acc max;
+  Acc sum;
+};
+
+// Merges two partial states (associative and commutative, so any reduction tree may use it).
+// `scale_log2` = log2(e) / T converts a logit difference to a base-2 exponent. Differences are
+// taken on raw logits before scaling, so a small T does not amplify the rounding of large logits.
+template <typename Acc>
+struct SoftmaxStatsMerge {
+  Acc scale_log2;
+  FUSEDKD_HD SoftmaxStats<Acc> operator()(const SoftmaxStats<Acc>& a,
+                                          const SoftmaxStats<Acc>& b) const {
+    const Acc m = a.max > b.max ? a.max : b.max;
+    if (m == neg_infinity<Acc>()) return {m, Acc(0)};  // both empty (or all -inf so far)
+    // A NaN max fails both comparisons above and turns the sum into NaN here.
+    const Acc sum = a.sum * exp2_nonpositive((a.max - m) * scale_log2) +
+                    b.sum * exp2_nonpositive((b.max - m) * scale_log2);
+    return {m, sum};
+  }
+};
+
+// exp((x - max) / T): a softmax numerator.
+template <typename Acc>
+FUSEDKD_HD Acc softmax_numerator(Acc x, Acc max, Acc scale_log2) {
+  return exp2_nonpositive((x - max) * scale_log2);
+}
+
+// One element's share of the row sum, exp((x - max) / T), with exact zeros for -inf logits even
+// when the max is -inf too (a slice of the row that is all masked); a NaN logit gives NaN.
+template <typename Acc>
+FUSEDKD_HD Acc softmax_sum_term(Acc x, Acc max, Acc scale_log2) {
+  return x == neg_infinity<Acc>() ? Acc(0) : exp2_nonpositive((x - max) * scale_log2);
+}
+
+// log_softmax(x / T) given the row statistics, with log_sum = log(stats.sum).
+template <typename Acc>
+FUSEDKD_HD Acc log_softmax_value(Acc x, Acc max, Acc inv_temperature, Acc log_sum) {
+  return (x - max) * inv_temperature - log_sum;
+}
+
+// Backward of y = softmax(x / T):  dx = (1/T) * y * (dy - sum_j dy_j y_j).
+// For a nearly one-hot row dy_k and the dot product agree in most digits; the dot product is
+// therefore accumulated in double and passed as an unevaluated sum dot_hi + dot_lo, so that
+// dy_k - dot_hi is exact and the small remainder keeps its digits (docs/math.md).
+template <typename Acc>
+FUSEDKD_HD Acc softmax_backward_value(Acc dy, Acc y, Acc dot_hi, Acc dot_lo, Acc inv_temperature) {
+  return inv_temperature * y * ((dy - dot_hi) - dot_lo);
+}
+
+// Splits a double into its nearest Acc and the remainder.
+template <typename Acc>
+struct SplitSum {
+  Acc hi;
+  Acc lo;
+};
+template <typename Acc>
+FUSEDKD_HD SplitSum<Acc> split_sum(double sum) {
+  const Acc hi = static_cast<Acc>(sum);
+  return {hi, static_cast<Acc>(sum - static_cast<double>(hi))};
+}
+
+// Backward of z = log_softmax(x / T):  dx = (1/T) * (dy - exp(z) * sum_j dy_j).
+template <typename Acc>
+FUSEDKD_HD Acc log_softmax_backward_value(Acc dy, Acc z, Acc sum_dy, Acc inv_temperature) {
+  return inv_temperature * (dy - exp2_nonpositive(z * Acc(kLog2e)) * sum_dy);
+}
+
+}  // namespace fusedkd

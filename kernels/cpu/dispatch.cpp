@@ -1,0 +1,57 @@
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu_kernels.h"
+#include "../validate.h"
+
+namespace fusedkd {
+namespace cpu {
+
+Isa selected_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::Baseline;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
+    if (best == Isa::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      best = Isa::Avx512;
+#endif
+    if (const char* cap = std::getenv("FUSEDKD_CPU_ISA")) {
+      if (std::strcmp(cap, "baseline") == 0) best = Isa::Baseline;
+      else if (std::strcmp(cap, "avx2") == 0 && best == Isa::Avx512) best = Isa::Avx2;
+    }
+    return best;
+  }();
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Baseline: return "baseline";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "unknown";
+}
+
+}  // namespace cpu
+
+#define FUSEDKD_CPU_DISPATCH(fn, args, executor)                         \
+  switch (cpu::selected_isa()) {                                         \
+    case cpu::Isa::Avx512: return cpu::avx512::fn(args, executor);       \
+    case cpu::Isa::Avx2: return cpu::avx2::fn(args, executor);           \
+    case cpu::Isa::Baseline: return cpu::baseline::fn(args, executor);   \
+  }
+
+void softmax_forward_cpu(const SoftmaxForwardArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  FUSEDKD_CPU_DISPATCH(softmax_forward, args, executor)
+}
+
+void softmax_backward_cpu(const SoftmaxBackwardArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  FUSEDKD_CPU_DISPATCH(softmax_backward, args, executor)
+}
+
+}  // namespace fusedkd

@@ -1,0 +1,39 @@
+#include "cuda_utils.cuh"
+
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fusedkd::cuda {
+
+void throw_cuda_error(cudaError_t error, const char* what, const char* file, int line) {
+  throw std::runtime_error(std::string("fusedkd: CUDA error '") + cudaGetErrorString(error) +
+                           "' from " + what + " at " + file + ":" + std::to_string(line));
+}
+
+int multiprocessor_count() {
+  static std::mutex mutex;
+  static std::vector<int> counts;
+  int device = 0;
+  FUSEDKD_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (device >= static_cast<int>(counts.size())) counts.resize(device + 1, 0);
+  if (counts[device] == 0) {
+    FUSEDKD_CUDA_CHECK(
+        cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
+  }
+  return counts[device];
+}
+
+unsigned int grid_size(std::int64_t work_items, int items_per_block, int block_threads) {
+  const std::int64_t needed = (work_items + items_per_block - 1) / items_per_block;
+  // 2048 resident threads per SM on sm_80/sm_90; four waves of blocks keep every SM busy while
+  // the grid-stride loops pick up the remainder.
+  const std::int64_t cap =
+      static_cast<std::int64_t>(multiprocessor_count()) * (2048 / block_threads) * 4;
+  const std::int64_t blocks = needed < cap ? needed : cap;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : blocks);
+}
+
+}  // namespace fusedkd::cuda

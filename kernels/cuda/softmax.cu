@@ -1,0 +1,322 @@
+// CUDA temperature softmax / log-softmax, forward and backward.
+//
+// Rows up to 16 * 1024 elements are held in registers and read from device memory once
+// (RowTile): a sub-warp or warp per row for short rows, a block per row for long ones, one
+// CUB reduction of the online-softmax state per row. Longer rows are read twice by a block
+// per row (statistics, then output), the second read mostly from L2. See docs/architecture.md.
+#include <cmath>
+
+#include "fusedkd/math.h"
+#include "fusedkd/softmax.h"
+#include "row_tile.cuh"
+#include "../validate.h"
+
+namespace fusedkd::cuda {
+namespace {
+
+// Elements each thread keeps per array in the register-tile kernels.
+constexpr int kElementsPerThread = 16;
+constexpr int kStreamingBlock = 512;
+
+struct ForwardParams {
+  const void* input;
+  void* output;
+  std::int64_t rows;
+  int cols;
+  std::int64_t input_row_stride;
+  double temperature;
+  bool log;
+};
+
+struct BackwardParams {
+  const void* grad_output;
+  const void* output;
+  void* grad_input;
+  std::int64_t rows;
+  int cols;
+  std::int64_t grad_output_row_stride;
+  std::int64_t output_row_stride;
+  double temperature;
+  bool log;
+};
+
+// ---------------------------------------------------------------- register-tile kernels
+
+template <typename T, int THREADS, int BLOCK, int ITEMS>
+__global__ void __launch_bounds__(BLOCK) softmax_forward_tile_kernel(ForwardParams p) {
+  using Acc = acc_t<T>;
+  using Reduce = RowAllReduce<SoftmaxStats<Acc>, THREADS, BLOCK>;
+  constexpr int kWidth = Pack<T>::kWidth;
+  __shared__ typename Reduce::TempStorage storage;
+  const RowGroup<THREADS, BLOCK> g;
+  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
+  const Acc scale = static_cast<Acc>(kLog2e / p.temperature);
+  const SoftmaxStatsMerge<Acc> merge{scale};
+
+  for (std::int64_t row = g.first_row(); row < p.rows; row += g.row_step()) {
+    const T* in = static_cast<const T*>(p.input) + row * p.input_row_stride;
+    T* out = static_cast<T*>(p.output) + row * p.cols;
+    const int head = chunk_head(out);
+    RowTile<T, THREADS, ITEMS> x;
+    x.load(in, p.cols, head, g.lane, neg_infinity<Acc>());
+
+    SoftmaxStats<Acc> local{neg_infinity<Acc>(), Acc(0)};
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) local.max = x.v[i][k] > local.max ? x.v[i][k] : local.max;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) local.sum += softmax_sum_term(x.v[i][k], local.max, scale);
+    const SoftmaxStats<Acc> stats = Reduce::run(local, merge, storage, g.group);
+
+    if (p.log) {
+      const Acc log_sum = log(stats.sum);
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+        for (int k = 0; k < kWidth; ++k)
+          x.v[i][k] = log_softmax_value(x.v[i][k], stats.max, inv_temperature, log_sum);
+    } else {
+      const Acc inv_sum = Acc(1) / stats.sum;
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+        for (int k = 0; k < kWidth; ++k)
+          x.v[i][k] = softmax_numerator(x.v[i][k], stats.max, scale) * inv_sum;
+    }
+    x.store(out, p.cols, head, g.lane);
+  }
+}
+
+template <typename T, int THREADS, int BLOCK, int ITEMS>
+__global__ void __launch_bounds__(BLOCK) softmax_backward_tile_kernel(BackwardParams p) {
+  using Acc = acc_t<T>;
+  using Reduce = RowAllReduce<double, THREADS, BLOCK>;
+  constexpr int kWidth = Pack<T>::kWidth;
+  __shared__ typename Reduce::TempStorage storage;
+  const RowGroup<THREADS, BLOCK> g;
+  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
+
+  for (std::int64_t row = g.first_row(); row < p.rows; row += g.row_step()) {
+    const T* dy_row = static_cast<const T*>(p.grad_output) + row * p.grad_output_row_stride;
+    const T* y_row = static_cast<const T*>(p.output) + row * p.output_row_stride;
+    T* dx_row = static_cast<T*>(p.grad_input) + row * p.cols;
+    const int head = chunk_head(dx_row);
+    RowTile<T, THREADS, ITEMS> dy;
+    RowTile<T, THREADS, ITEMS> y;
+    dy.load(dy_row, p.cols, head, g.lane, Acc(0));
+    y.load(y_row, p.cols, head, g.lane, Acc(0));
+
+    // softmax: sum_j dy_j y_j, in double (see softmax_backward_value); log-softmax: sum_j dy_j.
+    // Padding is 0 in both.
+    double local = 0;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k)
+        local += p.log ? static_cast<double>(dy.v[i][k])
+                       : static_cast<double>(dy.v[i][k]) * static_cast<double>(y.v[i][k]);
+    const SplitSum<Acc> reduced = split_sum<Acc>(Reduce::run(local, AddOp<double>{}, storage, g.group));
+
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i)
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k)
+        dy.v[i][k] = p.log ? log_softmax_backward_value(dy.v[i][k], y.v[i][k], reduced.hi, inv_temperature)
+                           : softmax_backward_value(dy.v[i][k], y.v[i][k], reduced.hi, reduced.lo,
+                                                    inv_temperature);
+    dy.store(dx_row, p.cols, head, g.lane);
+  }
+}
+
+// ---------------------------------------------------------------- long rows: two reads
+
+template <typename T, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) softmax_forward_streaming_kernel(ForwardParams p) {
+  using Acc = acc_t<T>;
+  using Reduce = RowAllReduce<SoftmaxStats<Acc>, BLOCK, BLOCK>;
+  constexpr int kWidth = Pack<T>::kWidth;
+  __shared__ typename Reduce::TempStorage storage;
+  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
+  const Acc scale = static_cast<Acc>(kLog2e / p.temperature);
+  const SoftmaxStatsMerge<Acc> merge{scale};
+
+  for (std::int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const T* in = static_cast<const T*>(p.input) + row * p.input_row_stride;
+    T* out = static_cast<T*>(p.output) + row * p.cols;
+    const int head = chunk_head(out);
+    const bool in_vector_ok = chunk_head(in) == head;
+    const std::int64_t chunks = (p.cols + head + kWidth - 1) / kWidth;
+
+    SoftmaxStats<Acc> local{neg_infinity<Acc>(), Acc(0)};
+    for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
+      Acc v[kWidth];
+      load_chunk(in, p.cols, head, c, in_vector_ok, /*streaming=*/false, v, neg_infinity<Acc>());
+      SoftmaxStats<Acc> chunk{neg_infinity<Acc>(), Acc(0)};
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) chunk.max = v[k] > chunk.max ? v[k] : chunk.max;
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) chunk.sum += softmax_sum_term(v[k], chunk.max, scale);
+      local = merge(local, chunk);
+    }
+    const SoftmaxStats<Acc> stats = Reduce::run(local, merge, storage, 0);
+    const Acc log_sum = log(stats.sum);
+    const Acc inv_sum = Acc(1) / stats.sum;
+
+    for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
+      Acc v[kWidth];
+      load_chunk(in, p.cols, head, c, in_vector_ok, /*streaming=*/true, v, Acc(0));
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k)
+        v[k] = p.log ? log_softmax_value(v[k], stats.max, inv_temperature, log_sum)
+                     : softmax_numerator(v[k], stats.max, scale) * inv_sum;
+      store_chunk(out, p.cols, head, c, /*vector_ok=*/true, v);
+    }
+  }
+}
+
+template <typename T, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) softmax_backward_streaming_kernel(BackwardParams p) {
+  using Acc = acc_t<T>;
+  using Reduce = RowAllReduce<double, BLOCK, BLOCK>;
+  constexpr int kWidth = Pack<T>::kWidth;
+  __shared__ typename Reduce::TempStorage storage;
+  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
+
+  for (std::int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const T* dy_row = static_cast<const T*>(p.grad_output) + row * p.grad_output_row_stride;
+    const T* y_row = static_cast<const T*>(p.output) + row * p.output_row_stride;
+    T* dx_row = static_cast<T*>(p.grad_input) + row * p.cols;
+    const int head = chunk_head(dx_row);
+    const bool dy_vector_ok = chunk_head(dy_row) == head;
+    const bool y_vector_ok = chunk_head(y_row) == head;
+    const std::int64_t chunks = (p.cols + head + kWidth - 1) / kWidth;
+
+    double local = 0;
+    for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
+      Acc dy[kWidth];
+      load_chunk(dy_row, p.cols, head, c, dy_vector_ok, /*streaming=*/false, dy, Acc(0));
+      if (p.log) {
+#pragma unroll
+        for (int k = 0; k < kWidth; ++k) local += static_cast<double>(dy[k]);
+      } else {
+        Acc y[kWidth];
+        load_chunk(y_row, p.cols, head, c, y_vector_ok, /*streaming=*/false, y, Acc(0));
+#pragma unroll
+        for (int k = 0; k < kWidth; ++k) local += static_cast<double>(dy[k]) * static_cast<double>(y[k]);
+      }
+    }
+    const SplitSum<Acc> reduced = split_sum<Acc>(Reduce::run(local, AddOp<double>{}, storage, 0));
+
+    for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
+      Acc dy[kWidth];
+      Acc y[kWidth];
+      load_chunk(dy_row, p.cols, head, c, dy_vector_ok, /*streaming=*/true, dy, Acc(0));
+      load_chunk(y_row, p.cols, head, c, y_vector_ok, /*streaming=*/true, y, Acc(0));
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k)
+        dy[k] = p.log ? log_softmax_backward_value(dy[k], y[k], reduced.hi, inv_temperature)
+                      : softmax_backward_value(dy[k], y[k], reduced.hi, reduced.lo, inv_temperature);
+      store_chunk(dx_row, p.cols, head, c, /*vector_ok=*/true, dy);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dispatch by row length
+
+// The smallest configuration whose threads hold a whole row, else the streaming kernel.
+// MAX_BLOCK caps the block-per-row tile: at 1024 threads a thread has 64 registers, too few for
+// two register tiles (backward) or for double tiles without spilling (ptxas -warn-spills).
+// `launch` is called as launch.tile<THREADS, BLOCK, ITEMS>() or, for rows too long for
+// registers, launch.streaming().
+template <typename T, int MAX_BLOCK, typename Launch>
+void dispatch_row_length(int cols, Launch&& launch) {
+  constexpr int kItems = kElementsPerThread / Pack<T>::kWidth;
+  const std::int64_t chunks = max_chunks_per_row<T>(cols);
+  if (chunks <= 4) return launch.template tile<4, 128, 1>();
+  if (chunks <= 8) return launch.template tile<8, 128, 1>();
+  if (chunks <= 16) return launch.template tile<16, 128, 1>();
+  if (chunks <= 32) return launch.template tile<32, 128, 1>();
+  if (chunks <= 32 * kItems) return launch.template tile<32, 128, kItems>();
+  if (chunks <= 128 * kItems) return launch.template tile<128, 128, kItems>();
+  if (chunks <= 256 * kItems) return launch.template tile<256, 256, kItems>();
+  if (chunks <= 512 * kItems) return launch.template tile<512, 512, kItems>();
+  if constexpr (MAX_BLOCK >= 1024) {
+    if (chunks <= 1024 * kItems) return launch.template tile<1024, 1024, kItems>();
+  }
+  return launch.streaming();
+}
+
+template <typename T>
+struct ForwardLaunch {
+  const ForwardParams& p;
+  cudaStream_t stream;
+  template <int THREADS, int BLOCK, int ITEMS>
+  void tile() const {
+    constexpr int kRowsPerBlock = BLOCK / THREADS;
+    softmax_forward_tile_kernel<T, THREADS, BLOCK, ITEMS>
+        <<<grid_size(p.rows, kRowsPerBlock, BLOCK), BLOCK, 0, stream>>>(p);
+  }
+  void streaming() const {
+    softmax_forward_streaming_kernel<T, kStreamingBlock>
+        <<<grid_size(p.rows, 1, kStreamingBlock), kStreamingBlock, 0, stream>>>(p);
+  }
+};
+
+template <typename T>
+struct BackwardLaunch {
+  const BackwardParams& p;
+  cudaStream_t stream;
+  template <int THREADS, int BLOCK, int ITEMS>
+  void tile() const {
+    constexpr int kRowsPerBlock = BLOCK / THREADS;
+    softmax_backward_tile_kernel<T, THREADS, BLOCK, ITEMS>
+        <<<grid_size(p.rows, kRowsPerBlock, BLOCK), BLOCK, 0, stream>>>(p);
+  }
+  void streaming() const {
+    softmax_backward_streaming_kernel<T, kStreamingBlock>
+        <<<grid_size(p.rows, 1, kStreamingBlock), kStreamingBlock, 0, stream>>>(p);
+  }
+};
+
+}  // namespace
+}  // namespace fusedkd::cuda
+
+namespace fusedkd {
+
+void softmax_forward_cuda(const SoftmaxForwardArgs& args, CUstream_st* stream) {
+  detail::validate(args);
+  if (args.rows == 0) return;
+  const cuda::ForwardParams p{args.input,       args.output,      args.rows,
+                              static_cast<int>(args.cols), args.input_row_stride,
+                              args.temperature, args.kind == SoftmaxKind::LogSoftmax};
+  cuda::dispatch_dtype(args.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int kMaxBlock = sizeof(cuda::acc_t<T>) == 8 ? 512 : 1024;
+    cuda::dispatch_row_length<T, kMaxBlock>(p.cols, cuda::ForwardLaunch<T>{p, stream});
+  });
+  FUSEDKD_CUDA_CHECK(cudaGetLastError());
+}
+
+void softmax_backward_cuda(const SoftmaxBackwardArgs& args, CUstream_st* stream) {
+  detail::validate(args);
+  if (args.rows == 0) return;
+  const cuda::BackwardParams p{args.grad_output,
+                               args.output,
+                               args.grad_input,
+                               args.rows,
+                               static_cast<int>(args.cols),
+                               args.grad_output_row_stride,
+                               args.output_row_stride,
+                               args.temperature,
+                               args.kind == SoftmaxKind::LogSoftmax};
+  cuda::dispatch_dtype(args.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    cuda::dispatch_row_length<T, 512>(p.cols, cuda::BackwardLaunch<T>{p, stream});
+  });
+  FUSEDKD_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fusedkd

@@ -1,0 +1,381 @@
+// The kernel library alone (no LibTorch): softmax / log-softmax launchers against the float64
+// reference, CPU and CUDA, every dtype, short to long rows, strided and misaligned rows, masked
+// entries, temperatures from 0.05 to 100; outputs are poisoned with NaN before each launch.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fusedkd/build_config.h"
+#include "fusedkd/math.h"
+#include "fusedkd/softmax.h"
+#include "reference.h"
+
+#if FUSEDKD_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace fusedkd::testing {
+namespace {
+
+// Host storage of doubles converted to one of the kernel dtypes.
+struct Buffer {
+  DType dtype;
+  std::vector<unsigned char> bytes;
+
+  Buffer(DType type, std::size_t count) : dtype(type), bytes(count * dtype_size(type)) {}
+  static Buffer from(DType type, const std::vector<double>& values) {
+    Buffer b(type, values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) b.set(i, values[i]);
+    return b;
+  }
+  std::size_t size() const { return bytes.size() / dtype_size(dtype); }
+  void set(std::size_t i, double v) {
+    void* p = bytes.data() + i * dtype_size(dtype);
+    switch (dtype) {
+      case DType::Float32: { float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
+      case DType::Float64: std::memcpy(p, &v, 8); break;
+      case DType::Float16: { Half h = float_to_half(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
+      case DType::BFloat16: { BFloat16 h = float_to_bfloat16(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
+    }
+  }
+  double get(std::size_t i) const {
+    const void* p = bytes.data() + i * dtype_size(dtype);
+    switch (dtype) {
+      case DType::Float32: { float f; std::memcpy(&f, p, 4); return f; }
+      case DType::Float64: { double d; std::memcpy(&d, p, 8); return d; }
+      case DType::Float16: { Half h; std::memcpy(&h, p, 2); return half_to_float(h); }
+      case DType::BFloat16: { BFloat16 h; std::memcpy(&h, p, 2); return bfloat16_to_float(h); }
+    }
+    return 0;
+  }
+  std::vector<double> values() const {
+    std::vector<double> v(size());
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = get(i);
+    return v;
+  }
+  void poison() { std::memset(bytes.data(), 0xFF, bytes.size()); }  // NaN in every float format
+  void* data() { return bytes.data(); }
+};
+
+double tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::Float64: return 1e-12;
+    case DType::Float32: return 5e-6;
+    default: return 1e-2;
+  }
+}
+
+// float16 stores magnitudes below its smallest normal, 2^-14, with few digits (tiny gradients of
+// long rows at high temperature): errors are measured against at least that scale.
+double resolution_floor(DType dtype) { return dtype == DType::Float16 ? std::ldexp(1.0, -14) : 0.0; }
+
+enum class Backend { Cpu, Cuda };
+
+struct Case {
+  Backend backend;
+  DType dtype;
+  SoftmaxKind kind;
+  std::int64_t rows;
+  std::int64_t cols;
+  std::int64_t pad;     // extra elements between input rows (row stride = cols + pad)
+  std::int64_t offset;  // elements between the allocation start and row 0 (misaligns rows)
+  double masked;        // fraction of -inf entries
+  double temperature;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  std::ostringstream s;
+  s << (c.backend == Backend::Cpu ? "Cpu" : "Cuda") << "_" << dtype_name(c.dtype) << "_"
+    << (c.kind == SoftmaxKind::Softmax ? "softmax" : "logsoftmax") << "_R" << c.rows << "_V" << c.cols
+    << "_pad" << c.pad << "_off" << c.offset << (c.masked > 0 ? "_masked" : "") << "_T"
+    << static_cast<int>(c.temperature * 100);
+  return s.str();
+}
+
+// Copies `rows` strided rows out of a flat buffer of values.
+std::vector<double> compact_rows(const std::vector<double>& flat, const Case& c) {
+  std::vector<double> out(static_cast<std::size_t>(c.rows * c.cols));
+  for (std::int64_t r = 0; r < c.rows; ++r)
+    for (std::int64_t j = 0; j < c.cols; ++j)
+      out[r * c.cols + j] = flat[c.offset + r * (c.cols + c.pad) + j];
+  return out;
+}
+
+#if FUSEDKD_WITH_CUDA
+bool cuda_device_present() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+// A device copy of a host buffer that is copied back on request.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;
+  explicit DeviceBuffer(const Buffer& host) : bytes(host.bytes.size()) {
+    EXPECT_EQ(cudaMalloc(&ptr, bytes ? bytes : 1), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(ptr, host.bytes.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  void copy_to(Buffer& host) const {
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(host.bytes.data(), ptr, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  }
+};
+#endif
+
+void skip_without_device(const Case& c) {
+  if (c.backend != Backend::Cuda) return;
+#if FUSEDKD_WITH_CUDA
+  if (!cuda_device_present()) GTEST_SKIP() << "skipped: no CUDA device";
+#else
+  GTEST_SKIP() << "skipped: built without CUDA";
+#endif
+}
+
+class SoftmaxKernel : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SoftmaxKernel, ForwardMatchesFloat64Reference) {
+  const Case c = GetParam();
+  skip_without_device(c);
+  if (::testing::Test::IsSkipped()) return;
+  const std::int64_t stride = c.cols + c.pad;
+  const std::uint64_t seed = static_cast<std::uint64_t>(c.rows * 7919 + c.cols * 31 + c.pad);
+  // Logits are rounded to the dtype first: the reference sees exactly what the kernel reads.
+  const std::vector<double> raw = random_logits(1, c.offset + c.rows * stride, seed, 3.0, c.masked);
+  const Buffer input = Buffer::from(c.dtype, raw);
+  const std::vector<double> ref =
+      softmax_reference(compact_rows(input.values(), c), c.rows, c.cols, c.temperature,
+                        c.kind == SoftmaxKind::LogSoftmax);
+  Buffer output(c.dtype, static_cast<std::size_t>(c.rows * c.cols));
+  output.poison();
+
+  SoftmaxForwardArgs args;
+  args.dtype = c.dtype;
+  args.rows = c.rows;
+  args.cols = c.cols;
+  args.input_row_stride = stride;
+  args.temperature = c.temperature;
+  args.kind = c.kind;
+  const std::size_t offset_bytes = static_cast<std::size_t>(c.offset) * dtype_size(c.dtype);
+  if (c.backend == Backend::Cpu) {
+    args.input = input.bytes.data() + offset_bytes;
+    args.output = output.data();
+    softmax_forward_cpu(args);
+  } else {
+#if FUSEDKD_WITH_CUDA
+    DeviceBuffer d_input(input);
+    DeviceBuffer d_output(output);
+    args.input = static_cast<unsigned char*>(d_input.ptr) + offset_bytes;
+    args.output = d_output.ptr;
+    softmax_forward_cuda(args, nullptr);
+    d_output.copy_to(output);
+#endif
+  }
+  const double error = relative_error(output.values(), ref, resolution_floor(c.dtype));
+  EXPECT_LT(error, tolerance(c.dtype)) << case_name({c, 0});
+}
+
+TEST_P(SoftmaxKernel, BackwardMatchesFloat64Reference) {
+  const Case c = GetParam();
+  skip_without_device(c);
+  if (::testing::Test::IsSkipped()) return;
+  const bool log = c.kind == SoftmaxKind::LogSoftmax;
+  const std::int64_t stride = c.cols + c.pad;
+  const std::uint64_t seed = static_cast<std::uint64_t>(c.rows * 104729 + c.cols * 17 + c.pad);
+  // The forward output (as the dtype stores it) and an upstream gradient, both with row stride.
+  const std::vector<double> logits = random_logits(c.rows, c.cols, seed, 3.0, c.masked);
+  const std::vector<double> forward = softmax_reference(logits, c.rows, c.cols, c.temperature, log);
+  const std::vector<double> upstream = random_logits(1, c.offset + c.rows * stride, seed + 1, 1.0);
+  std::vector<double> out_flat(static_cast<std::size_t>(c.offset + c.rows * stride), 0.0);
+  for (std::int64_t r = 0; r < c.rows; ++r)
+    for (std::int64_t j = 0; j < c.cols; ++j)
+      out_flat[c.offset + r * stride + j] = forward[r * c.cols + j];
+  const Buffer grad_output = Buffer::from(c.dtype, upstream);
+  const Buffer output = Buffer::from(c.dtype, out_flat);
+  const std::vector<double> ref =
+      softmax_backward_reference(compact_rows(grad_output.values(), c), compact_rows(output.values(), c),
+                                 c.rows, c.cols, c.temperature, log);
+  Buffer grad_input(c.dtype, static_cast<std::size_t>(c.rows * c.cols));
+  grad_input.poison();
+
+  SoftmaxBackwardArgs args;
+  args.dtype = c.dtype;
+  args.rows = c.rows;
+  args.cols = c.cols;
+  args.grad_output_row_stride = stride;
+  args.output_row_stride = stride;
+  args.temperature = c.temperature;
+  args.kind = c.kind;
+  const std::size_t offset_bytes = static_cast<std::size_t>(c.offset) * dtype_size(c.dtype);
+  if (c.backend == Backend::Cpu) {
+    args.grad_output = grad_output.bytes.data() + offset_bytes;
+    args.output = output.bytes.data() + offset_bytes;
+    args.grad_input = grad_input.data();
+    softmax_backward_cpu(args);
+  } else {
+#if FUSEDKD_WITH_CUDA
+    DeviceBuffer d_grad_output(grad_output);
+    DeviceBuffer d_output(output);
+    DeviceBuffer d_grad_input(grad_input);
+    args.grad_output = static_cast<unsigned char*>(d_grad_output.ptr) + offset_bytes;
+    args.output = static_cast<unsigned char*>(d_output.ptr) + offset_bytes;
+    args.grad_input = d_grad_input.ptr;
+    softmax_backward_cuda(args, nullptr);
+    d_grad_input.copy_to(grad_input);
+#endif
+  }
+  const double error = relative_error(grad_input.values(), ref, resolution_floor(c.dtype));
+  EXPECT_LT(error, tolerance(c.dtype)) << case_name({c, 0});
+}
+
+std::vector<Case> all_cases() {
+  struct Shape {
+    std::int64_t rows, cols, pad, offset;
+    double masked;
+  };
+  // Every row-length regime of the CUDA dispatch (sub-warp, warp, block tiles, two-read rows)
+  // and the CPU kernels' scalar tails.
+  const Shape shapes[] = {{0, 5, 0, 0, 0},       {1, 1, 0, 0, 0},      {5, 3, 2, 1, 0},
+                          {37, 7, 0, 0, 0},      {8, 33, 1, 0, 0},     {6, 130, 0, 3, 0.2},
+                          {4, 1031, 0, 0, 0},    {3, 4096, 4, 0, 0},   {2, 5000, 0, 1, 0},
+                          {2, 16384, 0, 0, 0.1}, {2, 20000, 3, 0, 0},  {1, 131072, 0, 0, 0}};
+  const double temperatures[] = {1.0, 0.05, 0.5, 4.0, 20.0, 100.0};
+  const DType dtypes[] = {DType::Float32, DType::Float64, DType::Float16, DType::BFloat16};
+  std::vector<Case> cases;
+  int t = 0;
+  for (Backend backend : {Backend::Cpu, Backend::Cuda})
+    for (DType dtype : dtypes)
+      for (SoftmaxKind kind : {SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax})
+        for (const Shape& s : shapes)
+          cases.push_back({backend, dtype, kind, s.rows, s.cols, s.pad, s.offset, s.masked,
+                           temperatures[t++ % 6]});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, SoftmaxKernel, ::testing::ValuesIn(all_cases()), case_name);
+
+// ---------------------------------------------------------------- shared math and conversions
+
+TEST(SharedMath, Exp2NonpositiveIsAccurateAndHandlesSpecialValues) {
+  double worst = 0;
+  for (int i = 0; i <= 1260000; ++i) {
+    const float x = -static_cast<float>(i) * 1e-4f;  // [-126, 0]
+    const double ref = std::exp2(static_cast<double>(x));
+    worst = std::max(worst, std::abs(exp2_nonpositive(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 3e-7);
+  EXPECT_EQ(exp2_nonpositive(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(exp2_nonpositive(-1000.0f), 0.0f);
+  EXPECT_EQ(exp2_nonpositive(0.0f), 1.0f);
+  EXPECT_TRUE(std::isnan(exp2_nonpositive(std::numeric_limits<float>::quiet_NaN())));
+}
+
+TEST(SharedMath, StatsMergeIsOrderIndependent) {
+  const SoftmaxStatsMerge<double> merge{kLog2e / 2.0};
+  const SoftmaxStats<double> a{1.0, 2.0}, b{5.0, 1.5}, c{-3.0, 4.0};
+  const SoftmaxStats<double> empty{neg_infinity<double>(), 0.0};
+  const auto left = merge(merge(a, b), c);
+  const auto right = merge(a, merge(c, b));
+  EXPECT_DOUBLE_EQ(left.max, 5.0);
+  EXPECT_NEAR(left.sum, right.sum, 1e-14);
+  const double expected = 2.0 * std::exp((1.0 - 5.0) / 2) + 1.5 + 4.0 * std::exp((-3.0 - 5.0) / 2);
+  EXPECT_NEAR(left.sum, expected, 1e-14);
+  EXPECT_EQ(merge(empty, empty).sum, 0.0);
+  EXPECT_DOUBLE_EQ(merge(empty, a).sum, a.sum);
+}
+
+TEST(Conversions, HalfRoundTripsEveryValue) {
+  for (std::uint32_t bits = 0; bits < 65536; ++bits) {
+    const Half h{static_cast<std::uint16_t>(bits)};
+    const float f = half_to_float(h);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(half_to_float(float_to_half(f))));
+      continue;
+    }
+    ASSERT_EQ(float_to_half(f).bits, h.bits) << "bits " << bits;
+  }
+  EXPECT_EQ(half_to_float(float_to_half(1e6f)), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(half_to_float(float_to_half(1.0f + 1.0f / 4096)), 1.0f);  // ties to even
+  EXPECT_EQ(half_to_float(Half{0x0001}), std::ldexp(1.0f, -24));     // smallest subnormal
+}
+
+TEST(Conversions, BFloat16RoundTripsEveryValueAndRoundsToNearestEven) {
+  for (std::uint32_t bits = 0; bits < 65536; ++bits) {
+    const BFloat16 b{static_cast<std::uint16_t>(bits)};
+    const float f = bfloat16_to_float(b);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(bfloat16_to_float(float_to_bfloat16(f))));
+      continue;
+    }
+    ASSERT_EQ(float_to_bfloat16(f).bits, b.bits) << "bits " << bits;
+  }
+  EXPECT_EQ(bfloat16_to_float(float_to_bfloat16(1.0f + 1.0f / 256)), 1.0f);  // tie -> even
+  EXPECT_EQ(bfloat16_to_float(float_to_bfloat16(1.0f + 3.0f / 256)), 1.0f + 4.0f / 256);
+}
+
+TEST(Launchers, RejectBadArguments) {
+  std::vector<float> x(8, 0.f), y(8, 0.f);
+  SoftmaxForwardArgs args;
+  args.input = x.data();
+  args.output = y.data();
+  args.rows = 2;
+  args.cols = 4;
+  args.input_row_stride = 4;
+  SoftmaxForwardArgs bad = args;
+  bad.cols = 0;
+  EXPECT_THROW(softmax_forward_cpu(bad), std::invalid_argument);
+  bad = args;
+  bad.temperature = 0;
+  EXPECT_THROW(softmax_forward_cpu(bad), std::invalid_argument);
+  bad.temperature = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_THROW(softmax_forward_cpu(bad), std::invalid_argument);
+  bad.temperature = std::numeric_limits<double>::infinity();
+  EXPECT_THROW(softmax_forward_cpu(bad), std::invalid_argument);
+  bad = args;
+  bad.output = nullptr;
+  EXPECT_THROW(softmax_forward_cpu(bad), std::invalid_argument);
+  bad = args;
+  bad.rows = 0;
+  bad.input = bad.output = nullptr;
+  EXPECT_NO_THROW(softmax_forward_cpu(bad));  // an empty batch needs no memory
+}
+
+// A caller's own parallel_for (as the LibTorch ops pass in) gets every row exactly once.
+// (The CPU cases above run once per instruction set: tests/CMakeLists.txt sets FUSEDKD_CPU_ISA.)
+TEST(CpuExecutor, CustomParallelForCoversEveryRowOnce) {
+  const std::int64_t rows = 101, cols = 77;
+  const Buffer input = Buffer::from(DType::Float32, random_logits(rows, cols, 5));
+  Buffer output(DType::Float32, rows * cols);
+  output.poison();
+  std::vector<int> visits(rows, 0);
+  CpuExecutor executor;
+  executor.parallel_for = [&](std::int64_t n, std::int64_t grain, const CpuExecutor::Body& body) {
+    EXPECT_EQ(n, rows);
+    for (std::int64_t begin = 0; begin < n; begin += 3) {
+      const std::int64_t end = std::min(n, begin + 3);
+      for (std::int64_t r = begin; r < end; ++r) ++visits[r];
+      body(begin, end);
+    }
+    (void)grain;
+  };
+  SoftmaxForwardArgs args;
+  args.input = input.bytes.data();
+  args.output = output.data();
+  args.rows = rows;
+  args.cols = cols;
+  args.input_row_stride = cols;
+  args.temperature = 2.0;
+  softmax_forward_cpu(args, executor);
+  for (int v : visits) EXPECT_EQ(v, 1);
+  EXPECT_LT(relative_error(output.values(), softmax_reference(input.values(), rows, cols, 2.0, false)),
+            5e-6);
+}
+
+}  // namespace
+}  // namespace fusedkd::testing

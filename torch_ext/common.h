@@ -1,0 +1,35 @@
+// Shared pieces of the LibTorch ops: argument checks with op-named messages, the mapping to the
+// kernel library's types, and the row view of a [*, V] tensor.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "fusedkd/cpu_executor.h"
+#include "fusedkd/dtype.h"
+
+namespace fusedkd::torch_ext {
+
+// `name` must be a defined float32/float64/float16/bfloat16 tensor with >= 1 dim and a last dim
+// of size 1 .. 2^31-1.
+void check_logits(const char* op, const char* name, const at::Tensor& x);
+void check_temperature(const char* op, double temperature);
+void check_same_device(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
+                       const at::Tensor& b);
+
+DType kernel_dtype(at::ScalarType type);
+
+// A [*, V] tensor seen as rows: every row's elements are contiguous and row r starts at
+// data + r * row_stride. Views whose leading dims collapse to one stride are used as they are;
+// anything else is copied to contiguous memory first.
+struct RowView {
+  at::Tensor tensor;
+  std::int64_t rows;
+  std::int64_t cols;
+  std::int64_t row_stride;
+};
+RowView row_view(const at::Tensor& x);
+
+// The CPU kernels run on LibTorch's intra-op thread pool (at::parallel_for).
+const CpuExecutor& torch_cpu_executor();
+
+}  // namespace fusedkd::torch_ext
