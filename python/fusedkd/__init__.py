@@ -1,0 +1,52 @@
+"""fusedkd: fused knowledge-distillation losses as PyTorch custom ops.
+
+Importing this package loads the op library (libfusedkd_torch.so) into ``torch.ops.fusedkd``.
+The library is looked up, in order, at ``$FUSEDKD_TORCH_LIBRARY``, next to this package, in the
+repository's ``build/torch_ext/``, and in an installed prefix's ``lib/``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["softmax_t", "log_softmax_t", "library_path"]
+
+_LIBRARY_NAME = "libfusedkd_torch.so"
+
+
+def _candidates():
+    env = os.environ.get("FUSEDKD_TORCH_LIBRARY")
+    if env:
+        yield Path(env)
+    here = Path(__file__).resolve().parent
+    yield here / _LIBRARY_NAME
+    yield here.parent.parent / "build" / "torch_ext" / _LIBRARY_NAME
+    yield here.parent.parent.parent / "lib" / _LIBRARY_NAME
+
+
+def _load() -> Path:
+    tried = []
+    for path in _candidates():
+        tried.append(str(path))
+        if path.is_file():
+            torch.ops.load_library(str(path))
+            return path
+    raise ImportError(
+        "fusedkd: cannot find " + _LIBRARY_NAME + " (build it with scripts/build.sh, or set "
+        "FUSEDKD_TORCH_LIBRARY); looked at: " + ", ".join(tried)
+    )
+
+
+library_path = _load()
+
+
+def softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(logits / temperature)`` over the last dim, in logits' dtype."""
+    return torch.ops.fusedkd.softmax_t(logits, temperature)
+
+
+def log_softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` over the last dim, in logits' dtype."""
+    return torch.ops.fusedkd.log_softmax_t(logits, temperature)
