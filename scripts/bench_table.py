@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""Google Benchmark JSON (bench_softmax) -> a Markdown table: each fusedkd case beside the
+LibTorch composite it replaces, with GB/s over the minimal traffic and the speedup."""
+import json
+import sys
+
+
+def main(path):
+    with open(path) as f:
+        data = json.load(f)
+    # With --benchmark_repetitions the median of the repetitions is used, else the single run.
+    runs = {}
+    for b in data["benchmarks"]:
+        kind = b.get("run_type", "iteration")
+        if kind == "aggregate" and b.get("aggregate_name") != "median":
+            continue
+        op, phase, impl, device, dtype, shape = b.get("run_name", b["name"]).split("/")[:6]
+        key = (op, phase, device, dtype, shape, impl)
+        if kind == "aggregate" or key not in runs:
+            runs[key] = b
+    ctx = data.get("context", {})
+    print(f"Host: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs, "
+          f"torch {ctx.get('torch', '?')} ({ctx.get('torch_threads', '?')} threads), "
+          f"CUDA device: {ctx.get('cuda_device', '?')}, date {ctx.get('date', '?')}\n")
+    print("| op | pass | device | dtype | shape | fusedkd (us) | GB/s | composite (us) | GB/s | speedup |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
+    for key in sorted(k for k in runs if k[-1] == "fusedkd"):
+        ours = runs[key]
+        other = runs.get(key[:-1] + ("composite",))
+        if other is None:
+            continue
+        t_ours, t_other = ours["real_time"], other["real_time"]
+        gbs = lambda r: r.get("bytes_per_second", 0) / 1e9
+        op, phase, device, dtype, shape, _ = key
+        print(f"| {op} | {phase} | {device} | {dtype} | {shape} | {t_ours:.1f} | {gbs(ours):.1f} | "
+              f"{t_other:.1f} | {gbs(other):.1f} | {t_other / t_ours:.2f}x |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

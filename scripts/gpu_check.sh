@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The one command for a GPU machine.
+#
+#   scripts/gpu_check.sh OUT_DIR [DEPS_DIR]
+#
+# Builds fusedkd against that machine's own PyTorch (python3's torch; the project's .venv is not
+# assumed), runs every test including the CUDA ones, runs compute-sanitizer (memcheck, racecheck)
+# on the CUDA kernel tests, runs the benchmarks, and writes logs, JSON and summary.md to OUT_DIR.
+# No network: DEPS_DIR (default .gpu-deps, made by scripts/prepare_gpu_deps.sh) holds GoogleTest's
+# sources, Google Benchmark and the Fashion-MNIST files.
+#
+# Status: NOT YET RUN ON A GPU. Until a run's results are recorded in docs/, the CUDA kernels are
+# compiled (sm_80, sm_90, no spills), not verified.
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR [DEPS_DIR]}" && cd "$1" && pwd)
+DEPS=$(cd "${2:-$ROOT/.gpu-deps}" && pwd)
+PYTHON="${PYTHON:-python3}"
+BUILD=/tmp/fusedkd-gpu-build
+JOBS=$(nproc)
+status=0
+step() { echo "== $*" | tee -a "$OUT/summary.md"; }
+record() {  # record NAME EXIT_CODE
+  echo "- $1: $([ "$2" -eq 0 ] && echo ok || echo "FAILED ($2)")" | tee -a "$OUT/summary.md"
+  [ "$2" -eq 0 ] || status=1
+}
+
+: > "$OUT/summary.md"
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } 2>&1 | tee -a "$OUT/summary.md"
+
+step "GoogleTest from source"
+cmake -S "$DEPS/googletest" -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_INSTALL_PREFIX=/tmp/gtest-prefix -DBUILD_GMOCK=OFF > "$OUT/gtest_build.log" 2>&1 &&
+  cmake --build /tmp/gtest-build -j "$JOBS" >> "$OUT/gtest_build.log" 2>&1 &&
+  cmake --install /tmp/gtest-build >> "$OUT/gtest_build.log" 2>&1
+record "googletest build" $?
+
+step "configure + build"
+torch_prefix=$("$PYTHON" -c "import torch; print(torch.utils.cmake_prefix_path)")
+bench_prefix="$DEPS/benchmark/usr;$DEPS/benchmark/usr/lib/x86_64-linux-gnu/cmake"
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;/tmp/gtest-prefix;$bench_prefix" > "$OUT/build.log" 2>&1 &&
+  cmake --build "$BUILD" -j "$JOBS" >> "$OUT/build.log" 2>&1
+record "build (sm_80;sm_90)" $?
+
+step "tests"
+(cd "$BUILD" && ctest --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1)
+record "ctest" $?
+tail -n 3 "$OUT/ctest.log" >> "$OUT/summary.md"
+"$BUILD/tests/test_softmax_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$OUT/kernels_cuda.json" > /dev/null 2>&1
+"$BUILD/tests/test_softmax_ops" --gtest_filter='*cuda*' --gtest_output=json:"$OUT/ops_cuda.json" > /dev/null 2>&1
+FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" "$PYTHON" -m pytest -q "$ROOT/python/tests" > "$OUT/pytest.log" 2>&1
+record "pytest" $?
+
+step "compute-sanitizer"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_softmax_kernels" \
+    --gtest_filter='*Cuda*R5_V3*:*Cuda*V1031*:*Cuda*V5000*:*Cuda*V20000*' > "$OUT/sanitizer_$tool.log" 2>&1
+  record "compute-sanitizer $tool" $?
+done
+
+step "benchmarks"
+"$BUILD/bench/bench_softmax" --benchmark_filter=cuda --benchmark_min_time=0.2 \
+  --benchmark_out="$OUT/bench_softmax.json" --benchmark_out_format=json > "$OUT/bench.log" 2>&1
+record "bench_softmax" $?
+"$PYTHON" "$ROOT/scripts/bench_table.py" "$OUT/bench_softmax.json" >> "$OUT/summary.md" 2>&1
+# Measured copy bandwidth: the yardstick for the kernels' bytes/s.
+"$PYTHON" - >> "$OUT/summary.md" 2>&1 <<'PY'
+import torch
+x = torch.empty(2**30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize()
+print(f"device-to-device copy: {2 * 20 * x.numel() / (s.elapsed_time(e) / 1e3) / 1e9:.0f} GB/s (read + write)")
+PY
+exit $status

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Gathers, on a machine with Debian's registry, what scripts/gpu_check.sh needs on a GPU machine
+# that reaches no registry: GoogleTest's sources, Google Benchmark (headers, library and CMake
+# config from the Debian packages) and the Fashion-MNIST files, into .gpu-deps/ (git-ignored).
+# Pass that folder to the GPU machine (the device tool's `carry`).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$ROOT/scripts/setup.sh"
+DEPS="$ROOT/.gpu-deps"
+rm -rf "$DEPS"
+mkdir -p "$DEPS/debs" "$DEPS/benchmark" "$DEPS/fashion-mnist"
+cp -r /usr/src/googletest "$DEPS/googletest"
+(cd "$DEPS/debs" && apt-get download libbenchmark-dev libbenchmark1debian >/dev/null)
+for deb in "$DEPS"/debs/*.deb; do dpkg-deb -x "$deb" "$DEPS/benchmark"; done
+rm -rf "$DEPS/debs"
+cp /usr/share/datasets/fashion-mnist/*.gz "$DEPS/fashion-mnist/"
+du -sh "$DEPS"
