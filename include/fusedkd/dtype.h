@@ -72,6 +72,18 @@ FUSEDKD_HD BFloat16 float_to_bfloat16(float f) {
   return BFloat16{static_cast<std::uint16_t>(is_nan ? ((u >> 16) | 0x40u) : rounded)};
 }
 
+// The type the kernels compute in for storage type T: float, or double for double data.
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
+
 // Loading any storage type as its accumulation type, and storing back.
 FUSEDKD_HD float load_as_acc(float x) { return x; }
 FUSEDKD_HD double load_as_acc(double x) { return x; }

@@ -16,15 +16,6 @@
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-
 template <typename Acc>
 Acc* scratch_row(std::int64_t cols, int slot) {
   thread_local std::vector<Acc> buffers[2];
@@ -55,7 +46,7 @@ Acc row_max(const Acc* __restrict x, std::int64_t cols) {
 
 template <typename T>
 void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t end) {
-  using Acc = typename AccOf<T>::type;
+  using Acc = acc_t<T>;
   const std::int64_t cols = a.cols;
   const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
   const Acc scale_log2 = static_cast<Acc>(kLog2e / a.temperature);
@@ -89,7 +80,7 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
 
 template <typename T>
 void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_t end) {
-  using Acc = typename AccOf<T>::type;
+  using Acc = acc_t<T>;
   const std::int64_t cols = a.cols;
   const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
   Acc* __restrict dy = scratch_row<Acc>(cols, 0);

@@ -28,16 +28,7 @@ int multiprocessor_count();
 // enough blocks for every item, capped at a few waves (the kernels loop over the rest).
 unsigned int grid_size(std::int64_t work_items, int items_per_block, int block_threads);
 
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-template <typename T>
-using acc_t = typename AccType<T>::type;
+using fusedkd::acc_t;  // float for float/half/bfloat16 data, double for double
 
 template <typename T>
 struct TypeTag {
