@@ -93,8 +93,12 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   std::ostringstream s;
   s << (c.backend == Backend::Cpu ? "Cpu" : "Cuda") << "_" << dtype_name(c.dtype) << "_"
     << (c.kind == SoftmaxKind::Softmax ? "softmax" : "logsoftmax") << "_R" << c.rows << "_V" << c.cols
-    << "_pad" << c.pad << "_off" << c.offset << (c.masked > 0 ? "_masked" : "") << "_T"
-    << static_cast<int>(c.temperature * 100);
+    << "_pad" << c.pad << "_off" << c.offset << (c.masked > 0 ? "_masked" : "") << "_T";
+  std::ostringstream t;
+  t << c.temperature;  // 0.05 -> "0.05", 100 -> "100"; test names take no '.'
+  std::string temperature = t.str();
+  for (char& ch : temperature) ch = ch == '.' ? 'p' : ch;
+  s << temperature;
   return s.str();
 }
 

@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
 
 namespace {
@@ -55,7 +56,9 @@ class SoftmaxOps : public ::testing::TestWithParam<std::tuple<bool, std::string>
     return log() ? fusedkd::log_softmax_t(x, temperature) : fusedkd::softmax_t(x, temperature);
   }
   void SetUp() override {
-    if (device().is_cuda() && !cuda_available()) GTEST_SKIP() << "skipped: no CUDA device";
+    if (!device().is_cuda()) return;
+    if (!FUSEDKD_WITH_CUDA) GTEST_SKIP() << "skipped: built without CUDA";
+    if (!cuda_available()) GTEST_SKIP() << "skipped: no CUDA device";
   }
 };
 
@@ -245,7 +248,7 @@ TEST_P(SoftmaxOps, BadInputsRaiseClearErrors) {
                {"grad_output", "shape"});
   expect_error([&] { handle.call(torch::zeros({3, 4}, opts), torch::zeros({3, 4}, opts), 0.0); },
                {"temperature"});
-  if (cuda_available()) {
+  if (FUSEDKD_WITH_CUDA && cuda_available()) {
     expect_error([&] { handle.call(torch::zeros({3, 4}), torch::zeros({3, 4}, torch::kCUDA), 1.0); },
                  {"same device"});
   }

@@ -1,9 +1,10 @@
 // CUDA temperature softmax / log-softmax, forward and backward.
 //
-// Rows up to 16 * 1024 elements are held in registers and read from device memory once
-// (RowTile): a sub-warp or warp per row for short rows, a block per row for long ones, one
-// CUB reduction of the online-softmax state per row. Longer rows are read twice by a block
-// per row (statistics, then output), the second read mostly from L2. See docs/architecture.md.
+// Rows of up to 16 elements per thread of the largest tile (1024 threads for the float forward,
+// 512 for the backward and for double) are held in registers and read from device memory once
+// (RowTile): a sub-warp or warp per row for short rows, a block per row for long ones, one CUB
+// reduction per row. Longer rows are read twice by a block per row (statistics, then output);
+// the second read may be served by L2 (not yet measured). See docs/architecture.md.
 #include <cmath>
 
 #include "fusedkd/math.h"

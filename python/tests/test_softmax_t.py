@@ -8,7 +8,11 @@ import torch.nn.functional as F
 
 import fusedkd
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# CUDA cases need a device and a build with the CUDA kernels.
+HAVE_CUDA = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "fusedkd::softmax_t", "CUDA"
+)
+DEVICES = ["cpu"] + (["cuda"] if HAVE_CUDA else [])
 OPS = [
     (torch.ops.fusedkd.softmax_t, lambda x, t: F.softmax(x / t, dim=-1)),
     (torch.ops.fusedkd.log_softmax_t, lambda x, t: F.log_softmax(x / t, dim=-1)),
@@ -18,6 +22,8 @@ OPS = [
 def test_cuda_presence_is_reported():
     if not torch.cuda.is_available():
         pytest.skip("skipped: no CUDA device")
+    if not HAVE_CUDA:
+        pytest.skip("skipped: built without CUDA")
 
 
 @pytest.mark.parametrize("device", DEVICES)
