@@ -2,12 +2,17 @@
 // messages; these guard the raw kernel API).
 #pragma once
 
+#include "fusedkd/soft_target.h"
 #include "fusedkd/softmax.h"
 
 namespace fusedkd::detail {
 
 void validate(const SoftmaxForwardArgs& args);
 void validate(const SoftmaxBackwardArgs& args);
+void validate(const SoftTargetArgs& args);
+void validate(const ScaleRowsArgs& args);
+// Every label is ignore_index or in [0, cols) (reads labels on the host).
+void validate_labels_on_host(const SoftTargetArgs& args);
 
 // Rows handed to one task, so that each task has some 16k elements of work.
 std::int64_t rows_per_task(std::int64_t cols);

@@ -8,3 +8,23 @@ TORCH_LIBRARY(fusedkd, m) {
   m.def("softmax_t_backward(Tensor grad_output, Tensor output, float temperature) -> Tensor");
   m.def("log_softmax_t_backward(Tensor grad_output, Tensor output, float temperature) -> Tensor");
 }
+
+// The soft-target losses (../shared/spec/ops.md) and their internal ops: one fused forward that
+// also returns the gradients (scaled for grad_output = 1; empty when not asked for), and the
+// in-place scaling by grad_output that the backward applies.
+TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
+  m.def("kl_div(Tensor student_logits, Tensor teacher_logits, float temperature=1.0, "
+        "str reduction=\"batchmean\", bool reverse=False) -> Tensor");
+  m.def("jsd(Tensor student_logits, Tensor teacher_logits, float temperature=1.0, float beta=0.5, "
+        "str reduction=\"batchmean\") -> Tensor");
+  m.def("soft_mse(Tensor student_logits, Tensor teacher_logits, float temperature=1.0, "
+        "str reduction=\"mean\") -> Tensor");
+  m.def("kd_loss(Tensor student_logits, Tensor teacher_logits, Tensor? labels=None, "
+        "float temperature=1.0, float soft_weight=1.0, float hard_weight=0.0, str divergence=\"kl\", "
+        "float beta=0.5, int ignore_index=-100, bool t2_scale=False) -> Tensor");
+  m.def("_soft_target_forward(Tensor student, Tensor teacher, Tensor? labels, float temperature, "
+        "int divergence, float beta, int ignore_index, float soft_scale, float hard_scale, "
+        "bool per_row, bool divide_by_valid_rows, bool grad_student, bool grad_teacher) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("_scale_rows_(Tensor(a!) grad, Tensor grad_output) -> Tensor(a!)");
+}

@@ -5,11 +5,35 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <optional>
+#include <string>
+
 namespace fusedkd {
 
 // softmax(logits / temperature) over the last dim; result in logits' dtype.
 at::Tensor softmax_t(const at::Tensor& logits, double temperature = 1.0);
 // log_softmax(logits / temperature) over the last dim; result in logits' dtype.
 at::Tensor log_softmax_t(const at::Tensor& logits, double temperature = 1.0);
+
+// The soft-target losses, exactly as ../shared/spec/ops.md defines them. Losses are float32
+// (float64 for float64 inputs); student and teacher may have different floating dtypes.
+
+// KL(teacher || student) at temperature T (KL(student || teacher) with reverse), per row, reduced
+// by "none" (per row, shape [*]), "sum", "mean" (/ (R * V)) or "batchmean" (/ R).
+at::Tensor kl_div(const at::Tensor& student_logits, const at::Tensor& teacher_logits, double temperature = 1.0,
+                  const std::string& reduction = "batchmean", bool reverse = false);
+// Generalized Jensen-Shannon divergence with mixture m = beta p + (1 - beta) q.
+at::Tensor jsd(const at::Tensor& student_logits, const at::Tensor& teacher_logits, double temperature = 1.0,
+               double beta = 0.5, const std::string& reduction = "batchmean");
+// sum_j (softmax(s/T)_j - softmax(t/T)_j)^2 per row; "mean" equals nn.MSELoss() on the softmaxes.
+at::Tensor soft_mse(const at::Tensor& student_logits, const at::Tensor& teacher_logits, double temperature = 1.0,
+                    const std::string& reduction = "mean");
+// hard_weight * CE(student, labels) + soft_weight * (t2_scale ? T^2 : 1) * divergence, over the
+// rows whose label is not ignore_index; divergence is "kl", "reverse_kl", "jsd" or "mse".
+at::Tensor kd_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                   const std::optional<at::Tensor>& labels = std::nullopt, double temperature = 1.0,
+                   double soft_weight = 1.0, double hard_weight = 0.0, const std::string& divergence = "kl",
+                   double beta = 0.5, int64_t ignore_index = -100, bool t2_scale = false);
 
 }  // namespace fusedkd

@@ -2,12 +2,15 @@
 // run-time choice between them.
 #pragma once
 
+#include "fusedkd/soft_target.h"
 #include "fusedkd/softmax.h"
 
 #define FUSEDKD_DECLARE_CPU_KERNELS(isa)                                                  \
   namespace fusedkd::cpu::isa {                                                         \
   void softmax_forward(const SoftmaxForwardArgs& args, const CpuExecutor& executor);    \
   void softmax_backward(const SoftmaxBackwardArgs& args, const CpuExecutor& executor);  \
+  void soft_target_loss(const SoftTargetArgs& args, const CpuExecutor& executor);       \
+  void scale_rows(const ScaleRowsArgs& args, const CpuExecutor& executor);              \
   }
 
 FUSEDKD_DECLARE_CPU_KERNELS(baseline)

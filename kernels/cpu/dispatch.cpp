@@ -54,4 +54,23 @@ void softmax_backward_cpu(const SoftmaxBackwardArgs& args, const CpuExecutor& ex
   FUSEDKD_CPU_DISPATCH(softmax_backward, args, executor)
 }
 
+void soft_target_loss_cpu(const SoftTargetArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  detail::validate_labels_on_host(args);
+  if (args.rows == 0) {
+    // No rows: the total is 0 (nothing else to write).
+    if (!args.per_row_loss) {
+      if (soft_target_uses_double(args)) *static_cast<double*>(args.loss) = 0.0;
+      else *static_cast<float*>(args.loss) = 0.0f;
+    }
+    return;
+  }
+  FUSEDKD_CPU_DISPATCH(soft_target_loss, args, executor)
+}
+
+void scale_rows_cpu(const ScaleRowsArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  FUSEDKD_CPU_DISPATCH(scale_rows, args, executor)
+}
+
 }  // namespace fusedkd

@@ -1,0 +1,85 @@
+// The fused soft-target losses (kl_div, jsd, soft_mse, kd_loss): one launcher for all of them.
+// One pass over each student/teacher row computes the row's divergence at temperature T, the
+// hard cross-entropy at temperature 1 when asked, and (when asked) the gradients, already scaled
+// as if grad_output were 1. Math: docs/math.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fusedkd/cpu_executor.h"
+#include "fusedkd/dtype.h"
+
+struct CUstream_st;
+
+namespace fusedkd {
+
+// Generalized JSD with beta = 0 or 1 is passed as ForwardKL / ReverseKL (the spec's definition).
+enum class Divergence : std::int8_t { ForwardKL, ReverseKL, JSD, MSE };
+
+struct SoftTargetArgs {
+  const void* student = nullptr;  // [rows, cols], rows `student_row_stride` apart
+  DType student_dtype = DType::Float32;
+  std::int64_t student_row_stride = 0;
+  const void* teacher = nullptr;
+  DType teacher_dtype = DType::Float32;
+  std::int64_t teacher_row_stride = 0;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  double temperature = 1.0;
+  Divergence divergence = Divergence::ForwardKL;
+  double beta = 0.5;  // JSD only, 0 < beta < 1
+
+  // Hard cross-entropy (temperature 1) over `labels` (int64 [rows], contiguous), or none.
+  // Rows whose label equals ignore_index are not valid: they add nothing to any sum or gradient.
+  // With labels and divide_by_valid_rows, the divisor n is the number of valid rows.
+  const std::int64_t* labels = nullptr;
+  std::int64_t ignore_index = -100;
+
+  // Row r contributes soft_scale * D_r + hard_scale * CE_r; the total is the sum over valid rows,
+  // divided by n (the valid rows; `rows` without labels) when divide_by_valid_rows is set.
+  double soft_scale = 1.0;
+  double hard_scale = 0.0;
+  bool divide_by_valid_rows = true;
+
+  // Outputs. per_row_loss: `loss` holds soft_scale * D_r for each row (accumulation dtype, [rows]);
+  // else `loss` holds the total (one element). Loss dtype: float64 when an input is float64, else
+  // float32. The gradients (contiguous, the dtype of their input) are written when non-null.
+  bool per_row_loss = false;
+  void* loss = nullptr;
+  void* grad_student = nullptr;
+  void* grad_teacher = nullptr;
+
+  // Scratch the launcher needs: soft_target_workspace_bytes(args) bytes (host memory for the CPU
+  // launcher, device memory for the CUDA one).
+  void* workspace = nullptr;
+};
+
+std::size_t soft_target_workspace_bytes(const SoftTargetArgs& args);
+
+// True when the loss is computed in float64 (an input is float64).
+bool soft_target_uses_double(const SoftTargetArgs& args);
+
+// Throw std::invalid_argument for arguments no kernel can run with. The CPU launcher also throws
+// for a label outside [0, cols) that is not ignore_index; the CUDA launcher cannot check without
+// a host synchronisation and makes the loss (and that row's gradient) NaN instead.
+void soft_target_loss_cpu(const SoftTargetArgs& args, const CpuExecutor& executor = {});
+void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream);
+// The (student, teacher) dtype pairs the CUDA launcher takes; others must be converted first.
+bool soft_target_cuda_supports(DType student, DType teacher);
+
+// grad[r, :] *= grad_output[r] (per_row) or grad_output[0], in place; rows whose factor is
+// exactly 1 are not touched. grad_output has the loss dtype (float32, or float64 for float64).
+struct ScaleRowsArgs {
+  void* grad = nullptr;
+  DType grad_dtype = DType::Float32;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  const void* grad_output = nullptr;
+  bool grad_output_is_double = false;
+  bool per_row = false;
+};
+void scale_rows_cpu(const ScaleRowsArgs& args, const CpuExecutor& executor = {});
+void scale_rows_cuda(const ScaleRowsArgs& args, CUstream_st* stream);
+
+}  // namespace fusedkd

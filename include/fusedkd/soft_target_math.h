@@ -1,0 +1,224 @@
+// The per-element math of the soft-target losses, written once for the CPU and CUDA kernels.
+// A row goes through three steps:
+//   A. statistics: max and sum of exponentials of the student at T (and at 1 for the hard
+//      cross-entropy) and of the teacher at T (KDStats, merged in any order);
+//   B. row sums given A: the divergence l, two auxiliary sums its gradient needs, the label logit
+//      (KDSums);
+//   C. per-element gradients given A and B.
+// Derivations: docs/math.md.
+#pragma once
+
+#include <cmath>
+
+#include "fusedkd/math.h"
+#include "fusedkd/soft_target.h"
+
+namespace fusedkd {
+
+template <typename Acc>
+FUSEDKD_HD Acc max_of(Acc a, Acc b) {
+  return a > b ? a : b;
+}
+
+// exp(x) for x <= 0.
+template <typename Acc>
+FUSEDKD_HD Acc exp_nonpositive(Acc x) {
+  return exp2_nonpositive(x * Acc(kLog2e));
+}
+
+template <typename Acc>
+FUSEDKD_HD Acc log1p_of(Acc x) {
+#if defined(__CUDA_ARCH__)
+  return log1p(x);
+#else
+  return std::log1p(x);
+#endif
+}
+
+// ---------------------------------------------------------------- A. statistics
+
+template <typename Acc>
+struct KDStats {
+  Acc max_s;       // max_j s_j
+  Acc sum_s;       // sum_j exp((s_j - max_s) / T)
+  Acc sum_s_hard;  // sum_j exp(s_j - max_s)         (hard cross-entropy, temperature 1)
+  Acc max_t;
+  Acc sum_t;       // sum_j exp((t_j - max_t) / T)
+};
+
+template <typename Acc>
+FUSEDKD_HD KDStats<Acc> kd_stats_empty() {
+  return {neg_infinity<Acc>(), Acc(0), Acc(0), neg_infinity<Acc>(), Acc(0)};
+}
+
+template <typename Acc>
+struct KDStatsMerge {
+  Acc scale_log2;  // log2(e) / T
+  FUSEDKD_HD KDStats<Acc> operator()(const KDStats<Acc>& a, const KDStats<Acc>& b) const {
+    KDStats<Acc> r;
+    const SoftmaxStatsMerge<Acc> at_t{scale_log2};
+    const SoftmaxStatsMerge<Acc> at_one{Acc(kLog2e)};
+    const SoftmaxStats<Acc> s = at_t({a.max_s, a.sum_s}, {b.max_s, b.sum_s});
+    const SoftmaxStats<Acc> s_hard = at_one({a.max_s, a.sum_s_hard}, {b.max_s, b.sum_s_hard});
+    const SoftmaxStats<Acc> t = at_t({a.max_t, a.sum_t}, {b.max_t, b.sum_t});
+    r.max_s = s.max;
+    r.sum_s = s.sum;
+    r.sum_s_hard = s_hard.sum;
+    r.max_t = t.max;
+    r.sum_t = t.sum;
+    return r;
+  }
+};
+
+// ---------------------------------------------------------------- per-row constants
+
+template <typename Acc>
+struct KDRow {
+  Acc max_s, max_t;
+  Acc log_z_s, log_z_t, log_z_s_hard;
+  Acc inv_t;
+  Divergence divergence;
+  Acc beta, log_beta, log_one_minus_beta;
+
+  FUSEDKD_HD static KDRow make(const KDStats<Acc>& st, Acc inv_temperature, Divergence divergence,
+                               Acc beta) {
+    KDRow row;
+    row.max_s = st.max_s;
+    row.max_t = st.max_t;
+    row.log_z_s = log(st.sum_s);
+    row.log_z_t = log(st.sum_t);
+    row.log_z_s_hard = log(st.sum_s_hard);
+    row.inv_t = inv_temperature;
+    row.divergence = divergence;
+    row.beta = beta;
+    row.log_beta = divergence == Divergence::JSD ? log(beta) : Acc(0);
+    row.log_one_minus_beta = divergence == Divergence::JSD ? log(Acc(1) - beta) : Acc(0);
+    return row;
+  }
+  // Differences are centred on each row's own max before scaling (docs/architecture.md).
+  FUSEDKD_HD Acc log_q(Acc s) const { return (s - max_s) * inv_t - log_z_s; }
+  FUSEDKD_HD Acc log_p(Acc t) const { return (t - max_t) * inv_t - log_z_t; }
+  // softmax(s)_j at temperature 1.
+  FUSEDKD_HD Acc hard_prob(Acc s) const { return exp_nonpositive((s - max_s) - log_z_s_hard); }
+  // Cross-entropy of the row given its label's logit.
+  FUSEDKD_HD Acc cross_entropy(Acc label_logit) const {
+    return log_z_s_hard + (max_s - label_logit);
+  }
+  // log m_j = logsumexp(log p_j + log beta, log q_j + log(1 - beta)), formed in log space.
+  FUSEDKD_HD Acc log_mixture(Acc lp, Acc lq) const {
+    const Acc a = lp + log_beta;
+    const Acc b = lq + log_one_minus_beta;
+    const Acc hi = a > b ? a : b;
+    const Acc lo = a > b ? b : a;
+    if (hi == neg_infinity<Acc>()) return hi;
+    return hi + log1p_of(exp_nonpositive(lo - hi));
+  }
+};
+
+// ---------------------------------------------------------------- B. row sums
+
+template <typename Acc>
+struct KDSums {
+  Acc loss;   // the divergence l of the row
+  Acc aux_s;  // JSD: sum_j h_j q_j;  MSE: sum_j g_j q_j
+  Acc aux_t;  // JSD: sum_j h'_j p_j; MSE: sum_j -g_j p_j
+  FUSEDKD_HD KDSums operator+(const KDSums& o) const {
+    return {loss + o.loss, aux_s + o.aux_s, aux_t + o.aux_t};
+  }
+};
+
+template <typename Acc>
+struct KDSumsAdd {
+  FUSEDKD_HD KDSums<Acc> operator()(const KDSums<Acc>& a, const KDSums<Acc>& b) const { return a + b; }
+};
+
+// `p * x` that is exactly 0 when p is 0 (x may then be -inf); a NaN p stays NaN.
+template <typename Acc>
+FUSEDKD_HD Acc weighted(Acc p, Acc x) {
+  return p == Acc(0) ? Acc(0) : p * x;
+}
+
+// Element j's share of the row sums, for a divergence known at compile time.
+template <Divergence D, typename Acc>
+FUSEDKD_HD void kd_accumulate(const KDRow<Acc>& row, Acc s, Acc t, KDSums<Acc>& sums) {
+  const Acc lq = row.log_q(s);
+  const Acc lp = row.log_p(t);
+  const Acc q = exp_nonpositive(lq);
+  const Acc p = exp_nonpositive(lp);
+  if constexpr (D == Divergence::ForwardKL) {
+    sums.loss += weighted(p, lp - lq);
+  } else if constexpr (D == Divergence::ReverseKL) {
+    sums.loss += weighted(q, lq - lp);
+  } else if constexpr (D == Divergence::JSD) {
+    const Acc lm = row.log_mixture(lp, lq);
+    const Acc h_s = (Acc(1) - row.beta) * (lq - lm);
+    const Acc h_t = row.beta * (lp - lm);
+    sums.loss += weighted(p, h_t) + weighted(q, h_s);
+    sums.aux_s += weighted(q, h_s);
+    sums.aux_t += weighted(p, h_t);
+  } else {
+    const Acc g = Acc(2) * (q - p);
+    sums.loss += (q - p) * (q - p);
+    sums.aux_s += g * q;
+    sums.aux_t -= g * p;
+  }
+}
+
+// ---------------------------------------------------------------- C. gradients
+
+// d l / d s_j and d l / d t_j for the row's divergence l (unit weight).
+template <Divergence D, typename Acc>
+FUSEDKD_HD void kd_soft_gradients(const KDRow<Acc>& row, const KDSums<Acc>& sums, Acc s, Acc t,
+                                  Acc& grad_s, Acc& grad_t) {
+  const Acc lq = row.log_q(s);
+  const Acc lp = row.log_p(t);
+  const Acc q = exp_nonpositive(lq);
+  const Acc p = exp_nonpositive(lp);
+  if constexpr (D == Divergence::ForwardKL) {
+    grad_s = (q - p) * row.inv_t;
+    grad_t = weighted(p, row.inv_t * ((lp - lq) - sums.loss));
+  } else if constexpr (D == Divergence::ReverseKL) {
+    grad_s = weighted(q, row.inv_t * ((lq - lp) - sums.loss));
+    grad_t = (p - q) * row.inv_t;
+  } else if constexpr (D == Divergence::JSD) {
+    const Acc lm = row.log_mixture(lp, lq);
+    grad_s = weighted(q, row.inv_t * ((Acc(1) - row.beta) * (lq - lm) - sums.aux_s));
+    grad_t = weighted(p, row.inv_t * (row.beta * (lp - lm) - sums.aux_t));
+  } else {
+    const Acc g = Acc(2) * (q - p);
+    grad_s = q * row.inv_t * (g - sums.aux_s);
+    grad_t = p * row.inv_t * (-g - sums.aux_t);
+  }
+}
+
+// Runtime-divergence forms (the CUDA kernels branch per row, uniformly across a row's threads).
+template <typename Acc>
+FUSEDKD_HD void kd_accumulate(const KDRow<Acc>& row, Acc s, Acc t, KDSums<Acc>& sums) {
+  switch (row.divergence) {
+    case Divergence::ForwardKL: return kd_accumulate<Divergence::ForwardKL>(row, s, t, sums);
+    case Divergence::ReverseKL: return kd_accumulate<Divergence::ReverseKL>(row, s, t, sums);
+    case Divergence::JSD: return kd_accumulate<Divergence::JSD>(row, s, t, sums);
+    case Divergence::MSE: return kd_accumulate<Divergence::MSE>(row, s, t, sums);
+  }
+}
+
+template <typename Acc>
+FUSEDKD_HD void kd_soft_gradients(const KDRow<Acc>& row, const KDSums<Acc>& sums, Acc s, Acc t,
+                                  Acc& grad_s, Acc& grad_t) {
+  switch (row.divergence) {
+    case Divergence::ForwardKL: return kd_soft_gradients<Divergence::ForwardKL>(row, sums, s, t, grad_s, grad_t);
+    case Divergence::ReverseKL: return kd_soft_gradients<Divergence::ReverseKL>(row, sums, s, t, grad_s, grad_t);
+    case Divergence::JSD: return kd_soft_gradients<Divergence::JSD>(row, sums, s, t, grad_s, grad_t);
+    case Divergence::MSE: return kd_soft_gradients<Divergence::MSE>(row, sums, s, t, grad_s, grad_t);
+  }
+}
+
+// How much each valid row weighs in the total: 1/n when dividing by the valid rows (0 when
+// there are none: the loss and every gradient are then 0), else 1.
+template <typename Acc>
+FUSEDKD_HD Acc kd_row_weight(bool divide, Acc valid_rows) {
+  if (!divide) return Acc(1);
+  return valid_rows > Acc(0) ? Acc(1) / valid_rows : Acc(0);
+}
+
+}  // namespace fusedkd

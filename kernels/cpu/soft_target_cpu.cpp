@@ -1,0 +1,204 @@
+// CPU soft-target losses (kl_div, jsd, soft_mse, kd_loss): one pass per row while the row is in
+// cache. Compiled once per instruction set, like softmax_cpu.cpp.
+//
+// Per row: both rows are converted once into scratch rows of the accumulation type; the
+// statistics, the row sums and the gradients are `omp simd` sweeps over them (the divergence is
+// a template parameter, so each sweep is one straight loop); gradients go back in place and are
+// converted once on store. Row losses land in a per-row buffer that is summed afterwards in row
+// order, so the total does not depend on how rows were split across threads.
+#include <cmath>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "fusedkd/soft_target_math.h"
+#include "../validate.h"
+
+namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
+namespace {
+
+template <typename Acc>
+Acc* scratch(std::int64_t cols, int slot) {
+  thread_local std::vector<Acc> buffers[2];
+  std::vector<Acc>& b = buffers[slot];
+  if (static_cast<std::int64_t>(b.size()) < cols) b.resize(static_cast<std::size_t>(cols));
+  return b.data();
+}
+
+template <typename Acc, typename Fn>
+void with_storage_type(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Float32: fn(float{}); break;
+    case DType::Float64: fn(double{}); break;
+    case DType::Float16: fn(Half{}); break;
+    case DType::BFloat16: fn(BFloat16{}); break;
+  }
+}
+
+template <typename Acc>
+void load_converted(const void* base, DType dtype, std::int64_t offset, std::int64_t cols, Acc* __restrict dst) {
+  with_storage_type<Acc>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* __restrict src = static_cast<const T*>(base) + offset;
+#pragma omp simd
+    for (std::int64_t j = 0; j < cols; ++j) dst[j] = static_cast<Acc>(load_as_acc(src[j]));
+  });
+}
+
+template <typename Acc>
+void store_converted(const Acc* __restrict src, std::int64_t cols, void* base, DType dtype, std::int64_t offset) {
+  with_storage_type<Acc>(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* __restrict dst = static_cast<T*>(base) + offset;
+#pragma omp simd
+    for (std::int64_t j = 0; j < cols; ++j)
+      dst[j] = StoreFromAcc<T>::apply(static_cast<acc_t<T>>(src[j]));
+  });
+}
+
+template <typename Acc>
+struct RowPlan {
+  Acc inv_t, scale_log2, beta, weight, soft_scale, hard_scale;
+  bool hard;
+};
+
+template <typename Acc>
+Acc row_max_of(const Acc* __restrict x, std::int64_t cols) {
+  Acc m = neg_infinity<Acc>();
+#pragma omp simd reduction(max : m)
+  for (std::int64_t j = 0; j < cols; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+template <typename Acc>
+Acc row_sum_exp(const Acc* __restrict x, std::int64_t cols, Acc max, Acc scale_log2) {
+  Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (std::int64_t j = 0; j < cols; ++j) sum += softmax_sum_term(x[j], max, scale_log2);
+  return sum;
+}
+
+// One row: returns its contribution to the total (or its per-row loss) and writes gradients.
+template <Divergence D, typename Acc>
+Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r, bool valid,
+                std::int64_t label, Acc* __restrict xs, Acc* __restrict xt) {
+  const std::int64_t cols = a.cols;
+  if (!valid) {  // an ignored row: no loss, zero gradients (whatever its logits hold)
+    if (a.grad_student || a.grad_teacher) {
+      for (std::int64_t j = 0; j < cols; ++j) xs[j] = Acc(0);
+      if (a.grad_student) store_converted(xs, cols, a.grad_student, a.student_dtype, r * cols);
+      if (a.grad_teacher) store_converted(xs, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+    }
+    return Acc(0);
+  }
+  load_converted(a.student, a.student_dtype, r * a.student_row_stride, cols, xs);
+  load_converted(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, xt);
+
+  KDStats<Acc> st;
+  st.max_s = row_max_of(xs, cols);
+  st.max_t = row_max_of(xt, cols);
+  st.sum_s = row_sum_exp(xs, cols, st.max_s, plan.scale_log2);
+  st.sum_t = row_sum_exp(xt, cols, st.max_t, plan.scale_log2);
+  st.sum_s_hard = plan.hard ? row_sum_exp(xs, cols, st.max_s, Acc(kLog2e)) : Acc(1);
+  const KDRow<Acc> row = KDRow<Acc>::make(st, plan.inv_t, D, plan.beta);
+
+  Acc loss = 0, aux_s = 0, aux_t = 0;
+#pragma omp simd reduction(+ : loss, aux_s, aux_t)
+  for (std::int64_t j = 0; j < cols; ++j) {
+    KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
+    kd_accumulate<D>(row, xs[j], xt[j], e);
+    loss += e.loss;
+    aux_s += e.aux_s;
+    aux_t += e.aux_t;
+  }
+  const KDSums<Acc> sums{loss, aux_s, aux_t};
+  const Acc cross_entropy = plan.hard ? row.cross_entropy(xs[label]) : Acc(0);
+
+  if (a.grad_student || a.grad_teacher) {
+    const Acc ws = plan.weight * plan.soft_scale;
+    const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
+#pragma omp simd
+    for (std::int64_t j = 0; j < cols; ++j) {
+      Acc gs, gt;
+      kd_soft_gradients<D>(row, sums, xs[j], xt[j], gs, gt);
+      const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_prob(xs[j]);
+      xs[j] = ws * gs + hard;
+      xt[j] = ws * gt;
+    }
+    if (wh != Acc(0)) xs[label] -= wh;  // d CE / d s_y has the extra -1
+    if (a.grad_student) store_converted(xs, cols, a.grad_student, a.student_dtype, r * cols);
+    if (a.grad_teacher) store_converted(xt, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+  }
+  return plan.soft_scale * sums.loss + (plan.hard ? plan.hard_scale * cross_entropy : Acc(0));
+}
+
+template <typename Acc>
+void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
+  // Valid rows; the launcher has already checked every label.
+  std::int64_t valid_rows = a.rows;
+  if (a.labels) {
+    valid_rows = 0;
+    for (std::int64_t r = 0; r < a.rows; ++r) valid_rows += a.labels[r] != a.ignore_index;
+  }
+  RowPlan<Acc> plan;
+  plan.inv_t = static_cast<Acc>(1.0 / a.temperature);
+  plan.scale_log2 = static_cast<Acc>(kLog2e / a.temperature);
+  plan.beta = static_cast<Acc>(a.beta);
+  plan.weight = a.per_row_loss ? Acc(1)
+                               : kd_row_weight<Acc>(a.divide_by_valid_rows, static_cast<Acc>(valid_rows));
+  plan.soft_scale = static_cast<Acc>(a.soft_scale);
+  plan.hard_scale = static_cast<Acc>(a.hard_scale);
+  plan.hard = a.labels != nullptr && a.hard_scale != 0.0;
+
+  Acc* row_losses = a.per_row_loss ? static_cast<Acc*>(a.loss) : static_cast<Acc*>(a.workspace);
+  executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
+    Acc* xs = scratch<Acc>(a.cols, 0);
+    Acc* xt = scratch<Acc>(a.cols, 1);
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t label = a.labels ? a.labels[r] : -1;
+      const bool valid = !a.labels || label != a.ignore_index;
+      Acc value = 0;
+      switch (a.divergence) {
+        case Divergence::ForwardKL: value = process_row<Divergence::ForwardKL>(a, plan, r, valid, label, xs, xt); break;
+        case Divergence::ReverseKL: value = process_row<Divergence::ReverseKL>(a, plan, r, valid, label, xs, xt); break;
+        case Divergence::JSD: value = process_row<Divergence::JSD>(a, plan, r, valid, label, xs, xt); break;
+        case Divergence::MSE: value = process_row<Divergence::MSE>(a, plan, r, valid, label, xs, xt); break;
+      }
+      row_losses[r] = value;
+    }
+  });
+  if (a.per_row_loss) return;
+  Acc total = 0;  // in row order: the same result for any thread count
+  for (std::int64_t r = 0; r < a.rows; ++r) total += row_losses[r];
+  *static_cast<Acc*>(a.loss) = total * plan.weight;
+}
+
+}  // namespace
+
+void scale_rows(const ScaleRowsArgs& a, const CpuExecutor& executor) {
+  executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t i = a.per_row ? r : 0;
+      const double factor = a.grad_output_is_double ? static_cast<const double*>(a.grad_output)[i]
+                                                    : static_cast<const float*>(a.grad_output)[i];
+      if (factor == 1.0) continue;
+      with_storage_type<double>(a.grad_dtype, [&](auto tag) {
+        using T = decltype(tag);
+        using Acc = acc_t<T>;
+        T* __restrict g = static_cast<T*>(a.grad) + r * a.cols;
+        const Acc f = static_cast<Acc>(factor);
+#pragma omp simd
+        for (std::int64_t j = 0; j < a.cols; ++j) g[j] = StoreFromAcc<T>::apply(load_as_acc(g[j]) * f);
+      });
+    }
+  });
+}
+
+void soft_target_loss(const SoftTargetArgs& args, const CpuExecutor& executor) {
+  if (soft_target_uses_double(args)) {
+    run<double>(args, executor);
+  } else {
+    run<float>(args, executor);
+  }
+}
+
+}  // namespace fusedkd::cpu::FUSEDKD_CPU_ISA
