@@ -29,6 +29,19 @@ struct RowView {
 };
 RowView row_view(const at::Tensor& x);
 
+// Runs a kernel launcher, turning the kernel library's std::exception (bad labels found on the
+// host, CUDA launch errors) into a c10::Error that names the op (a RuntimeError in Python).
+template <typename Fn>
+void launch_kernel(const char* op, Fn&& fn) {
+  try {
+    fn();
+  } catch (const c10::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, op, ": ", e.what());
+  }
+}
+
 // The CPU kernels run on LibTorch's intra-op thread pool (at::parallel_for).
 const CpuExecutor& torch_cpu_executor();
 

@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
   const at::Tensor workspace = at::empty({static_cast<int64_t>(soft_target_workspace_bytes(args))},
                                          student.options().dtype(at::kByte));
   args.workspace = workspace.mutable_data_ptr();
-  backend.loss(args);
+  launch_kernel("fusedkd::_soft_target_forward", [&] { backend.loss(args); });
   if (grad_teacher && teacher_used.scalar_type() != teacher.scalar_type())
     grad_t = grad_t.to(teacher.scalar_type());
   return {loss, grad_s, grad_t};
@@ -120,7 +120,7 @@ at::Tensor& scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const
   args.grad_output = factors.const_data_ptr();
   args.grad_output_is_double = is_double;
   args.per_row = per_row;
-  backend.scale_rows(args);
+  launch_kernel("fusedkd::_scale_rows_", [&] { backend.scale_rows(args); });
   return grad;
 }
 

@@ -53,7 +53,7 @@ at::Tensor softmax_forward_op(const at::Tensor& logits, double temperature, Soft
   args.input_row_stride = in.row_stride;
   args.temperature = temperature;
   args.kind = kind;
-  launch(args);
+  launch_kernel(op_name(kind), [&] { launch(args); });
   return out;
 }
 
@@ -79,7 +79,7 @@ at::Tensor softmax_backward_op(const at::Tensor& grad_output, const at::Tensor& 
   args.output_row_stride = y.row_stride;
   args.temperature = temperature;
   args.kind = kind;
-  launch(args);
+  launch_kernel(backward_op_name(kind), [&] { launch(args); });
   return grad_input;
 }
 

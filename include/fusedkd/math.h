@@ -48,6 +48,23 @@ FUSEDKD_HD float exp2_nonpositive(float x) {
 
 FUSEDKD_HD double exp2_nonpositive(double x) { return exp2(x); }
 
+// 1 / x, correctly rounded. On the GPU the intrinsic keeps the division's rarely taken slow path
+// (a called subroutine, which costs a stack frame) out of the kernels.
+FUSEDKD_HD float reciprocal(float x) {
+#if defined(__CUDA_ARCH__)
+  return __frcp_rn(x);
+#else
+  return 1.0f / x;
+#endif
+}
+FUSEDKD_HD double reciprocal(double x) {
+#if defined(__CUDA_ARCH__)
+  return __drcp_rn(x);
+#else
+  return 1.0 / x;
+#endif
+}
+
 // Running state of a softmax over part of a row, in the temperature-scaled domain:
 // `max` is the largest raw logit seen, `sum` = sum_j exp((x_j - max) / T).
 template <typename Acc>

@@ -218,7 +218,7 @@ FUSEDKD_HD void kd_soft_gradients(const KDRow<Acc>& row, const KDSums<Acc>& sums
 template <typename Acc>
 FUSEDKD_HD Acc kd_row_weight(bool divide, Acc valid_rows) {
   if (!divide) return Acc(1);
-  return valid_rows > Acc(0) ? Acc(1) / valid_rows : Acc(0);
+  return valid_rows > Acc(0) ? reciprocal(valid_rows) : Acc(0);
 }
 
 }  // namespace fusedkd

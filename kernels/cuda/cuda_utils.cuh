@@ -64,29 +64,40 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-// 16 bytes of elements: the unit of every vector load and store.
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int kWidth = 16 / static_cast<int>(sizeof(T));
-  T v[kWidth];
+// N elements loaded or stored as one aligned vector (N * sizeof(T) = 16 or 8 bytes): 16 bytes for
+// one array alone, fewer for the narrower of two arrays of different widths chunked alike.
+template <typename T, int N = 16 / static_cast<int>(sizeof(T))>
+struct alignas(N * sizeof(T)) Pack {
+  static constexpr int kWidth = N;
+  T v[N];
+};
+
+template <int BYTES>
+struct VectorWord;
+template <>
+struct VectorWord<16> {
+  using type = int4;
+};
+template <>
+struct VectorWord<8> {
+  using type = int2;
 };
 
 // Streaming (evict-first) load of data read once, and the default cached load for data a kernel
-// reads twice; `p` must be 16-byte aligned.
-template <typename T>
-__device__ __forceinline__ Pack<T> load_pack(const T* p, bool streaming) {
-  const int4 raw = streaming ? __ldcs(reinterpret_cast<const int4*>(p))
-                             : __ldg(reinterpret_cast<const int4*>(p));
-  Pack<T> pack;
-  memcpy(&pack, &raw, sizeof(raw));
+// reads again; `p` must be aligned to the pack size.
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p, bool streaming) {
+  using Word = typename VectorWord<N * sizeof(T)>::type;
+  Pack<T, N> pack;
+  *reinterpret_cast<Word*>(&pack) =
+      streaming ? __ldcs(reinterpret_cast<const Word*>(p)) : __ldg(reinterpret_cast<const Word*>(p));
   return pack;
 }
 
-template <typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T>& pack) {
-  int4 raw;
-  memcpy(&raw, &pack, sizeof(raw));
-  __stcs(reinterpret_cast<int4*>(p), raw);
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& pack) {
+  using Word = typename VectorWord<N * sizeof(T)>::type;
+  __stcs(reinterpret_cast<Word*>(p), *reinterpret_cast<const Word*>(&pack));
 }
 
 }  // namespace fusedkd::cuda

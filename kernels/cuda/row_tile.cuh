@@ -2,8 +2,9 @@
 // registers (RowTile), groups of threads that own one row each (RowGroup), and a reduction over
 // such a group whose result every thread of the group receives (RowAllReduce, on CUB).
 //
-// Chunk c of a row covers the row's elements [c*W - head, c*W - head + W), W = 16 / sizeof(T),
-// where `head` is how far the row start lies past a 16-byte boundary. Chunks that lie wholly in
+// Chunk c of a row covers the row's elements [c*W - head, c*W - head + W), W elements of
+// W * sizeof(T) bytes (16 bytes, or 8 for the narrower of two arrays chunked alike), where `head`
+// is how far (in elements) the row start lies past a chunk boundary. Chunks that lie wholly in
 // the row are one vector load; the first and last chunk may be partial and are read element by
 // element. A second array shares the chunking only when its rows start at the same `head`;
 // otherwise it is read element by element with the same element-to-thread mapping.
@@ -19,78 +20,83 @@
 
 namespace fusedkd::cuda {
 
-template <typename T>
+template <typename T, int N = Pack<T>::kWidth>
 __device__ __forceinline__ int chunk_head(const T* row) {
-  return static_cast<int>((reinterpret_cast<std::uintptr_t>(row) & 15u) / sizeof(T));
+  constexpr std::uintptr_t kBytes = N * sizeof(T);
+  return static_cast<int>((reinterpret_cast<std::uintptr_t>(row) % kBytes) / sizeof(T));
 }
 
-// Number of chunks a row of `cols` elements spans at the worst head.
-template <typename T>
-constexpr std::int64_t max_chunks_per_row(std::int64_t cols) {
-  constexpr int kWidth = Pack<T>::kWidth;
-  return (cols + 2 * kWidth - 2) / kWidth;
+// Number of chunks of `width` elements a row of `cols` elements spans at the worst head.
+constexpr std::int64_t max_chunks_per_row(std::int64_t cols, int width) {
+  return (cols + 2 * width - 2) / width;
 }
 
 // Loads chunk `c` of a row as accumulation values; elements outside the row become `fill`.
 // `vector_ok`: this row's head equals the chunking head (a whole chunk is one aligned load).
-template <typename T>
+template <typename T, int N, typename Acc>
 __device__ __forceinline__ void load_chunk(const T* row, std::int64_t cols, int head,
                                            std::int64_t c, bool vector_ok, bool streaming,
-                                           acc_t<T> (&out)[Pack<T>::kWidth], acc_t<T> fill) {
-  constexpr int kWidth = Pack<T>::kWidth;
+                                           Acc (&out)[N], Acc fill) {
+  constexpr int kWidth = N;
   const std::int64_t first = c * kWidth - head;
   if (vector_ok && first >= 0 && first + kWidth <= cols) {
-    const Pack<T> pack = load_pack(row + first, streaming);
+    const Pack<T, N> pack = load_pack<T, N>(row + first, streaming);
 #pragma unroll
-    for (int k = 0; k < kWidth; ++k) out[k] = to_acc(pack.v[k]);
+    for (int k = 0; k < kWidth; ++k) out[k] = static_cast<Acc>(to_acc(pack.v[k]));
   } else {
 #pragma unroll
     for (int k = 0; k < kWidth; ++k) {
       const std::int64_t e = first + k;
-      out[k] = (e >= 0 && e < cols) ? to_acc(row[e]) : fill;
+      out[k] = (e >= 0 && e < cols) ? static_cast<Acc>(to_acc(row[e])) : fill;
     }
   }
 }
 
-template <typename T>
+template <typename T, int N, typename Acc>
 __device__ __forceinline__ void store_chunk(T* row, std::int64_t cols, int head, std::int64_t c,
-                                            bool vector_ok, const acc_t<T> (&in)[Pack<T>::kWidth]) {
-  constexpr int kWidth = Pack<T>::kWidth;
+                                            bool vector_ok, const Acc (&in)[N]) {
+  constexpr int kWidth = N;
   const std::int64_t first = c * kWidth - head;
   if (vector_ok && first >= 0 && first + kWidth <= cols) {
-    Pack<T> pack;
+    Pack<T, N> pack;
 #pragma unroll
-    for (int k = 0; k < kWidth; ++k) pack.v[k] = from_acc<T>(in[k]);
-    store_pack(row + first, pack);
+    for (int k = 0; k < kWidth; ++k) pack.v[k] = from_acc<T>(static_cast<acc_t<T>>(in[k]));
+    store_pack<T, N>(row + first, pack);
   } else {
 #pragma unroll
     for (int k = 0; k < kWidth; ++k) {
       const std::int64_t e = first + k;
-      if (e >= 0 && e < cols) row[e] = from_acc<T>(in[k]);
+      if (e >= 0 && e < cols) row[e] = from_acc<T>(static_cast<acc_t<T>>(in[k]));
     }
   }
 }
 
 // A row held in registers: thread `lane` of a THREADS-thread group owns chunks
-// lane, lane + THREADS, ..., ITEMS of them. Indices are compile-time after unrolling, so the
-// array stays in registers.
-template <typename T, int THREADS, int ITEMS>
+// lane, lane + THREADS, ..., ITEMS of them, of N elements each, as values of type Acc. Indices
+// are compile-time after unrolling, so the array stays in registers.
+template <typename Acc, int THREADS, int ITEMS, int N>
 struct RowTile {
-  using Acc = acc_t<T>;
-  static constexpr int kWidth = Pack<T>::kWidth;
-  Acc v[ITEMS][kWidth];
+  static constexpr int kWidth = N;
+  Acc v[ITEMS][N];
 
+  template <typename T>
   __device__ __forceinline__ void load(const T* row, int cols, int head, int lane, Acc fill) {
-    const bool vector_ok = chunk_head(row) == head;
+    const bool vector_ok = chunk_head<T, N>(row) == head;
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i)
-      load_chunk(row, cols, head, lane + i * THREADS, vector_ok, /*streaming=*/true, v[i], fill);
+      load_chunk<T, N>(row, cols, head, lane + i * THREADS, vector_ok, /*streaming=*/true, v[i], fill);
   }
 
+  template <typename T>
   __device__ __forceinline__ void store(T* row, int cols, int head, int lane) const {
-    const bool vector_ok = chunk_head(row) == head;
+    const bool vector_ok = chunk_head<T, N>(row) == head;
 #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) store_chunk(row, cols, head, lane + i * THREADS, vector_ok, v[i]);
+    for (int i = 0; i < ITEMS; ++i) store_chunk<T, N>(row, cols, head, lane + i * THREADS, vector_ok, v[i]);
+  }
+
+  // Row index of element k of item i for this lane.
+  __device__ __forceinline__ static int element(int lane, int i, int k, int head) {
+    return (lane + i * THREADS) * N - head + k;
   }
 };
 

@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_tile_kernel(ForwardPara
     const T* in = static_cast<const T*>(p.input) + row * p.input_row_stride;
     T* out = static_cast<T*>(p.output) + row * p.cols;
     const int head = chunk_head(out);
-    RowTile<T, THREADS, ITEMS> x;
+    RowTile<Acc, THREADS, ITEMS, kWidth> x;
     x.load(in, p.cols, head, g.lane, neg_infinity<Acc>());
 
     SoftmaxStats<Acc> local{neg_infinity<Acc>(), Acc(0)};
@@ -105,8 +105,8 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_tile_kernel(BackwardPa
     const T* y_row = static_cast<const T*>(p.output) + row * p.output_row_stride;
     T* dx_row = static_cast<T*>(p.grad_input) + row * p.cols;
     const int head = chunk_head(dx_row);
-    RowTile<T, THREADS, ITEMS> dy;
-    RowTile<T, THREADS, ITEMS> y;
+    RowTile<Acc, THREADS, ITEMS, kWidth> dy;
+    RowTile<Acc, THREADS, ITEMS, kWidth> y;
     dy.load(dy_row, p.cols, head, g.lane, Acc(0));
     y.load(y_row, p.cols, head, g.lane, Acc(0));
 
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_streaming_kernel(Backw
 template <typename T, int MAX_BLOCK, typename Launch>
 void dispatch_row_length(int cols, Launch&& launch) {
   constexpr int kItems = kElementsPerThread / Pack<T>::kWidth;
-  const std::int64_t chunks = max_chunks_per_row<T>(cols);
+  const std::int64_t chunks = max_chunks_per_row(cols, Pack<T>::kWidth);
   if (chunks <= 4) return launch.template tile<4, 128, 1>();
   if (chunks <= 8) return launch.template tile<8, 128, 1>();
   if (chunks <= 16) return launch.template tile<16, 128, 1>();

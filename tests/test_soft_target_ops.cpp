@@ -1,0 +1,352 @@
+// kl_div, jsd, soft_mse, kd_loss against LibTorch composites (log_softmax, kl_div(log_target),
+// mse_loss, cross_entropy) with autograd: losses and gradients for every reduction, divergence,
+// beta, temperature, dtype (also mixed), shape and layout; the seed's two examples; ignore_index;
+// grad_output scaling; retain_graph; masked logits; every bad input the spec lists.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "fusedkd/build_config.h"
+#include "fusedkd/torch.h"
+
+namespace F = torch::nn::functional;
+
+namespace {
+
+double rel_error(const at::Tensor& out, const at::Tensor& ref) {
+  const at::Tensor o = out.detach().to(at::kDouble).cpu();
+  const at::Tensor r = ref.detach().to(at::kDouble).cpu();
+  if (o.isnan().any().item<bool>() != r.isnan().any().item<bool>()) return 1e300;
+  const double norm = r.norm().item<double>();
+  const double diff = (o - r).norm().item<double>();
+  return norm == 0 ? diff : diff / norm;
+}
+
+double tolerance(at::ScalarType a, at::ScalarType b = at::kDouble) {
+  auto tol = [](at::ScalarType t) { return t == at::kDouble ? 1e-10 : t == at::kFloat ? 1e-5 : 1e-2; };
+  return std::max(tol(a), b == at::kDouble ? 0.0 : tol(b));
+}
+
+at::Tensor logits(at::IntArrayRef shape, at::ScalarType type, const at::Device& device, int seed, double scale = 3.0) {
+  torch::manual_seed(seed);
+  return (torch::randn(shape, torch::kDouble) * scale).to(type).to(device);
+}
+
+// Per-row divergences in float64 from the composites, the way a PyTorch user writes them.
+at::Tensor composite_rows(const at::Tensor& s, const at::Tensor& t, double T, const std::string& divergence,
+                          double beta) {
+  const at::Tensor lq = torch::log_softmax(s / T, -1);
+  const at::Tensor lp = torch::log_softmax(t / T, -1);
+  auto kl_rows = [](const at::Tensor& target_log, const at::Tensor& input_log) {
+    return F::kl_div(input_log, target_log, F::KLDivFuncOptions().reduction(torch::kNone).log_target(true)).sum(-1);
+  };
+  if (divergence == "kl") return kl_rows(lp, lq);
+  if (divergence == "reverse_kl") return kl_rows(lq, lp);
+  if (divergence == "mse") return (lq.exp() - lp.exp()).pow(2).sum(-1);
+  if (beta == 0.0) return kl_rows(lp, lq);
+  if (beta == 1.0) return kl_rows(lq, lp);
+  const at::Tensor lm = torch::logsumexp(torch::stack({lp + std::log(beta), lq + std::log(1 - beta)}), 0);
+  return beta * kl_rows(lp, lm) + (1 - beta) * kl_rows(lq, lm);
+}
+
+at::Tensor reduce(const at::Tensor& rows, const std::string& reduction, int64_t cols) {
+  if (reduction == "none") return rows;
+  if (reduction == "sum") return rows.sum();
+  if (reduction == "mean") return rows.sum() / (rows.numel() * cols);
+  return rows.sum() / rows.numel();  // batchmean
+}
+
+class SoftTargetOps : public ::testing::TestWithParam<std::string> {
+ protected:
+  at::Device device() const { return at::Device(GetParam()); }
+  void SetUp() override {
+    if (!device().is_cuda()) return;
+    if (!FUSEDKD_WITH_CUDA) GTEST_SKIP() << "skipped: built without CUDA";
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "skipped: no CUDA device";
+  }
+  // Loss and gradients of `ours` against `reference`, both functions of (s, t) leaves.
+  template <typename Ours, typename Ref>
+  void compare(const at::Tensor& s0, const at::Tensor& t0, bool teacher_grad, Ours&& ours, Ref&& reference,
+               const std::string& what) {
+    const at::Tensor s = s0.detach().clone().requires_grad_(true);
+    const at::Tensor t = t0.detach().clone().requires_grad_(teacher_grad);
+    const at::Tensor loss = ours(s, t);
+    const bool is_double = s0.scalar_type() == at::kDouble || t0.scalar_type() == at::kDouble;
+    EXPECT_EQ(loss.scalar_type(), is_double ? at::kDouble : at::kFloat) << what;
+    const at::Tensor s64 = s0.detach().to(at::kDouble).requires_grad_(true);
+    const at::Tensor t64 = t0.detach().to(at::kDouble).requires_grad_(teacher_grad);
+    const at::Tensor ref = reference(s64, t64);
+    ASSERT_EQ(loss.sizes(), ref.sizes()) << what;
+    const double tol = tolerance(s0.scalar_type(), t0.scalar_type());
+    EXPECT_LT(rel_error(loss, ref), tol) << what << " loss " << loss << " ref " << ref;
+    const at::Tensor upstream = torch::randn(loss.sizes(), torch::kDouble);
+    std::vector<at::Tensor> inputs = {s};
+    std::vector<at::Tensor> inputs64 = {s64};
+    if (teacher_grad) {
+      inputs.push_back(t);
+      inputs64.push_back(t64);
+    }
+    const auto grads = torch::autograd::grad({loss}, inputs, {upstream.to(loss.dtype()).to(loss.device())});
+    const auto grads64 = torch::autograd::grad({ref}, inputs64, {upstream});
+    for (size_t i = 0; i < grads.size(); ++i) {
+      EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << what;
+      EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << what;
+      EXPECT_LT(rel_error(grads[i], grads64[i]), tol) << what << (i == 0 ? " student" : " teacher") << " gradient";
+    }
+  }
+};
+
+TEST_P(SoftTargetOps, KlDivMatchesCompositeForEveryReductionAndDirection) {
+  int seed = 0;
+  for (const std::string reduction : {"none", "sum", "mean", "batchmean"})
+    for (bool reverse : {false, true})
+      for (double T : {0.5, 1.0, 4.0, 20.0}) {
+        const at::Tensor s = logits({6, 37}, at::kDouble, device(), ++seed);
+        const at::Tensor t = logits({6, 37}, at::kDouble, device(), ++seed);
+        compare(s, t, seed % 2,
+                [&](const at::Tensor& a, const at::Tensor& b) { return fusedkd::kl_div(a, b, T, reduction, reverse); },
+                [&](const at::Tensor& a, const at::Tensor& b) {
+                  return reduce(composite_rows(a, b, T, reverse ? "reverse_kl" : "kl", 0), reduction, 37);
+                },
+                "kl_div " + reduction + (reverse ? " reverse" : "") + " T=" + std::to_string(T));
+      }
+}
+
+TEST_P(SoftTargetOps, JsdMatchesCompositeForEveryBeta) {
+  int seed = 100;
+  for (double beta : {0.0, 0.1, 0.5, 0.9, 1.0})
+    for (const std::string reduction : {"none", "sum", "batchmean"}) {
+      const double T = seed % 2 ? 2.0 : 0.7;
+      const at::Tensor s = logits({5, 129}, at::kFloat, device(), ++seed);
+      const at::Tensor t = logits({5, 129}, at::kFloat, device(), ++seed);
+      compare(s, t, true,
+              [&](const at::Tensor& a, const at::Tensor& b) { return fusedkd::jsd(a, b, T, beta, reduction); },
+              [&](const at::Tensor& a, const at::Tensor& b) {
+                return reduce(composite_rows(a, b, T, "jsd", beta), reduction, 129);
+              },
+              "jsd beta=" + std::to_string(beta) + " " + reduction);
+    }
+}
+
+TEST_P(SoftTargetOps, SoftMseMatchesMseLossOnSoftmaxes) {
+  int seed = 200;
+  for (const std::string reduction : {"mean", "sum", "none", "batchmean"}) {
+    const at::Tensor s = logits({7, 10}, at::kFloat, device(), ++seed);
+    const at::Tensor t = logits({7, 10}, at::kFloat, device(), ++seed);
+    compare(s, t, true,
+            [&](const at::Tensor& a, const at::Tensor& b) { return fusedkd::soft_mse(a, b, 5.0, reduction); },
+            [&](const at::Tensor& a, const at::Tensor& b) {
+              if (reduction == "mean") return F::mse_loss(torch::softmax(a / 5.0, -1), torch::softmax(b / 5.0, -1));
+              return reduce(composite_rows(a, b, 5.0, "mse", 0), reduction, 10);
+            },
+            "soft_mse " + reduction);
+  }
+}
+
+TEST_P(SoftTargetOps, DtypesMixedDtypesShapesAndLayouts) {
+  const std::vector<std::pair<at::ScalarType, at::ScalarType>> pairs = {
+      {at::kFloat, at::kFloat},   {at::kBFloat16, at::kBFloat16}, {at::kHalf, at::kHalf},
+      {at::kFloat, at::kBFloat16}, {at::kBFloat16, at::kFloat},   {at::kHalf, at::kBFloat16},
+      {at::kDouble, at::kFloat}};
+  const std::vector<std::vector<int64_t>> shapes = {{1, 1}, {3, 7}, {2, 3, 1031}, {4, 5000}, {2, 20000}};
+  int seed = 300;
+  for (const auto& [ts, tt] : pairs)
+    for (const auto& shape : shapes) {
+      const at::Tensor s = logits(shape, ts, device(), ++seed);
+      const at::Tensor t = logits(shape, tt, device(), ++seed);
+      const int64_t V = shape.back();
+      compare(s, t, seed % 3 == 0,
+              [&](const at::Tensor& a, const at::Tensor& b) { return fusedkd::kl_div(a, b, 2.0, "batchmean"); },
+              [&](const at::Tensor& a, const at::Tensor& b) { return reduce(composite_rows(a, b, 2.0, "kl", 0), "batchmean", V); },
+              std::string("kl_div ") + c10::toString(ts) + "/" + c10::toString(tt) + " V=" + std::to_string(V));
+    }
+  // Non-contiguous student and teacher (strided rows, transposed leading dims).
+  const at::Tensor base_s = logits({6, 4, 50}, at::kFloat, device(), 400);
+  const at::Tensor base_t = logits({4, 6, 50}, at::kFloat, device(), 401);
+  const at::Tensor s = base_s.narrow(2, 1, 45);
+  const at::Tensor t = base_t.transpose(0, 1).narrow(2, 3, 45);
+  compare(s, t, true,
+          [&](const at::Tensor& a, const at::Tensor& b) { return fusedkd::jsd(a, b, 1.5, 0.3, "none"); },
+          [&](const at::Tensor& a, const at::Tensor& b) { return composite_rows(a, b, 1.5, "jsd", 0.3); },
+          "non-contiguous");
+  EXPECT_TRUE(torch::equal(fusedkd::kl_div(s, t, 1.5, "none"), fusedkd::kl_div(s.contiguous(), t.contiguous(), 1.5, "none")));
+}
+
+// The seed's examples 1 and 2, written as in the seed (nn.MSELoss / nn.KLDivLoss(batchmean)).
+TEST_P(SoftTargetOps, SeedExamplesAreKdLoss) {
+  const at::Tensor s = logits({32, 10}, at::kFloat, device(), 500);
+  const at::Tensor t = logits({32, 10}, at::kFloat, device(), 501);
+  torch::manual_seed(502);
+  const at::Tensor y = torch::randint(0, 10, {32}, torch::kLong).to(device());
+  const double alpha = 0.7;
+  compare(s, t, false,
+          [&](const at::Tensor& a, const at::Tensor& b) {
+            return fusedkd::kd_loss(a, b, y, 5.0, alpha, 1.0, "mse");
+          },
+          [&](const at::Tensor& a, const at::Tensor& b) {
+            const at::Tensor soft_targets = torch::softmax(b.detach() / 5.0, 1);
+            return F::cross_entropy(a, y) + alpha * F::mse_loss(torch::softmax(a / 5.0, 1), soft_targets);
+          },
+          "seed example 1");
+  compare(s, t, false,
+          [&](const at::Tensor& a, const at::Tensor& b) {
+            return fusedkd::kd_loss(a, b, y, 10.0, alpha, 1.0, "kl");
+          },
+          [&](const at::Tensor& a, const at::Tensor& b) {
+            const at::Tensor soft_targets = torch::softmax(b.detach() / 10.0, 1);
+            return F::cross_entropy(a, y) +
+                   alpha * F::kl_div(torch::log_softmax(a / 10.0, 1), soft_targets,
+                                     F::KLDivFuncOptions().reduction(torch::kBatchMean));
+          },
+          "seed example 2");
+}
+
+TEST_P(SoftTargetOps, KdLossDivergencesIgnoreIndexAndT2Scale) {
+  int seed = 600;
+  for (const std::string divergence : {"kl", "reverse_kl", "jsd", "mse"})
+    for (bool t2 : {false, true}) {
+      const at::Tensor s = logits({3, 4, 33}, at::kFloat, device(), ++seed);
+      const at::Tensor t = logits({3, 4, 33}, at::kFloat, device(), ++seed);
+      torch::manual_seed(seed);
+      at::Tensor y = torch::randint(0, 33, {3, 4}, torch::kLong);
+      y.index_put_({0, 1}, -1);
+      y.index_put_({2, 3}, -1);
+      y = y.to(torch::kInt).to(device());  // int32 labels are accepted
+      const double T = 3.0, sw = 0.6, hw = 0.4, beta = 0.25;
+      compare(s, t, true,
+              [&](const at::Tensor& a, const at::Tensor& b) {
+                return fusedkd::kd_loss(a, b, y, T, sw, hw, divergence, beta, /*ignore_index=*/-1, t2);
+              },
+              [&](const at::Tensor& a, const at::Tensor& b) {
+                const at::Tensor valid = (y != -1).flatten();
+                const at::Tensor a2 = a.reshape({-1, 33}).index({valid});
+                const at::Tensor b2 = b.reshape({-1, 33}).index({valid});
+                const at::Tensor y2 = y.flatten().index({valid}).to(at::kLong);
+                const double n = static_cast<double>(a2.size(0));
+                at::Tensor soft = composite_rows(a2, b2, T, divergence, beta).sum() / n;
+                if (divergence == "mse") soft = soft / 33.0;
+                return hw * F::cross_entropy(a2, y2) + sw * (t2 ? T * T : 1.0) * soft;
+              },
+              "kd_loss " + divergence + (t2 ? " t2" : ""));
+    }
+}
+
+TEST_P(SoftTargetOps, KdLossWithEveryRowIgnoredIsZeroWithZeroGradients) {
+  const at::Tensor s = logits({4, 9}, at::kFloat, device(), 700).requires_grad_(true);
+  const at::Tensor t = logits({4, 9}, at::kFloat, device(), 701).requires_grad_(true);
+  const at::Tensor y = torch::full({4}, -100, torch::kLong).to(device());
+  const at::Tensor loss = fusedkd::kd_loss(s, t, y, 2.0, 1.0, 1.0, "jsd");
+  EXPECT_EQ(loss.item<float>(), 0.0f);
+  loss.backward();
+  EXPECT_TRUE((s.grad() == 0).all().item<bool>());
+  EXPECT_TRUE((t.grad() == 0).all().item<bool>());
+  // Without hard weight the labels still select the rows.
+  const at::Tensor soft_only = fusedkd::kd_loss(s.detach(), t.detach(), y);
+  EXPECT_EQ(soft_only.item<float>(), 0.0f);
+}
+
+TEST_P(SoftTargetOps, GradOutputScalingRetainGraphAndNoGrad) {
+  const at::Tensor s = logits({5, 40}, at::kDouble, device(), 800).requires_grad_(true);
+  const at::Tensor t = logits({5, 40}, at::kDouble, device(), 801);
+  const at::Tensor loss = fusedkd::kl_div(s, t, 2.0);
+  const at::Tensor g1 = torch::autograd::grad({loss}, {s}, {torch::ones_like(loss)}, /*retain_graph=*/true)[0].clone();
+  const at::Tensor g3 = torch::autograd::grad({loss}, {s}, {torch::full_like(loss, 3.0)}, /*retain_graph=*/true)[0];
+  const at::Tensor g1_again = torch::autograd::grad({loss}, {s}, {torch::ones_like(loss)})[0];
+  EXPECT_LT(rel_error(g3, g1 * 3), 1e-14);
+  EXPECT_TRUE(torch::equal(g1, g1_again));  // a second backward recomputes exactly
+  // Per-row weights through reduction="none".
+  const at::Tensor rows = fusedkd::kl_div(s, t, 2.0, "none");
+  const at::Tensor w = torch::rand({5}, torch::kDouble).to(device());
+  const at::Tensor gw = torch::autograd::grad({(rows * w).sum()}, {s})[0];
+  const at::Tensor s64 = s.detach().clone().requires_grad_(true);
+  const at::Tensor gref = torch::autograd::grad({(composite_rows(s64, t, 2.0, "kl", 0) * w).sum()}, {s64})[0];
+  EXPECT_LT(rel_error(gw, gref), 1e-10);
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_FALSE(fusedkd::kd_loss(s, t).requires_grad());
+  }
+  // A teacher that does not require grad gets none.
+  const at::Tensor ls = fusedkd::kd_loss(s, t);
+  EXPECT_TRUE(ls.requires_grad());
+}
+
+TEST_P(SoftTargetOps, MaskedLogitsGiveFiniteLossesAndGradients) {
+  at::Tensor s = logits({8, 64}, at::kFloat, device(), 900);
+  at::Tensor t = logits({8, 64}, at::kFloat, device(), 901);
+  at::Tensor mask = torch::rand({8, 64}) < 0.25;
+  mask.index_put_({torch::indexing::Slice(), 0}, false);
+  mask = mask.to(device());
+  const float ninf = -std::numeric_limits<float>::infinity();
+  s = s.masked_fill(mask, ninf);  // the same vocabulary masked for both
+  t = t.masked_fill(mask, ninf);
+  for (const std::string divergence : {"kl", "reverse_kl", "jsd", "mse"}) {
+    const at::Tensor sg = s.clone().requires_grad_(true);
+    const at::Tensor tg = t.clone().requires_grad_(true);
+    const at::Tensor loss = fusedkd::kd_loss(sg, tg, std::nullopt, 2.0, 1.0, 0.0, divergence);
+    EXPECT_TRUE(std::isfinite(loss.item<float>())) << divergence;
+    loss.backward();
+    EXPECT_FALSE(sg.grad().isnan().any().item<bool>()) << divergence;
+    EXPECT_FALSE(tg.grad().isnan().any().item<bool>()) << divergence;
+    EXPECT_TRUE((sg.grad().masked_select(mask) == 0).all().item<bool>()) << divergence;
+  }
+  // Teacher-only masking: p = 0 where the student still has mass; forward KL stays finite.
+  const at::Tensor t_only = logits({8, 64}, at::kFloat, device(), 902).masked_fill(mask, ninf);
+  const at::Tensor s_free = logits({8, 64}, at::kFloat, device(), 903).requires_grad_(true);
+  const at::Tensor kl = fusedkd::kl_div(s_free, t_only, 1.0);
+  EXPECT_TRUE(std::isfinite(kl.item<float>()));
+  // (torch's kl_div gives NaN here: 0 * -inf. The spec's reference drops the p = 0 terms.)
+  const at::Tensor lq = torch::log_softmax(s_free.detach().to(at::kDouble), -1);
+  const at::Tensor lp = torch::log_softmax(t_only.to(at::kDouble), -1);
+  const at::Tensor ref = torch::where(mask, torch::zeros_like(lp), lp.exp() * (lp - lq)).sum(-1).mean();
+  EXPECT_LT(rel_error(kl, ref), 1e-5);
+}
+
+template <typename Fn>
+void expect_error(Fn&& fn, std::initializer_list<const char*> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error raised; expected one mentioning " << *parts.begin();
+  } catch (const c10::Error& e) {
+    const std::string message = e.what_without_backtrace();
+    for (const char* part : parts) EXPECT_NE(message.find(part), std::string::npos) << message;
+  }
+}
+
+TEST_P(SoftTargetOps, BadInputsRaiseClearErrors) {
+  const auto o = torch::TensorOptions().device(device());
+  const at::Tensor s = torch::zeros({4, 5}, o), t = torch::zeros({4, 5}, o);
+  const at::Tensor y = torch::zeros({4}, o.dtype(torch::kLong));
+  expect_error([&] { fusedkd::kl_div(s, torch::zeros({4, 6}, o)); }, {"kl_div", "same shape"});
+  expect_error([&] { fusedkd::kl_div(s.to(torch::kLong), t); }, {"student_logits", "Long"});
+  expect_error([&] { fusedkd::jsd(s, t.to(torch::kInt)); }, {"teacher_logits", "Int"});
+  expect_error([&] { fusedkd::soft_mse(torch::zeros({}, o), torch::zeros({}, o)); }, {"at least 1 dim"});
+  expect_error([&] { fusedkd::kl_div(torch::zeros({4, 0}, o), torch::zeros({4, 0}, o)); }, {"last dim (V)"});
+  for (double bad : {0.0, -1.0, std::nan(""), std::numeric_limits<double>::infinity()})
+    expect_error([&] { fusedkd::kd_loss(s, t, y, bad); }, {"kd_loss", "temperature"});
+  expect_error([&] { fusedkd::kl_div(s, t, 1.0, "average"); }, {"reduction", "average"});
+  expect_error([&] { fusedkd::kd_loss(s, t, y, 1.0, 1.0, 0.0, "cosine"); }, {"divergence", "cosine"});
+  expect_error([&] { fusedkd::jsd(s, t, 1.0, 1.5); }, {"beta", "[0, 1]"});
+  expect_error([&] { fusedkd::kd_loss(s, t, y, 1.0, 1.0, 0.0, "jsd", -0.1); }, {"beta"});
+  expect_error([&] { fusedkd::kd_loss(s, t, std::nullopt, 1.0, 1.0, 0.5); }, {"hard_weight", "labels"});
+  expect_error([&] { fusedkd::kd_loss(s, t, y.to(torch::kFloat), 1.0, 1.0, 1.0); }, {"labels", "integer"});
+  expect_error([&] { fusedkd::kd_loss(s, t, torch::zeros({5}, o.dtype(torch::kLong)), 1.0, 1.0, 1.0); },
+               {"labels", "shape"});
+  if (!device().is_cuda()) {
+    expect_error([&] { fusedkd::kd_loss(s, t, torch::full({4}, 7, torch::kLong), 1.0, 1.0, 1.0); },
+                 {"label 7", "outside [0, 5)"});
+  } else {
+    // On CUDA a bad label cannot be checked without a sync: the loss is NaN instead.
+    const at::Tensor bad = torch::full({4}, 7, o.dtype(torch::kLong));
+    EXPECT_TRUE(std::isnan(fusedkd::kd_loss(s, t, bad, 1.0, 1.0, 1.0).item<float>()));
+    expect_error([&] { fusedkd::kl_div(s, torch::zeros({4, 5})); }, {"same device"});
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, SoftTargetOps, ::testing::Values(std::string("cpu"), std::string("cuda")),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+}  // namespace
