@@ -13,68 +13,12 @@
 #include "fusedkd/build_config.h"
 #include "fusedkd/math.h"
 #include "fusedkd/softmax.h"
+#include "kernel_test_support.h"
 #include "reference.h"
 
-#if FUSEDKD_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
 
 namespace fusedkd::testing {
 namespace {
-
-// Host storage of doubles converted to one of the kernel dtypes.
-struct Buffer {
-  DType dtype;
-  std::vector<unsigned char> bytes;
-
-  Buffer(DType type, std::size_t count) : dtype(type), bytes(count * dtype_size(type)) {}
-  static Buffer from(DType type, const std::vector<double>& values) {
-    Buffer b(type, values.size());
-    for (std::size_t i = 0; i < values.size(); ++i) b.set(i, values[i]);
-    return b;
-  }
-  std::size_t size() const { return bytes.size() / dtype_size(dtype); }
-  void set(std::size_t i, double v) {
-    void* p = bytes.data() + i * dtype_size(dtype);
-    switch (dtype) {
-      case DType::Float32: { float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
-      case DType::Float64: std::memcpy(p, &v, 8); break;
-      case DType::Float16: { Half h = float_to_half(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
-      case DType::BFloat16: { BFloat16 h = float_to_bfloat16(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
-    }
-  }
-  double get(std::size_t i) const {
-    const void* p = bytes.data() + i * dtype_size(dtype);
-    switch (dtype) {
-      case DType::Float32: { float f; std::memcpy(&f, p, 4); return f; }
-      case DType::Float64: { double d; std::memcpy(&d, p, 8); return d; }
-      case DType::Float16: { Half h; std::memcpy(&h, p, 2); return half_to_float(h); }
-      case DType::BFloat16: { BFloat16 h; std::memcpy(&h, p, 2); return bfloat16_to_float(h); }
-    }
-    return 0;
-  }
-  std::vector<double> values() const {
-    std::vector<double> v(size());
-    for (std::size_t i = 0; i < v.size(); ++i) v[i] = get(i);
-    return v;
-  }
-  void poison() { std::memset(bytes.data(), 0xFF, bytes.size()); }  // NaN in every float format
-  void* data() { return bytes.data(); }
-};
-
-double tolerance(DType dtype) {
-  switch (dtype) {
-    case DType::Float64: return 1e-12;
-    case DType::Float32: return 5e-6;
-    default: return 1e-2;
-  }
-}
-
-// float16 stores magnitudes below its smallest normal, 2^-14, with few digits (tiny gradients of
-// long rows at high temperature): errors are measured against at least that scale.
-double resolution_floor(DType dtype) { return dtype == DType::Float16 ? std::ldexp(1.0, -14) : 0.0; }
-
-enum class Backend { Cpu, Cuda };
 
 struct Case {
   Backend backend;
@@ -111,43 +55,11 @@ std::vector<double> compact_rows(const std::vector<double>& flat, const Case& c)
   return out;
 }
 
-#if FUSEDKD_WITH_CUDA
-bool cuda_device_present() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-// A device copy of a host buffer that is copied back on request.
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  std::size_t bytes = 0;
-  explicit DeviceBuffer(const Buffer& host) : bytes(host.bytes.size()) {
-    EXPECT_EQ(cudaMalloc(&ptr, bytes ? bytes : 1), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr, host.bytes.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  void copy_to(Buffer& host) const {
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(host.bytes.data(), ptr, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-  }
-};
-#endif
-
-void skip_without_device(const Case& c) {
-  if (c.backend != Backend::Cuda) return;
-#if FUSEDKD_WITH_CUDA
-  if (!cuda_device_present()) GTEST_SKIP() << "skipped: no CUDA device";
-#else
-  GTEST_SKIP() << "skipped: built without CUDA";
-#endif
-}
-
 class SoftmaxKernel : public ::testing::TestWithParam<Case> {};
 
 TEST_P(SoftmaxKernel, ForwardMatchesFloat64Reference) {
   const Case c = GetParam();
-  skip_without_device(c);
-  if (::testing::Test::IsSkipped()) return;
+  if (const char* why = missing_device(c.backend)) GTEST_SKIP() << why;
   const std::int64_t stride = c.cols + c.pad;
   const std::uint64_t seed = static_cast<std::uint64_t>(c.rows * 7919 + c.cols * 31 + c.pad);
   // Logits are rounded to the dtype first: the reference sees exactly what the kernel reads.
@@ -167,28 +79,23 @@ TEST_P(SoftmaxKernel, ForwardMatchesFloat64Reference) {
   args.temperature = c.temperature;
   args.kind = c.kind;
   const std::size_t offset_bytes = static_cast<std::size_t>(c.offset) * dtype_size(c.dtype);
-  if (c.backend == Backend::Cpu) {
-    args.input = input.bytes.data() + offset_bytes;
-    args.output = output.data();
-    softmax_forward_cpu(args);
-  } else {
+  run_on_backend(c.backend, {&input}, {&output}, 0,
+                 [&](const std::vector<const void*>& in, const std::vector<void*>& out, void*, void* stream) {
+                   args.input = static_cast<const unsigned char*>(in[0]) + offset_bytes;
+                   args.output = out[0];
+                   if (c.backend == Backend::Cpu) softmax_forward_cpu(args);
 #if FUSEDKD_WITH_CUDA
-    DeviceBuffer d_input(input);
-    DeviceBuffer d_output(output);
-    args.input = static_cast<unsigned char*>(d_input.ptr) + offset_bytes;
-    args.output = d_output.ptr;
-    softmax_forward_cuda(args, nullptr);
-    d_output.copy_to(output);
+                   else softmax_forward_cuda(args, static_cast<CUstream_st*>(stream));
 #endif
-  }
+                   (void)stream;
+                 });
   const double error = relative_error(output.values(), ref, resolution_floor(c.dtype));
   EXPECT_LT(error, tolerance(c.dtype)) << case_name({c, 0});
 }
 
 TEST_P(SoftmaxKernel, BackwardMatchesFloat64Reference) {
   const Case c = GetParam();
-  skip_without_device(c);
-  if (::testing::Test::IsSkipped()) return;
+  if (const char* why = missing_device(c.backend)) GTEST_SKIP() << why;
   const bool log = c.kind == SoftmaxKind::LogSoftmax;
   const std::int64_t stride = c.cols + c.pad;
   const std::uint64_t seed = static_cast<std::uint64_t>(c.rows * 104729 + c.cols * 17 + c.pad);
@@ -217,23 +124,17 @@ TEST_P(SoftmaxKernel, BackwardMatchesFloat64Reference) {
   args.temperature = c.temperature;
   args.kind = c.kind;
   const std::size_t offset_bytes = static_cast<std::size_t>(c.offset) * dtype_size(c.dtype);
-  if (c.backend == Backend::Cpu) {
-    args.grad_output = grad_output.bytes.data() + offset_bytes;
-    args.output = output.bytes.data() + offset_bytes;
-    args.grad_input = grad_input.data();
-    softmax_backward_cpu(args);
-  } else {
+  run_on_backend(c.backend, {&grad_output, &output}, {&grad_input}, 0,
+                 [&](const std::vector<const void*>& in, const std::vector<void*>& out, void*, void* stream) {
+                   args.grad_output = static_cast<const unsigned char*>(in[0]) + offset_bytes;
+                   args.output = static_cast<const unsigned char*>(in[1]) + offset_bytes;
+                   args.grad_input = out[0];
+                   if (c.backend == Backend::Cpu) softmax_backward_cpu(args);
 #if FUSEDKD_WITH_CUDA
-    DeviceBuffer d_grad_output(grad_output);
-    DeviceBuffer d_output(output);
-    DeviceBuffer d_grad_input(grad_input);
-    args.grad_output = static_cast<unsigned char*>(d_grad_output.ptr) + offset_bytes;
-    args.output = static_cast<unsigned char*>(d_output.ptr) + offset_bytes;
-    args.grad_input = d_grad_input.ptr;
-    softmax_backward_cuda(args, nullptr);
-    d_grad_input.copy_to(grad_input);
+                   else softmax_backward_cuda(args, static_cast<CUstream_st*>(stream));
 #endif
-  }
+                   (void)stream;
+                 });
   const double error = relative_error(grad_input.values(), ref, resolution_floor(c.dtype));
   EXPECT_LT(error, tolerance(c.dtype)) << case_name({c, 0});
 }

@@ -1,0 +1,127 @@
+// Helpers of the kernel-library tests (no LibTorch): host buffers of any kernel dtype,
+// tolerances, and running a launcher on the CPU or on a CUDA device with the same buffers.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "fusedkd/build_config.h"
+#include "fusedkd/dtype.h"
+
+#if FUSEDKD_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace fusedkd::testing {
+
+// Host storage of values converted to one of the kernel dtypes.
+struct Buffer {
+  DType dtype;
+  std::vector<unsigned char> bytes;
+
+  Buffer(DType type, std::size_t count) : dtype(type), bytes(count * dtype_size(type)) {}
+  static Buffer from(DType type, const std::vector<double>& values) {
+    Buffer b(type, values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) b.set(i, values[i]);
+    return b;
+  }
+  std::size_t size() const { return bytes.size() / dtype_size(dtype); }
+  void set(std::size_t i, double v) {
+    void* p = bytes.data() + i * dtype_size(dtype);
+    switch (dtype) {
+      case DType::Float32: { const float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
+      case DType::Float64: std::memcpy(p, &v, 8); break;
+      case DType::Float16: { const Half h = float_to_half(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
+      case DType::BFloat16: { const BFloat16 h = float_to_bfloat16(static_cast<float>(v)); std::memcpy(p, &h, 2); break; }
+    }
+  }
+  double get(std::size_t i) const {
+    const void* p = bytes.data() + i * dtype_size(dtype);
+    switch (dtype) {
+      case DType::Float32: { float f; std::memcpy(&f, p, 4); return f; }
+      case DType::Float64: { double d; std::memcpy(&d, p, 8); return d; }
+      case DType::Float16: { Half h; std::memcpy(&h, p, 2); return half_to_float(h); }
+      case DType::BFloat16: { BFloat16 h; std::memcpy(&h, p, 2); return bfloat16_to_float(h); }
+    }
+    return 0;
+  }
+  std::vector<double> values() const {
+    std::vector<double> v(size());
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = get(i);
+    return v;
+  }
+  void poison() { std::memset(bytes.data(), 0xFF, bytes.size()); }  // NaN in every float format
+  void* data() { return bytes.data(); }
+};
+
+inline double tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::Float64: return 1e-12;
+    case DType::Float32: return 5e-6;
+    default: return 1e-2;
+  }
+}
+
+// float16 stores magnitudes below its smallest normal, 2^-14, with few digits (tiny gradients of
+// long rows at high temperature): errors are measured against at least that scale.
+inline double resolution_floor(DType dtype) { return dtype == DType::Float16 ? std::ldexp(1.0, -14) : 0.0; }
+
+enum class Backend { Cpu, Cuda };
+
+// Why a backend cannot run here, or nullptr.
+inline const char* missing_device(Backend backend) {
+  if (backend != Backend::Cuda) return nullptr;
+#if FUSEDKD_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) return "skipped: no CUDA device";
+  return nullptr;
+#else
+  return "skipped: built without CUDA";
+#endif
+}
+
+using LaunchBody = std::function<void(const std::vector<const void*>& inputs, const std::vector<void*>& outputs,
+                                      void* workspace, void* stream)>;
+
+// Runs `body` with pointers to the buffers: host memory on the CPU; on CUDA, device copies of
+// every buffer (outputs copied back afterwards, the workspace in device memory, stream 0).
+inline void run_on_backend(Backend backend, const std::vector<const Buffer*>& inputs,
+                           const std::vector<Buffer*>& outputs, std::size_t workspace_bytes, const LaunchBody& body) {
+  if (backend == Backend::Cpu) {
+    std::vector<const void*> in;
+    std::vector<void*> out;
+    for (const Buffer* b : inputs) in.push_back(b->bytes.data());
+    for (Buffer* b : outputs) out.push_back(b->data());
+    std::vector<unsigned char> workspace(workspace_bytes);
+    body(in, out, workspace.data(), nullptr);
+    return;
+  }
+#if FUSEDKD_WITH_CUDA
+  auto upload = [](const Buffer& b) {
+    void* p = nullptr;
+    EXPECT_EQ(cudaMalloc(&p, b.bytes.size() ? b.bytes.size() : 1), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(p, b.bytes.data(), b.bytes.size(), cudaMemcpyHostToDevice), cudaSuccess);
+    return p;
+  };
+  std::vector<void*> device_in, device_out;
+  for (const Buffer* b : inputs) device_in.push_back(upload(*b));
+  for (Buffer* b : outputs) device_out.push_back(upload(*b));
+  void* workspace = nullptr;
+  EXPECT_EQ(cudaMalloc(&workspace, workspace_bytes ? workspace_bytes : 1), cudaSuccess);
+  body(std::vector<const void*>(device_in.begin(), device_in.end()), device_out, workspace, nullptr);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    EXPECT_EQ(cudaMemcpy(outputs[i]->data(), device_out[i], outputs[i]->bytes.size(), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+  }
+  for (void* p : device_in) cudaFree(p);
+  for (void* p : device_out) cudaFree(p);
+  cudaFree(workspace);
+#endif
+}
+
+}  // namespace fusedkd::testing

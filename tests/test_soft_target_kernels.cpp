@@ -1,0 +1,289 @@
+// The soft-target launcher alone (no LibTorch), CPU and CUDA, against a float64 reference written
+// from the spec's formulas: every divergence, dtype pairs, row lengths of every CUDA regime,
+// labels with ignored rows, per-row losses; gradient buffers are poisoned with NaN first, so an
+// element the kernel fails to write shows up.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <vector>
+
+#include "fusedkd/build_config.h"
+#include "fusedkd/soft_target.h"
+#include "kernel_test_support.h"
+#include "reference.h"
+
+namespace fusedkd::testing {
+namespace {
+
+struct RowResult {
+  double loss;
+  std::vector<double> grad_s, grad_t;
+};
+
+// Spec formulas, float64, one row; `beta` only for JSD.
+RowResult reference_row(const double* s, const double* t, std::int64_t V, double T, Divergence d, double beta) {
+  std::vector<double> lq = softmax_reference(std::vector<double>(s, s + V), 1, V, T, true);
+  std::vector<double> lp = softmax_reference(std::vector<double>(t, t + V), 1, V, T, true);
+  std::vector<double> q(V), p(V), lm(V, 0.0);
+  for (std::int64_t j = 0; j < V; ++j) {
+    q[j] = std::exp(lq[j]);
+    p[j] = std::exp(lp[j]);
+    if (d == Divergence::JSD) {
+      const double a = lp[j] + std::log(beta), b = lq[j] + std::log(1 - beta);
+      const double hi = std::max(a, b);
+      lm[j] = std::isinf(hi) && hi < 0 ? hi : hi + std::log(std::exp(a - hi) + std::exp(b - hi));
+    }
+  }
+  auto term = [](double w, double x) { return w == 0 ? 0.0 : w * x; };
+  RowResult r{0.0, std::vector<double>(V), std::vector<double>(V)};
+  double aux_s = 0, aux_t = 0;
+  for (std::int64_t j = 0; j < V; ++j) {
+    switch (d) {
+      case Divergence::ForwardKL: r.loss += term(p[j], lp[j] - lq[j]); break;
+      case Divergence::ReverseKL: r.loss += term(q[j], lq[j] - lp[j]); break;
+      case Divergence::JSD:
+        r.loss += beta * term(p[j], lp[j] - lm[j]) + (1 - beta) * term(q[j], lq[j] - lm[j]);
+        aux_s += term(q[j], (1 - beta) * (lq[j] - lm[j]));
+        aux_t += term(p[j], beta * (lp[j] - lm[j]));
+        break;
+      case Divergence::MSE:
+        r.loss += (q[j] - p[j]) * (q[j] - p[j]);
+        aux_s += 2 * (q[j] - p[j]) * q[j];
+        aux_t += 2 * (p[j] - q[j]) * p[j];
+        break;
+    }
+  }
+  for (std::int64_t j = 0; j < V; ++j) {
+    switch (d) {
+      case Divergence::ForwardKL:
+        r.grad_s[j] = (q[j] - p[j]) / T;
+        r.grad_t[j] = term(p[j], (lp[j] - lq[j] - r.loss) / T);
+        break;
+      case Divergence::ReverseKL:
+        r.grad_s[j] = term(q[j], (lq[j] - lp[j] - r.loss) / T);
+        r.grad_t[j] = (p[j] - q[j]) / T;
+        break;
+      case Divergence::JSD:
+        r.grad_s[j] = term(q[j], ((1 - beta) * (lq[j] - lm[j]) - aux_s) / T);
+        r.grad_t[j] = term(p[j], (beta * (lp[j] - lm[j]) - aux_t) / T);
+        break;
+      case Divergence::MSE:
+        r.grad_s[j] = q[j] * (2 * (q[j] - p[j]) - aux_s) / T;
+        r.grad_t[j] = p[j] * (2 * (p[j] - q[j]) - aux_t) / T;
+        break;
+    }
+  }
+  return r;
+}
+
+struct Case {
+  Backend backend;
+  DType student, teacher;
+  Divergence divergence;
+  double beta;
+  std::int64_t rows, cols;
+  double temperature;
+  bool labels;   // labels with some ignored rows, hard weight 0.5
+  bool per_row;  // per-row losses instead of the mean
+};
+
+std::string name_of(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  const char* div[] = {"kl", "reverse_kl", "jsd", "mse"};
+  std::ostringstream s;
+  s << (c.backend == Backend::Cpu ? "Cpu" : "Cuda") << "_" << dtype_name(c.student) << "_" << dtype_name(c.teacher)
+    << "_" << div[static_cast<int>(c.divergence)] << "_R" << c.rows << "_V" << c.cols << (c.labels ? "_labels" : "")
+    << (c.per_row ? "_per_row" : "") << "_" << info.index;
+  return s.str();
+}
+
+class SoftTargetKernel : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SoftTargetKernel, LossAndGradientsMatchFloat64Reference) {
+  const Case c = GetParam();
+  if (const char* why = missing_device(c.backend)) GTEST_SKIP() << why;
+  const std::int64_t R = c.rows, V = c.cols;
+  const std::uint64_t seed = static_cast<std::uint64_t>(R * 31 + V * 7 + static_cast<int>(c.divergence));
+  // A masked vocabulary (-inf) is masked for both models: a -inf student logit where the teacher
+  // has mass makes the forward KL infinite, as the math says.
+  const std::vector<double> teacher_logits = random_logits(R, V, seed + 1, 3.0, 0.05);
+  std::vector<double> student_logits = random_logits(R, V, seed, 3.0);
+  for (std::size_t i = 0; i < student_logits.size(); ++i)
+    if (std::isinf(teacher_logits[i])) student_logits[i] = teacher_logits[i];
+  const Buffer s = Buffer::from(c.student, student_logits);
+  const Buffer t = Buffer::from(c.teacher, teacher_logits);
+  std::vector<std::int64_t> labels(static_cast<std::size_t>(R));
+  for (std::int64_t r = 0; r < R; ++r) labels[r] = r % 3 == 1 ? -100 : (r * 7919) % V;
+  const double hard = c.labels ? 0.5 : 0.0, soft = 0.8;
+
+  // Reference: the rounded inputs, the spec's row formulas, the kernel's weighting.
+  const std::vector<double> sv = s.values(), tv = t.values();
+  std::vector<double> ref_gs(sv.size(), 0.0), ref_gt(sv.size(), 0.0), ref_rows(R, 0.0);
+  std::int64_t valid = 0;
+  for (std::int64_t r = 0; r < R; ++r) valid += !c.labels || labels[r] != -100;
+  const double w = c.per_row ? 1.0 : (valid ? 1.0 / valid : 0.0);
+  double ref_total = 0;
+  for (std::int64_t r = 0; r < R; ++r) {
+    if (c.labels && labels[r] == -100) continue;
+    const RowResult row = reference_row(&sv[r * V], &tv[r * V], V, c.temperature, c.divergence, c.beta);
+    const double* srow = &sv[r * V];
+    double m = -std::numeric_limits<double>::infinity(), z = 0;
+    for (std::int64_t j = 0; j < V; ++j) m = std::max(m, srow[j]);
+    for (std::int64_t j = 0; j < V; ++j) z += std::exp(srow[j] - m);
+    const double ce = c.labels ? std::log(z) + m - srow[labels[r]] : 0.0;
+    ref_rows[r] = soft * row.loss;
+    ref_total += soft * row.loss + hard * ce;
+    for (std::int64_t j = 0; j < V; ++j) {
+      const double hard_grad = c.labels ? std::exp(srow[j] - m) / z - (j == labels[r] ? 1.0 : 0.0) : 0.0;
+      ref_gs[r * V + j] = w * (soft * row.grad_s[j] + hard * hard_grad);
+      ref_gt[r * V + j] = w * soft * row.grad_t[j];
+    }
+  }
+  ref_total *= w;
+
+  SoftTargetArgs args;
+  args.student_dtype = c.student;
+  args.teacher_dtype = c.teacher;
+  args.student_row_stride = args.teacher_row_stride = V;
+  args.rows = R;
+  args.cols = V;
+  args.temperature = c.temperature;
+  args.divergence = c.divergence;
+  args.beta = c.beta;
+  args.ignore_index = -100;
+  args.soft_scale = soft;
+  args.hard_scale = hard;
+  args.per_row_loss = c.per_row;
+  const bool dbl = soft_target_uses_double(args);
+  Buffer loss(dbl ? DType::Float64 : DType::Float32, c.per_row ? static_cast<std::size_t>(R) : 1);
+  Buffer gs(c.student, sv.size()), gt(c.teacher, sv.size());
+  loss.poison();
+  gs.poison();
+  gt.poison();
+  std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
+  Buffer label_buffer(DType::Float64, labels.size());  // 8-byte storage for the int64 labels
+  std::memcpy(label_buffer.data(), labels.data(), labels.size() * 8);
+  run_on_backend(c.backend, {&s, &t, &label_buffer}, {&loss, &gs, &gt}, workspace.size(),
+                 [&](const std::vector<const void*>& in, const std::vector<void*>& out, void* ws, void* stream) {
+                   args.student = in[0];
+                   args.teacher = in[1];
+                   args.labels = c.labels ? static_cast<const std::int64_t*>(in[2]) : nullptr;
+                   args.loss = out[0];
+                   args.grad_student = out[1];
+                   args.grad_teacher = out[2];
+                   args.workspace = ws;
+                   if (c.backend == Backend::Cpu) soft_target_loss_cpu(args);
+#if FUSEDKD_WITH_CUDA
+                   else soft_target_loss_cuda(args, static_cast<CUstream_st*>(stream));
+#endif
+                   (void)stream;
+                 });
+  const double tol = std::max(tolerance(c.student), tolerance(c.teacher)) * (dbl ? 1.0 : 2.0);
+  // Saturated rows (outliers at low T make both softmaxes one-hot) and V = 1 have losses and
+  // gradients near 0, where relative error means nothing: errors are measured against at least
+  // the loss scale (soft weight x an O(1) log-ratio) and 1e-4 of the gradient scale w / T.
+  const double loss_floor = soft;
+  const double grad_floor = 1e-4 * w / c.temperature;
+  if (c.per_row) {
+    EXPECT_LT(relative_error(loss.values(), ref_rows, loss_floor), tol);
+  } else {
+    EXPECT_LT(relative_error(loss.values(), {ref_total}, loss_floor), tol)
+        << "loss " << loss.get(0) << " reference " << ref_total;
+  }
+  EXPECT_LT(relative_error(gs.values(), ref_gs, std::max(grad_floor, resolution_floor(c.student))), tol)
+      << "student gradient";
+  EXPECT_LT(relative_error(gt.values(), ref_gt, std::max(grad_floor, resolution_floor(c.teacher))), tol)
+      << "teacher gradient";
+}
+
+std::vector<Case> all_cases() {
+  struct Pair {
+    DType s, t;
+  };
+  const Pair pairs[] = {{DType::Float32, DType::Float32}, {DType::Float64, DType::Float64},
+                        {DType::BFloat16, DType::BFloat16}, {DType::Float16, DType::Float16},
+                        {DType::Float32, DType::BFloat16}, {DType::BFloat16, DType::Float32}};
+  struct Div {
+    Divergence d;
+    double beta;
+  };
+  const Div divs[] = {{Divergence::ForwardKL, 0}, {Divergence::ReverseKL, 0}, {Divergence::JSD, 0.1},
+                      {Divergence::JSD, 0.5},      {Divergence::JSD, 0.9},      {Divergence::MSE, 0}};
+  // Row lengths of every CUDA regime: sub-warp, warp, block tiles, three-sweep rows.
+  const std::int64_t shapes[][2] = {{1, 1}, {5, 7}, {37, 33}, {6, 130}, {3, 1031}, {4, 4096}, {2, 5000}, {2, 33000}};
+  const double temperatures[] = {1.0, 0.5, 4.0, 20.0};
+  std::vector<Case> cases;
+  int i = 0;
+  for (Backend backend : {Backend::Cpu, Backend::Cuda})
+    for (const Pair& pair : pairs)
+      for (const Div& div : divs) {
+        const auto& shape = shapes[i % 8];
+        cases.push_back({backend, pair.s, pair.t, div.d, div.beta, shape[0], shape[1], temperatures[i % 4],
+                         i % 3 == 0, i % 5 == 2});
+        if (cases.back().per_row) cases.back().labels = false;
+        ++i;
+      }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(All, SoftTargetKernel, ::testing::ValuesIn(all_cases()), name_of);
+
+TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
+  const std::int64_t R = 97, V = 300;
+  const Buffer s = Buffer::from(DType::Float32, random_logits(R, V, 1));
+  const Buffer t = Buffer::from(DType::Float32, random_logits(R, V, 2));
+  auto total_with_tasks = [&](std::int64_t task_rows) {
+    SoftTargetArgs args;
+    args.student = s.bytes.data();
+    args.teacher = t.bytes.data();
+    args.student_row_stride = args.teacher_row_stride = V;
+    args.rows = R;
+    args.cols = V;
+    args.temperature = 2.0;
+    float loss = 0;
+    std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
+    args.loss = &loss;
+    args.workspace = workspace.data();
+    CpuExecutor executor;
+    executor.parallel_for = [&](std::int64_t n, std::int64_t, const CpuExecutor::Body& body) {
+      for (std::int64_t b = n; b > 0; b -= task_rows) body(std::max<std::int64_t>(0, b - task_rows), b);  // backwards
+    };
+    soft_target_loss_cpu(args, executor);
+    return loss;
+  };
+  const float one = total_with_tasks(1);
+  EXPECT_EQ(one, total_with_tasks(7));
+  EXPECT_EQ(one, total_with_tasks(R));
+}
+
+TEST(SoftTargetLauncher, RejectsBadArguments) {
+  std::vector<float> x(8, 0.f);
+  std::vector<unsigned char> workspace(256);
+  float loss = 0;
+  SoftTargetArgs args;
+  args.student = args.teacher = x.data();
+  args.student_row_stride = args.teacher_row_stride = 4;
+  args.rows = 2;
+  args.cols = 4;
+  args.loss = &loss;
+  args.workspace = workspace.data();
+  SoftTargetArgs bad = args;
+  bad.divergence = Divergence::JSD;
+  bad.beta = 1.0;
+  EXPECT_THROW(soft_target_loss_cpu(bad), std::invalid_argument);
+  bad = args;
+  bad.hard_scale = 1.0;  // without labels
+  EXPECT_THROW(soft_target_loss_cpu(bad), std::invalid_argument);
+  const std::int64_t labels[] = {0, 4};
+  bad = args;
+  bad.labels = labels;
+  EXPECT_THROW(soft_target_loss_cpu(bad), std::invalid_argument);
+  bad.temperature = -1;
+  EXPECT_THROW(soft_target_loss_cpu(bad), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace fusedkd::testing
