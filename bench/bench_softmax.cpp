@@ -3,21 +3,15 @@
 // Counters: bytes_per_second over the minimal traffic (forward: read x, write y = 2X;
 // forward+backward: 2X + read y, dy, write dx = 5X, X = R * V * element size).
 // scripts/bench_table.py turns the JSON output into a table with the speedup over the composite.
-#include <benchmark/benchmark.h>
-#include <torch/torch.h>
-
 #include <string>
 #include <vector>
 
-#include "fusedkd/build_config.h"
+#include "bench_common.h"
 #include "fusedkd/torch.h"
 
-#if FUSEDKD_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <cuda_runtime.h>
-#endif
-
 namespace {
+
+using fusedkd::bench::time_loop;
 
 struct Shape {
   int64_t rows;
@@ -29,33 +23,6 @@ enum class Impl { Fusedkd, Composite };
 at::Tensor forward(Impl impl, bool log, const at::Tensor& x, double temperature) {
   if (impl == Impl::Fusedkd) return log ? fusedkd::log_softmax_t(x, temperature) : fusedkd::softmax_t(x, temperature);
   return log ? torch::log_softmax(x / temperature, -1) : torch::softmax(x / temperature, -1);
-}
-
-// Times one call of `body` per iteration: wall clock on the CPU, CUDA events on the GPU.
-template <typename Body>
-void time_loop(benchmark::State& state, bool cuda, Body&& body) {
-#if FUSEDKD_WITH_CUDA
-  if (cuda) {
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
-    for (auto _ : state) {
-      cudaEventRecord(start, stream);
-      body();
-      cudaEventRecord(stop, stream);
-      cudaEventSynchronize(stop);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, start, stop);
-      state.SetIterationTime(ms / 1e3);
-    }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return;
-  }
-#endif
-  (void)cuda;
-  for (auto _ : state) body();
 }
 
 void run_case(benchmark::State& state, Impl impl, bool log, bool backward, at::ScalarType dtype,
@@ -108,14 +75,4 @@ void register_all() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  register_all();
-  benchmark::AddCustomContext("torch", TORCH_VERSION);
-  benchmark::AddCustomContext("torch_threads", std::to_string(at::get_num_threads()));
-  benchmark::AddCustomContext("cuda_device", torch::cuda::is_available() ? "yes" : "none");
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}
+int main(int argc, char** argv) { return fusedkd::bench::run_main(argc, argv, register_all); }

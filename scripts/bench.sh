@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmarks: setup, build, run bench_softmax (JSON into out/), print the comparison table.
+# The benchmarks: setup, build, run bench_soft_target and bench_softmax (JSON into out/), print
+# the comparison tables.
 # Extra arguments go to the benchmark binary (e.g. --benchmark_filter=cpu/float).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -7,6 +8,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/scripts/build.sh"
 BUILD="${FUSEDKD_BUILD_DIR:-$ROOT/build}"
 mkdir -p "$ROOT/out"
-"$BUILD/bench/bench_softmax" --benchmark_min_time=0.2 --benchmark_out="$ROOT/out/bench_softmax.json" \
-  --benchmark_out_format=json "$@"
-"$ROOT/.venv/bin/python" "$ROOT/scripts/bench_table.py" "$ROOT/out/bench_softmax.json" | tee "$ROOT/out/bench_softmax.md"
+for bench in bench_soft_target bench_softmax; do
+  "$BUILD/bench/$bench" --benchmark_min_time=0.2 --benchmark_out="$ROOT/out/$bench.json" \
+    --benchmark_out_format=json "$@"
+  "$ROOT/.venv/bin/python" "$ROOT/scripts/bench_table.py" "$ROOT/out/$bench.json" | tee "$ROOT/out/$bench.md"
+done

@@ -5,6 +5,11 @@ import json
 import sys
 
 
+def microseconds(run):
+    scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}[run.get("time_unit", "ns")]
+    return run["real_time"] * scale
+
+
 def main(path):
     with open(path) as f:
         data = json.load(f)
@@ -29,7 +34,7 @@ def main(path):
         other = runs.get(key[:-1] + ("composite",))
         if other is None:
             continue
-        t_ours, t_other = ours["real_time"], other["real_time"]
+        t_ours, t_other = microseconds(ours), microseconds(other)
         gbs = lambda r: r.get("bytes_per_second", 0) / 1e9
         op, phase, device, dtype, shape, _ = key
         print(f"| {op} | {phase} | {device} | {dtype} | {shape} | {t_ours:.1f} | {gbs(ours):.1f} | "

@@ -7,7 +7,9 @@
 # assumed), runs every test including the CUDA ones, runs compute-sanitizer (memcheck, racecheck)
 # on the CUDA kernel tests, runs the benchmarks, and writes logs, JSON and summary.md to OUT_DIR.
 # No network: DEPS_DIR (default .gpu-deps, made by scripts/prepare_gpu_deps.sh) holds GoogleTest's
-# sources, Google Benchmark and the Fashion-MNIST files.
+# sources, Google Benchmark and the Fashion-MNIST files. OUT_DIR gets few files (a device
+# machine may return only a handful): summary.md, the benchmark JSON, and logs.tar.gz with every
+# log and the per-test JSON.
 #
 # Status: NOT YET RUN ON A GPU. Until a run's results are recorded in docs/, the CUDA kernels are
 # compiled (sm_80, sm_90, no spills), not verified.
@@ -17,6 +19,8 @@ OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR [DEPS_DIR]}" && cd "$1" && pwd)
 DEPS=$(cd "${2:-$ROOT/.gpu-deps}" && pwd)
 PYTHON="${PYTHON:-python3}"
 BUILD=/tmp/fusedkd-gpu-build
+LOG=$(mktemp -d)/logs
+mkdir -p "$LOG"
 JOBS=$(nproc)
 status=0
 step() { echo "== $*" | tee -a "$OUT/summary.md"; }
@@ -30,40 +34,47 @@ record() {  # record NAME EXIT_CODE
 
 step "GoogleTest from source"
 cmake -S "$DEPS/googletest" -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_INSTALL_PREFIX=/tmp/gtest-prefix -DBUILD_GMOCK=OFF > "$OUT/gtest_build.log" 2>&1 &&
-  cmake --build /tmp/gtest-build -j "$JOBS" >> "$OUT/gtest_build.log" 2>&1 &&
-  cmake --install /tmp/gtest-build >> "$OUT/gtest_build.log" 2>&1
+  -DCMAKE_INSTALL_PREFIX=/tmp/gtest-prefix -DBUILD_GMOCK=OFF > "$LOG/gtest_build.log" 2>&1 &&
+  cmake --build /tmp/gtest-build -j "$JOBS" >> "$LOG/gtest_build.log" 2>&1 &&
+  cmake --install /tmp/gtest-build >> "$LOG/gtest_build.log" 2>&1
 record "googletest build" $?
 
 step "configure + build"
 torch_prefix=$("$PYTHON" -c "import torch; print(torch.utils.cmake_prefix_path)")
 bench_prefix="$DEPS/benchmark/usr;$DEPS/benchmark/usr/lib/x86_64-linux-gnu/cmake"
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;/tmp/gtest-prefix;$bench_prefix" > "$OUT/build.log" 2>&1 &&
-  cmake --build "$BUILD" -j "$JOBS" >> "$OUT/build.log" 2>&1
+  -DCMAKE_PREFIX_PATH="$torch_prefix;/tmp/gtest-prefix;$bench_prefix" > "$LOG/build.log" 2>&1 &&
+  cmake --build "$BUILD" -j "$JOBS" >> "$LOG/build.log" 2>&1
 record "build (sm_80;sm_90)" $?
 
 step "tests"
-(cd "$BUILD" && ctest --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1)
+(cd "$BUILD" && ctest --output-on-failure -j 8 > "$LOG/ctest.log" 2>&1)
 record "ctest" $?
-tail -n 3 "$OUT/ctest.log" >> "$OUT/summary.md"
-"$BUILD/tests/test_softmax_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$OUT/kernels_cuda.json" > /dev/null 2>&1
-"$BUILD/tests/test_softmax_ops" --gtest_filter='*cuda*' --gtest_output=json:"$OUT/ops_cuda.json" > /dev/null 2>&1
-FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" "$PYTHON" -m pytest -q "$ROOT/python/tests" > "$OUT/pytest.log" 2>&1
+tail -n 3 "$LOG/ctest.log" >> "$OUT/summary.md"
+"$BUILD/tests/test_softmax_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$LOG/kernels_cuda.json" > /dev/null 2>&1
+"$BUILD/tests/test_softmax_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/ops_cuda.json" > /dev/null 2>&1
+"$BUILD/tests/test_soft_target_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$LOG/soft_target_kernels_cuda.json" > /dev/null 2>&1
+"$BUILD/tests/test_soft_target_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/soft_target_ops_cuda.json" > /dev/null 2>&1
+FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" "$PYTHON" -m pytest -q "$ROOT/python/tests" > "$LOG/pytest.log" 2>&1
 record "pytest" $?
 
 step "compute-sanitizer"
 for tool in memcheck racecheck; do
   compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_softmax_kernels" \
-    --gtest_filter='*Cuda*R5_V3*:*Cuda*V1031*:*Cuda*V5000*:*Cuda*V20000*' > "$OUT/sanitizer_$tool.log" 2>&1
-  record "compute-sanitizer $tool" $?
+    --gtest_filter='*Cuda*R5_V3*:*Cuda*V1031*:*Cuda*V5000*:*Cuda*V20000*' > "$LOG/sanitizer_${tool}_softmax.log" 2>&1
+  record "compute-sanitizer $tool (softmax)" $?
+  compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_soft_target_kernels" \
+    --gtest_filter='*Cuda_float32_float32*:*Cuda_bfloat16_float32*' > "$LOG/sanitizer_${tool}_soft_target.log" 2>&1
+  record "compute-sanitizer $tool (soft targets)" $?
 done
 
 step "benchmarks"
-"$BUILD/bench/bench_softmax" --benchmark_filter=cuda --benchmark_min_time=0.2 \
-  --benchmark_out="$OUT/bench_softmax.json" --benchmark_out_format=json > "$OUT/bench.log" 2>&1
-record "bench_softmax" $?
-"$PYTHON" "$ROOT/scripts/bench_table.py" "$OUT/bench_softmax.json" >> "$OUT/summary.md" 2>&1
+for bench in bench_soft_target bench_softmax; do
+  "$BUILD/bench/$bench" --benchmark_filter=cuda --benchmark_min_time=0.2 \
+    --benchmark_out="$OUT/$bench.json" --benchmark_out_format=json > "$LOG/$bench.log" 2>&1
+  record "$bench" $?
+  "$PYTHON" "$ROOT/scripts/bench_table.py" "$OUT/$bench.json" >> "$OUT/summary.md" 2>&1
+done
 # Measured copy bandwidth: the yardstick for the kernels' bytes/s.
 "$PYTHON" - >> "$OUT/summary.md" 2>&1 <<'PY'
 import torch
@@ -73,4 +84,5 @@ s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True
 s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize()
 print(f"device-to-device copy: {2 * 20 * x.numel() / (s.elapsed_time(e) / 1e3) / 1e9:.0f} GB/s (read + write)")
 PY
+tar czf "$OUT/logs.tar.gz" -C "$(dirname "$LOG")" logs
 exit $status

@@ -1,0 +1,103 @@
+// kd_loss, kl_div, jsd, soft_mse, forward + backward (student requires grad, the teacher does not),
+// against the LibTorch composites a PyTorch user writes for them. bytes_per_second counts the
+// minimal traffic of a fused forward+backward: read the student and the teacher, write the
+// student gradient (3X, X = R * V * element size). scripts/bench_table.py pairs each fusedkd
+// case with its composite.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "bench_common.h"
+#include "fusedkd/torch.h"
+
+namespace F = torch::nn::functional;
+
+namespace {
+
+using fusedkd::bench::time_loop;
+
+struct Shape {
+  int64_t rows, cols;
+};
+
+enum class Op { KdLossKl, KlDiv, Jsd, SoftMse };
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::KdLossKl: return "kd_loss_kl";
+    case Op::KlDiv: return "kl_div";
+    case Op::Jsd: return "jsd";
+    case Op::SoftMse: return "soft_mse";
+  }
+  return "?";
+}
+
+constexpr double kT = 2.0;
+
+at::Tensor fused(Op op, const at::Tensor& s, const at::Tensor& t, const at::Tensor& y) {
+  switch (op) {
+    case Op::KdLossKl: return fusedkd::kd_loss(s, t, y, kT, 0.5, 1.0, "kl");
+    case Op::KlDiv: return fusedkd::kl_div(s, t, kT);
+    case Op::Jsd: return fusedkd::jsd(s, t, kT, 0.5);
+    case Op::SoftMse: return fusedkd::soft_mse(s, t, kT);
+  }
+  return {};
+}
+
+at::Tensor composite(Op op, const at::Tensor& s, const at::Tensor& t, const at::Tensor& y) {
+  const at::Tensor lq = torch::log_softmax(s.to(at::kFloat) / kT, -1);
+  const at::Tensor lp = torch::log_softmax(t.to(at::kFloat) / kT, -1);
+  const auto batchmean = F::KLDivFuncOptions().reduction(torch::kBatchMean).log_target(true);
+  switch (op) {
+    case Op::KdLossKl: return F::cross_entropy(s.to(at::kFloat), y) + 0.5 * F::kl_div(lq, lp, batchmean);
+    case Op::KlDiv: return F::kl_div(lq, lp, batchmean);
+    case Op::Jsd: {
+      const at::Tensor lm = torch::logsumexp(torch::stack({lp, lq}), 0) - std::log(2.0);
+      return 0.5 * (F::kl_div(lm, lp, batchmean) + F::kl_div(lm, lq, batchmean));
+    }
+    case Op::SoftMse: return F::mse_loss(lq.exp(), lp.exp());
+  }
+  return {};
+}
+
+void run_case(benchmark::State& state, Op op, bool ours, at::ScalarType dtype, bool cuda, Shape shape) {
+  const auto device = cuda ? torch::kCUDA : torch::kCPU;
+  torch::manual_seed(0);
+  const at::Tensor s = (torch::randn({shape.rows, shape.cols}) * 3).to(dtype).to(device).requires_grad_(true);
+  const at::Tensor t = (torch::randn({shape.rows, shape.cols}) * 3).to(dtype).to(device);
+  const at::Tensor y = torch::randint(0, shape.cols, {shape.rows}, torch::kLong).to(device);
+  time_loop(state, cuda, [&] {
+    const at::Tensor loss = ours ? fused(op, s, t, y) : composite(op, s, t, y);
+    benchmark::DoNotOptimize(torch::autograd::grad({loss}, {s})[0]);
+  });
+  const int64_t bytes = shape.rows * shape.cols * static_cast<int64_t>(c10::elementSize(dtype));
+  state.SetBytesProcessed(state.iterations() * bytes * 3);
+}
+
+void register_all() {
+  const bool have_cuda = torch::cuda::is_available();
+  const std::vector<Shape> cpu_shapes = {{256, 10}, {8192, 10}, {4096, 1000}, {4096, 32000}};
+  const std::vector<Shape> cuda_shapes = {{8192, 10},       {8192, 1000},    {4096, 32000},
+                                          {16384, 32000},   {4096, 131072},  {4096, 262144}};
+  for (bool cuda : {false, true}) {
+    if (cuda && !have_cuda) continue;
+    for (const Shape& shape : cuda ? cuda_shapes : cpu_shapes)
+      for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
+        for (Op op : {Op::KdLossKl, Op::KlDiv, Op::Jsd, Op::SoftMse})
+          for (bool ours : {true, false}) {
+            // The large CPU shape is the target case (kd_loss, kl, float32) alone: 0.5 GB a tensor.
+            if (!cuda && shape.cols == 32000 && (op != Op::KdLossKl || dtype != at::kFloat)) continue;
+            const std::string name = std::string(op_name(op)) + "/fwd+bwd/" + (ours ? "fusedkd" : "composite") + "/" +
+                                     (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) + "/R" +
+                                     std::to_string(shape.rows) + "xV" + std::to_string(shape.cols);
+            auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+              run_case(state, op, ours, dtype, cuda, shape);
+            });
+            b->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.1);
+            if (cuda) b->UseManualTime();
+          }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return fusedkd::bench::run_main(argc, argv, register_all); }
