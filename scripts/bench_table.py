@@ -12,7 +12,11 @@ def microseconds(run):
 
 def main(path):
     with open(path) as f:
-        data = json.load(f)
+        text = f.read()
+    if not text.strip():
+        print(f"{path}: no benchmark results")
+        return
+    data = json.loads(text)
     # With --benchmark_repetitions the median of the repetitions is used, else the single run.
     runs = {}
     for b in data["benchmarks"]:

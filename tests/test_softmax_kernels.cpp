@@ -12,6 +12,7 @@
 
 #include "fusedkd/build_config.h"
 #include "fusedkd/math.h"
+#include "fusedkd/soft_target_math.h"
 #include "fusedkd/softmax.h"
 #include "kernel_test_support.h"
 #include "reference.h"
@@ -179,6 +180,22 @@ TEST(SharedMath, Exp2NonpositiveIsAccurateAndHandlesSpecialValues) {
   EXPECT_EQ(exp2_nonpositive(-1000.0f), 0.0f);
   EXPECT_EQ(exp2_nonpositive(0.0f), 1.0f);
   EXPECT_TRUE(std::isnan(exp2_nonpositive(std::numeric_limits<float>::quiet_NaN())));
+}
+
+TEST(SharedMath, Log1pOnTheUnitIntervalIsAccurate) {
+  double worst = 0;
+  for (int i = 1; i <= 100000; ++i) {
+    const float x = static_cast<float>(i) * 1e-5f;  // (0, 1]
+    const double ref = std::log1p(static_cast<double>(x));
+    worst = std::max(worst, std::abs(log1p_unit_interval(x) - ref) / ref);
+  }
+  for (int e = -40; e < 0; ++e) {  // tiny arguments keep their relative accuracy
+    const float x = std::ldexp(1.0f, e);
+    worst = std::max(worst, std::abs(log1p_unit_interval(x) - std::log1p(static_cast<double>(x))) / x);
+  }
+  EXPECT_LT(worst, 3e-7);
+  EXPECT_EQ(log1p_unit_interval(0.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(log1p_unit_interval(std::numeric_limits<float>::quiet_NaN())));
 }
 
 TEST(SharedMath, StatsMergeIsOrderIndependent) {
