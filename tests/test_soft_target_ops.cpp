@@ -176,6 +176,34 @@ TEST_P(SoftTargetOps, DtypesMixedDtypesShapesAndLayouts) {
   EXPECT_TRUE(torch::equal(fusedkd::kl_div(s, t, 1.5, "none"), fusedkd::kl_div(s.contiguous(), t.contiguous(), 1.5, "none")));
 }
 
+TEST_P(SoftTargetOps, EmptyBatchesAndLongRows) {
+  // R = 0: totals are 0, "none" gives an empty tensor, gradients are empty.
+  for (const std::string reduction : {"none", "sum", "mean", "batchmean"}) {
+    const at::Tensor s = torch::zeros({0, 7}, torch::TensorOptions().device(device())).requires_grad_(true);
+    const at::Tensor t = torch::zeros({0, 7}, torch::TensorOptions().device(device()));
+    const at::Tensor loss = fusedkd::kl_div(s, t, 2.0, reduction);
+    EXPECT_EQ(loss.numel(), reduction == "none" ? 0 : 1) << reduction;
+    if (reduction != "none") EXPECT_EQ(loss.item<float>(), 0.0f) << reduction;
+    EXPECT_EQ(torch::autograd::grad({loss.sum()}, {s})[0].sizes(), s.sizes());
+  }
+  const at::Tensor s0 = torch::zeros({2, 0, 5}, torch::TensorOptions().device(device()));
+  EXPECT_EQ(fusedkd::kd_loss(s0, s0, torch::zeros({2, 0}, torch::kLong).to(device()), 1.0, 1.0, 1.0).item<float>(), 0.0f);
+  // An LLM-sized vocabulary at small R.
+  const int64_t V = 131072;
+  const at::Tensor s = logits({2, V}, at::kFloat, device(), 950);
+  const at::Tensor t = logits({2, V}, at::kFloat, device(), 951);
+  torch::manual_seed(952);
+  const at::Tensor y = torch::randint(0, V, {2}, torch::kLong).to(device());
+  for (const std::string divergence : {"kl", "jsd"}) {
+    compare(s, t, true,
+            [&](const at::Tensor& a, const at::Tensor& b) { return fusedkd::kd_loss(a, b, y, 4.0, 0.5, 1.0, divergence); },
+            [&](const at::Tensor& a, const at::Tensor& b) {
+              return F::cross_entropy(a, y) + 0.5 * composite_rows(a, b, 4.0, divergence, 0.5).mean();
+            },
+            "kd_loss V=131072 " + divergence);
+  }
+}
+
 // The seed's examples 1 and 2, written as in the seed (nn.MSELoss / nn.KLDivLoss(batchmean)).
 TEST_P(SoftTargetOps, SeedExamplesAreKdLoss) {
   const at::Tensor s = logits({32, 10}, at::kFloat, device(), 500);
