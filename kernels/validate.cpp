@@ -78,8 +78,8 @@ bool soft_target_uses_double(const SoftTargetArgs& a) {
   return a.student_dtype == DType::Float64 || a.teacher_dtype == DType::Float64;
 }
 
-// Row losses (accumulation type) and, for the CUDA kernels, the valid-row count (one double)
-// plus the block partials of the total.
+// Row losses (accumulation type), then, 16-byte aligned, the weight of a valid row (the CUDA
+// kernels compute it on the device from the labels).
 std::size_t soft_target_workspace_bytes(const SoftTargetArgs& a) {
   const std::size_t acc = soft_target_uses_double(a) ? 8 : 4;
   return static_cast<std::size_t>(a.rows) * acc + 64;

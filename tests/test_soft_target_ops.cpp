@@ -12,10 +12,14 @@
 
 #include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
+#include "op_test_support.h"
 
 namespace F = torch::nn::functional;
 
 namespace {
+
+using fusedkd::testing::expect_error;
+using fusedkd::testing::missing_device;
 
 double rel_error(const at::Tensor& out, const at::Tensor& ref) {
   const at::Tensor o = out.detach().to(at::kDouble).cpu();
@@ -64,9 +68,7 @@ class SoftTargetOps : public ::testing::TestWithParam<std::string> {
  protected:
   at::Device device() const { return at::Device(GetParam()); }
   void SetUp() override {
-    if (!device().is_cuda()) return;
-    if (!FUSEDKD_WITH_CUDA) GTEST_SKIP() << "skipped: built without CUDA";
-    if (!torch::cuda::is_available()) GTEST_SKIP() << "skipped: no CUDA device";
+    if (const char* why = missing_device(device())) GTEST_SKIP() << why;
   }
   // Loss and gradients of `ours` against `reference`, both functions of (s, t) leaves.
   template <typename Ours, typename Ref>
@@ -331,17 +333,6 @@ TEST_P(SoftTargetOps, MaskedLogitsGiveFiniteLossesAndGradients) {
   const at::Tensor lp = torch::log_softmax(t_only.to(at::kDouble), -1);
   const at::Tensor ref = torch::where(mask, torch::zeros_like(lp), lp.exp() * (lp - lq)).sum(-1).mean();
   EXPECT_LT(rel_error(kl, ref), 1e-5);
-}
-
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<const char*> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error raised; expected one mentioning " << *parts.begin();
-  } catch (const c10::Error& e) {
-    const std::string message = e.what_without_backtrace();
-    for (const char* part : parts) EXPECT_NE(message.find(part), std::string::npos) << message;
-  }
 }
 
 TEST_P(SoftTargetOps, BadInputsRaiseClearErrors) {

@@ -9,8 +9,12 @@
 
 #include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
+#include "op_test_support.h"
 
 namespace {
+
+using fusedkd::testing::expect_error;
+using fusedkd::testing::missing_device;
 
 using Op = at::Tensor (*)(const at::Tensor&, double);
 
@@ -56,9 +60,7 @@ class SoftmaxOps : public ::testing::TestWithParam<std::tuple<bool, std::string>
     return log() ? fusedkd::log_softmax_t(x, temperature) : fusedkd::softmax_t(x, temperature);
   }
   void SetUp() override {
-    if (!device().is_cuda()) return;
-    if (!FUSEDKD_WITH_CUDA) GTEST_SKIP() << "skipped: built without CUDA";
-    if (!cuda_available()) GTEST_SKIP() << "skipped: no CUDA device";
+    if (const char* why = missing_device(device())) GTEST_SKIP() << why;
   }
 };
 
@@ -217,18 +219,6 @@ TEST_P(SoftmaxOps, NoGradModeBuildsNoGraph) {
   const at::Tensor x = logits({4, 17}, at::kFloat, device(), 51).requires_grad_(true);
   torch::NoGradGuard no_grad;
   EXPECT_FALSE(run(x, 2.0).requires_grad());
-}
-
-// Runs `fn`, expects a c10::Error whose message contains every one of `parts`.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<const char*> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error raised; expected one mentioning " << *parts.begin();
-  } catch (const c10::Error& e) {
-    const std::string message = e.what_without_backtrace();
-    for (const char* part : parts) EXPECT_NE(message.find(part), std::string::npos) << message;
-  }
 }
 
 TEST_P(SoftmaxOps, BadInputsRaiseClearErrors) {

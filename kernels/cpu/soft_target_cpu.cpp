@@ -7,9 +7,9 @@
 // converted once on store. Row losses land in a per-row buffer that is summed afterwards in row
 // order, so the total does not depend on how rows were split across threads.
 #include <cmath>
-#include <vector>
 
 #include "cpu_kernels.h"
+#include "row_buffers.h"
 #include "fusedkd/soft_target_math.h"
 #include "../validate.h"
 
@@ -17,57 +17,10 @@ namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
 template <typename Acc>
-Acc* scratch(std::int64_t cols, int slot) {
-  thread_local std::vector<Acc> buffers[2];
-  std::vector<Acc>& b = buffers[slot];
-  if (static_cast<std::int64_t>(b.size()) < cols) b.resize(static_cast<std::size_t>(cols));
-  return b.data();
-}
-
-template <typename Acc, typename Fn>
-void with_storage_type(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::Float32: fn(float{}); break;
-    case DType::Float64: fn(double{}); break;
-    case DType::Float16: fn(Half{}); break;
-    case DType::BFloat16: fn(BFloat16{}); break;
-  }
-}
-
-template <typename Acc>
-void load_converted(const void* base, DType dtype, std::int64_t offset, std::int64_t cols, Acc* __restrict dst) {
-  with_storage_type<Acc>(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    const T* __restrict src = static_cast<const T*>(base) + offset;
-#pragma omp simd
-    for (std::int64_t j = 0; j < cols; ++j) dst[j] = static_cast<Acc>(load_as_acc(src[j]));
-  });
-}
-
-template <typename Acc>
-void store_converted(const Acc* __restrict src, std::int64_t cols, void* base, DType dtype, std::int64_t offset) {
-  with_storage_type<Acc>(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    T* __restrict dst = static_cast<T*>(base) + offset;
-#pragma omp simd
-    for (std::int64_t j = 0; j < cols; ++j)
-      dst[j] = StoreFromAcc<T>::apply(static_cast<acc_t<T>>(src[j]));
-  });
-}
-
-template <typename Acc>
 struct RowPlan {
   Acc inv_t, scale_log2, beta, weight, soft_scale, hard_scale;
   bool hard;
 };
-
-template <typename Acc>
-Acc row_max_of(const Acc* __restrict x, std::int64_t cols) {
-  Acc m = neg_infinity<Acc>();
-#pragma omp simd reduction(max : m)
-  for (std::int64_t j = 0; j < cols; ++j) m = x[j] > m ? x[j] : m;
-  return m;
-}
 
 template <typename Acc>
 Acc row_sum_exp(const Acc* __restrict x, std::int64_t cols, Acc max, Acc scale_log2) {
@@ -85,17 +38,17 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   if (!valid) {  // an ignored row: no loss, zero gradients (whatever its logits hold)
     if (a.grad_student || a.grad_teacher) {
       for (std::int64_t j = 0; j < cols; ++j) xs[j] = Acc(0);
-      if (a.grad_student) store_converted(xs, cols, a.grad_student, a.student_dtype, r * cols);
-      if (a.grad_teacher) store_converted(xs, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+      if (a.grad_student) store_row(xs, cols, a.grad_student, a.student_dtype, r * cols);
+      if (a.grad_teacher) store_row(xs, cols, a.grad_teacher, a.teacher_dtype, r * cols);
     }
     return Acc(0);
   }
-  load_converted(a.student, a.student_dtype, r * a.student_row_stride, cols, xs);
-  load_converted(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, xt);
+  load_row(a.student, a.student_dtype, r * a.student_row_stride, cols, xs);
+  load_row(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, xt);
 
   KDStats<Acc> st;
-  st.max_s = row_max_of(xs, cols);
-  st.max_t = row_max_of(xt, cols);
+  st.max_s = row_max(xs, cols);
+  st.max_t = row_max(xt, cols);
   st.sum_s = row_sum_exp(xs, cols, st.max_s, plan.scale_log2);
   st.sum_t = row_sum_exp(xt, cols, st.max_t, plan.scale_log2);
   st.sum_s_hard = plan.hard ? row_sum_exp(xs, cols, st.max_s, Acc(kLog2e)) : Acc(1);
@@ -125,8 +78,8 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
       xt[j] = ws * gt;
     }
     if (wh != Acc(0)) xs[label] -= wh;  // d CE / d s_y has the extra -1
-    if (a.grad_student) store_converted(xs, cols, a.grad_student, a.student_dtype, r * cols);
-    if (a.grad_teacher) store_converted(xt, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+    if (a.grad_student) store_row(xs, cols, a.grad_student, a.student_dtype, r * cols);
+    if (a.grad_teacher) store_row(xt, cols, a.grad_teacher, a.teacher_dtype, r * cols);
   }
   return plan.soft_scale * sums.loss + (plan.hard ? plan.hard_scale * cross_entropy : Acc(0));
 }
@@ -151,8 +104,8 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
 
   Acc* row_losses = a.per_row_loss ? static_cast<Acc*>(a.loss) : static_cast<Acc*>(a.workspace);
   executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
-    Acc* xs = scratch<Acc>(a.cols, 0);
-    Acc* xt = scratch<Acc>(a.cols, 1);
+    Acc* xs = scratch_row<Acc>(a.cols, 0);
+    Acc* xt = scratch_row<Acc>(a.cols, 1);
     for (std::int64_t r = begin; r < end; ++r) {
       const std::int64_t label = a.labels ? a.labels[r] : -1;
       const bool valid = !a.labels || label != a.ignore_index;
@@ -181,7 +134,7 @@ void scale_rows(const ScaleRowsArgs& a, const CpuExecutor& executor) {
       const double factor = a.grad_output_is_double ? static_cast<const double*>(a.grad_output)[i]
                                                     : static_cast<const float*>(a.grad_output)[i];
       if (factor == 1.0) continue;
-      with_storage_type<double>(a.grad_dtype, [&](auto tag) {
+      with_storage_type(a.grad_dtype, [&](auto tag) {
         using T = decltype(tag);
         using Acc = acc_t<T>;
         T* __restrict g = static_cast<T*>(a.grad) + r * a.cols;

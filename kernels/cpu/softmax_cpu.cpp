@@ -6,43 +6,15 @@
 // the max, the sum and the output sweeps run over it; the sweeps are `omp simd` loops built from
 // the shared math in include/fusedkd/math.h.
 #include <cmath>
-#include <vector>
 
 #include "cpu_kernels.h"
+#include "row_buffers.h"
 #include "fusedkd/dtype.h"
 #include "fusedkd/math.h"
 #include "../validate.h"
 
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
-
-template <typename Acc>
-Acc* scratch_row(std::int64_t cols, int slot) {
-  thread_local std::vector<Acc> buffers[2];
-  std::vector<Acc>& buffer = buffers[slot];
-  if (static_cast<std::int64_t>(buffer.size()) < cols) buffer.resize(static_cast<std::size_t>(cols));
-  return buffer.data();
-}
-
-template <typename T, typename Acc>
-void load_row(const T* __restrict src, std::int64_t cols, Acc* __restrict dst) {
-#pragma omp simd
-  for (std::int64_t j = 0; j < cols; ++j) dst[j] = load_as_acc(src[j]);
-}
-
-template <typename T, typename Acc>
-void store_row(const Acc* __restrict src, std::int64_t cols, T* __restrict dst) {
-#pragma omp simd
-  for (std::int64_t j = 0; j < cols; ++j) dst[j] = StoreFromAcc<T>::apply(src[j]);
-}
-
-template <typename Acc>
-Acc row_max(const Acc* __restrict x, std::int64_t cols) {
-  Acc m = neg_infinity<Acc>();
-#pragma omp simd reduction(max : m)
-  for (std::int64_t j = 0; j < cols; ++j) m = x[j] > m ? x[j] : m;
-  return m;
-}
 
 template <typename T>
 void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t end) {
@@ -108,20 +80,10 @@ void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_
   }
 }
 
-template <typename Fn>
-void for_each_dtype(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::Float32: fn(float{}); break;
-    case DType::Float64: fn(double{}); break;
-    case DType::Float16: fn(Half{}); break;
-    case DType::BFloat16: fn(BFloat16{}); break;
-  }
-}
-
 }  // namespace
 
 void softmax_forward(const SoftmaxForwardArgs& args, const CpuExecutor& executor) {
-  for_each_dtype(args.dtype, [&](auto tag) {
+  with_storage_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
     executor.run(args.rows, detail::rows_per_task(args.cols),
                  [&](std::int64_t begin, std::int64_t end) { forward_rows<T>(args, begin, end); });
@@ -129,7 +91,7 @@ void softmax_forward(const SoftmaxForwardArgs& args, const CpuExecutor& executor
 }
 
 void softmax_backward(const SoftmaxBackwardArgs& args, const CpuExecutor& executor) {
-  for_each_dtype(args.dtype, [&](auto tag) {
+  with_storage_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
     executor.run(args.rows, detail::rows_per_task(args.cols),
                  [&](std::int64_t begin, std::int64_t end) { backward_rows<T>(args, begin, end); });

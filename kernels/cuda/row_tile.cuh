@@ -152,6 +152,36 @@ struct RowAllReduce {
   }
 };
 
+// Values each thread keeps per array in the register tiles.
+constexpr int kElementsPerThread = 16;
+
+// Calls launch.tile<THREADS, BLOCK, ITEMS>() for the smallest register tile that holds a row of
+// `cols` elements in chunks of N (ITEMS = ELEMENTS_PER_THREAD / N per thread): a sub-warp or warp
+// per row (several rows per 128-thread block) for short rows, a block per row up to MAX_BLOCK
+// threads for long ones; else launch.streaming(). MAX_BLOCK is where ptxas would start spilling
+// for the kernel's register tiles (-Xptxas -warn-spills, checked at build time).
+template <int N, int ELEMENTS_PER_THREAD, int MAX_BLOCK, typename Launch>
+void dispatch_row_length(int cols, const Launch& launch) {
+  constexpr int kItems = ELEMENTS_PER_THREAD / N;
+  const std::int64_t chunks = max_chunks_per_row(cols, N);
+  if (chunks <= 4) return launch.template tile<4, 128, 1>();
+  if (chunks <= 8) return launch.template tile<8, 128, 1>();
+  if (chunks <= 16) return launch.template tile<16, 128, 1>();
+  if (chunks <= 32) return launch.template tile<32, 128, 1>();
+  if (chunks <= 32 * kItems) return launch.template tile<32, 128, kItems>();
+  if (chunks <= 128 * kItems) return launch.template tile<128, 128, kItems>();
+  if constexpr (MAX_BLOCK >= 256) {
+    if (chunks <= 256 * kItems) return launch.template tile<256, 256, kItems>();
+  }
+  if constexpr (MAX_BLOCK >= 512) {
+    if (chunks <= 512 * kItems) return launch.template tile<512, 512, kItems>();
+  }
+  if constexpr (MAX_BLOCK >= 1024) {
+    if (chunks <= 1024 * kItems) return launch.template tile<1024, 1024, kItems>();
+  }
+  return launch.streaming();
+}
+
 template <typename Acc>
 struct AddOp {
   __device__ __forceinline__ Acc operator()(Acc a, Acc b) const { return a + b; }

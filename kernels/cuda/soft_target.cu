@@ -28,7 +28,6 @@ namespace {
 // Threads of the long-row kernel: 512, or 256 for double (more registers per thread).
 template <typename Acc>
 constexpr int kStreamingBlock = std::is_same_v<Acc, double> ? 256 : 512;
-constexpr int kElementsPerThread = 16;  // per array, in the register tiles
 constexpr int kReduceBlock = 1024;
 
 template <typename Acc>
@@ -371,33 +370,9 @@ struct LossLaunch {
   }
 };
 
-// As the softmax dispatch: the smallest tile that holds the row (two arrays of up to 16
-// elements per thread, at most MAX_BLOCK threads), else the three-sweep kernel. At 512 threads a
-// thread has 128 registers, too few for two tiles and this math without spilling (ptxas), so
-// the tiles stop at 256 threads: rows up to 4096 elements stay on chip.
-template <int N, int MAX_BLOCK, typename Launch>
-void dispatch_loss_row_length(int cols, const Launch& launch) {
-  constexpr int kItems = kElementsPerThread / N;
-  const std::int64_t chunks = max_chunks_per_row(cols, N);
-  if (chunks <= 4) return launch.template tile<4, 128, 1>();
-  if (chunks <= 8) return launch.template tile<8, 128, 1>();
-  if (chunks <= 16) return launch.template tile<16, 128, 1>();
-  if (chunks <= 32) return launch.template tile<32, 128, 1>();
-  if (chunks <= 32 * kItems) return launch.template tile<32, 128, kItems>();
-  if (chunks <= 128 * kItems) return launch.template tile<128, 128, kItems>();
-  if constexpr (MAX_BLOCK >= 256) {
-    if (chunks <= 256 * kItems) return launch.template tile<256, 256, kItems>();
-  }
-  if constexpr (MAX_BLOCK >= 512) {
-    if (chunks <= 512 * kItems) return launch.template tile<512, 512, kItems>();
-  }
-  return launch.streaming();
-}
-
 template <typename Fn>
 void dispatch_pair(DType student, DType teacher, Fn&& fn) {
   using F32 = float;
-  using F64 = double;
   using F16 = __half;
   using B16 = __nv_bfloat16;
   if (student == teacher) {
@@ -410,7 +385,6 @@ void dispatch_pair(DType student, DType teacher, Fn&& fn) {
   if (student == DType::BFloat16 && teacher == DType::Float32) return fn(TypeTag<B16>{}, TypeTag<F32>{});
   if (student == DType::Float32 && teacher == DType::Float16) return fn(TypeTag<F32>{}, TypeTag<F16>{});
   if (student == DType::Float16 && teacher == DType::Float32) return fn(TypeTag<F16>{}, TypeTag<F32>{});
-  (void)sizeof(F64);
   throw std::invalid_argument(std::string("fusedkd: the CUDA soft-target kernels do not take student ") +
                               dtype_name(student) + " with teacher " + dtype_name(teacher));
 }
@@ -449,7 +423,9 @@ void launch_loss(const SoftTargetArgs& a, cudaStream_t stream) {
   p.row_losses = row_losses;
   p.grad_student = a.grad_student;
   p.grad_teacher = a.grad_teacher;
-  dispatch_loss_row_length<N, 256>(p.cols, LossLaunch<TS, TT>{p, stream});
+  // Two tiles and this math: at 512 threads (128 registers each) ptxas spills, so the tiles stop
+  // at 256 threads and rows up to 4096 elements stay on chip (docs/architecture.md).
+  dispatch_row_length<N, kElementsPerThread, 256>(p.cols, LossLaunch<TS, TT>{p, stream});
   if (!a.per_row_loss) sum_row_losses_kernel<Acc><<<1, kReduceBlock, 0, stream>>>(p, static_cast<Acc*>(a.loss));
 }
 

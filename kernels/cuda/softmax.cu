@@ -15,8 +15,6 @@
 namespace fusedkd::cuda {
 namespace {
 
-// Elements each thread keeps per array in the register-tile kernels.
-constexpr int kElementsPerThread = 16;
 constexpr int kStreamingBlock = 512;
 
 struct ForwardParams {
@@ -227,29 +225,6 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_streaming_kernel(Backw
 
 // ---------------------------------------------------------------- dispatch by row length
 
-// The smallest configuration whose threads hold a whole row, else the streaming kernel.
-// MAX_BLOCK caps the block-per-row tile: at 1024 threads a thread has 64 registers, too few for
-// two register tiles (backward) or for double tiles without spilling (ptxas -warn-spills).
-// `launch` is called as launch.tile<THREADS, BLOCK, ITEMS>() or, for rows too long for
-// registers, launch.streaming().
-template <typename T, int MAX_BLOCK, typename Launch>
-void dispatch_row_length(int cols, Launch&& launch) {
-  constexpr int kItems = kElementsPerThread / Pack<T>::kWidth;
-  const std::int64_t chunks = max_chunks_per_row(cols, Pack<T>::kWidth);
-  if (chunks <= 4) return launch.template tile<4, 128, 1>();
-  if (chunks <= 8) return launch.template tile<8, 128, 1>();
-  if (chunks <= 16) return launch.template tile<16, 128, 1>();
-  if (chunks <= 32) return launch.template tile<32, 128, 1>();
-  if (chunks <= 32 * kItems) return launch.template tile<32, 128, kItems>();
-  if (chunks <= 128 * kItems) return launch.template tile<128, 128, kItems>();
-  if (chunks <= 256 * kItems) return launch.template tile<256, 256, kItems>();
-  if (chunks <= 512 * kItems) return launch.template tile<512, 512, kItems>();
-  if constexpr (MAX_BLOCK >= 1024) {
-    if (chunks <= 1024 * kItems) return launch.template tile<1024, 1024, kItems>();
-  }
-  return launch.streaming();
-}
-
 template <typename T>
 struct ForwardLaunch {
   const ForwardParams& p;
@@ -295,8 +270,10 @@ void softmax_forward_cuda(const SoftmaxForwardArgs& args, CUstream_st* stream) {
                               args.temperature, args.kind == SoftmaxKind::LogSoftmax};
   cuda::dispatch_dtype(args.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
+    // At 1024 threads a thread has 64 registers: enough for one float tile, not for a double one.
     constexpr int kMaxBlock = sizeof(cuda::acc_t<T>) == 8 ? 512 : 1024;
-    cuda::dispatch_row_length<T, kMaxBlock>(p.cols, cuda::ForwardLaunch<T>{p, stream});
+    cuda::dispatch_row_length<cuda::Pack<T>::kWidth, cuda::kElementsPerThread, kMaxBlock>(
+        p.cols, cuda::ForwardLaunch<T>{p, stream});
   });
   FUSEDKD_CUDA_CHECK(cudaGetLastError());
 }
@@ -315,7 +292,9 @@ void softmax_backward_cuda(const SoftmaxBackwardArgs& args, CUstream_st* stream)
                                args.kind == SoftmaxKind::LogSoftmax};
   cuda::dispatch_dtype(args.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    cuda::dispatch_row_length<T, 512>(p.cols, cuda::BackwardLaunch<T>{p, stream});
+    // Two tiles (dy and y): at most 512 threads, 128 registers each.
+    cuda::dispatch_row_length<cuda::Pack<T>::kWidth, cuda::kElementsPerThread, 512>(
+        p.cols, cuda::BackwardLaunch<T>{p, stream});
   });
   FUSEDKD_CUDA_CHECK(cudaGetLastError());
 }
