@@ -85,6 +85,25 @@ __device__ __forceinline__ Acc quiet_nan() {
   return std::numeric_limits<Acc>::quiet_NaN();
 }
 
+// The row's contribution to the total (or its per-row loss); NaN for a label outside [0, V).
+template <typename Acc, typename TS>
+__device__ __forceinline__ Acc row_value(const Params<Acc>& p, const KDRow<Acc>& kd, const KDSums<Acc>& sums,
+                                         const RowLabel& y, const TS* s_row) {
+  const Acc soft = p.soft_scale * sums.loss;
+  if (!p.hard) return soft;
+  if (y.bad) return quiet_nan<Acc>();
+  return soft + p.hard_scale * kd.cross_entropy(static_cast<Acc>(to_acc(s_row[y.label])));
+}
+
+// The student gradient of element j from its soft gradient: weighted, plus the cross-entropy's.
+template <typename Acc>
+__device__ __forceinline__ Acc student_gradient(Acc soft_gradient, Acc s, std::int64_t j, const KDRow<Acc>& kd,
+                                                const RowLabel& y, Acc ws, Acc wh) {
+  if (wh == Acc(0)) return ws * soft_gradient;
+  if (y.bad) return quiet_nan<Acc>();
+  return ws * soft_gradient + wh * (kd.hard_prob(s) - (j == y.label ? Acc(1) : Acc(0)));
+}
+
 // Calls fn(std::integral_constant<Divergence, D>{}) for the row's divergence, so that each
 // element loop is compiled once per divergence with no branch inside it.
 template <typename Fn>
@@ -167,14 +186,7 @@ __global__ void __launch_bounds__(BLOCK, 1) soft_target_tile_kernel(Params<typen
     });
     const KDSums<Acc> sums = SumsReduce::run(partial, KDSumsAdd<Acc>{}, sums_storage, g.group);
 
-    if (g.lane == 0) {
-      Acc value = p.soft_scale * sums.loss;
-      if (p.hard) {
-        value = y.bad ? quiet_nan<Acc>()
-                      : value + p.hard_scale * kd.cross_entropy(static_cast<Acc>(to_acc(s_row[y.label])));
-      }
-      p.row_losses[row] = value;
-    }
+    if (g.lane == 0) p.row_losses[row] = row_value(p, kd, sums, y, s_row);
     if (gs_row || gt_row) {
       const Acc ws = weight * p.soft_scale;
       const Acc wh = p.hard ? weight * p.hard_scale : Acc(0);
@@ -185,14 +197,7 @@ __global__ void __launch_bounds__(BLOCK, 1) soft_target_tile_kernel(Params<typen
         for (int k = 0; k < N; ++k) {
           Acc gs, gt;
           kd_soft_gradients<decltype(d)::value>(kd, sums, xs.v[i][k], xt.v[i][k], gs, gt);
-          if (wh != Acc(0)) {
-            const bool is_label = Tile::element(g.lane, i, k, head) == y.label;
-            gs = ws * gs + wh * (kd.hard_prob(xs.v[i][k]) - (is_label ? Acc(1) : Acc(0)));
-            if (y.bad) gs = quiet_nan<Acc>();
-          } else {
-            gs = ws * gs;
-          }
-          xs.v[i][k] = gs;
+          xs.v[i][k] = student_gradient(gs, xs.v[i][k], Tile::element(g.lane, i, k, head), kd, y, ws, wh);
           xt.v[i][k] = ws * gt;
         }
       });
@@ -270,14 +275,7 @@ __global__ void __launch_bounds__(BLOCK) soft_target_streaming_kernel(Params<typ
     });
     const KDSums<Acc> sums = SumsReduce::run(partial, KDSumsAdd<Acc>{}, sums_storage, 0);
 
-    if (threadIdx.x == 0) {
-      Acc value = p.soft_scale * sums.loss;
-      if (p.hard) {
-        value = y.bad ? quiet_nan<Acc>()
-                      : value + p.hard_scale * kd.cross_entropy(static_cast<Acc>(to_acc(s_row[y.label])));
-      }
-      p.row_losses[row] = value;
-    }
+    if (threadIdx.x == 0) p.row_losses[row] = row_value(p, kd, sums, y, s_row);
     if (!gs_row && !gt_row) continue;
     const Acc ws = weight * p.soft_scale;
     const Acc wh = p.hard ? weight * p.hard_scale : Acc(0);
@@ -290,14 +288,7 @@ __global__ void __launch_bounds__(BLOCK) soft_target_streaming_kernel(Params<typ
       for (int k = 0; k < N; ++k) {
         Acc gs, gt;
         kd_soft_gradients<decltype(d)::value>(kd, sums, s[k], t[k], gs, gt);
-        if (wh != Acc(0)) {
-          const bool is_label = c * N - head + k == y.label;
-          gs = ws * gs + wh * (kd.hard_prob(s[k]) - (is_label ? Acc(1) : Acc(0)));
-          if (y.bad) gs = quiet_nan<Acc>();
-        } else {
-          gs = ws * gs;
-        }
-        s[k] = gs;
+        s[k] = student_gradient(gs, s[k], c * N - head + k, kd, y, ws, wh);
         t[k] = ws * gt;
       }
       if (gs_row) store_chunk<TS, N>(gs_row, p.cols, head, c, gs_vector_ok, s);
