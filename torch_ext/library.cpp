@@ -26,5 +26,6 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
         "int divergence, float beta, int ignore_index, float soft_scale, float hard_scale, "
         "bool per_row, bool divide_by_valid_rows, bool grad_student, bool grad_teacher) "
         "-> (Tensor, Tensor, Tensor)");
-  m.def("_scale_rows_(Tensor(a!) grad, Tensor grad_output) -> Tensor(a!)");
+  // Returns nothing: a mutating op with no aliased output is one torch.compile can functionalize.
+  m.def("_scale_rows_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }

@@ -101,10 +101,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
   return {loss, grad_s, grad_t};
 }
 
-at::Tensor& scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const SoftTargetBackend& backend) {
+void scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const SoftTargetBackend& backend) {
   TORCH_CHECK(grad.is_contiguous(), "fusedkd::_scale_rows_: grad must be contiguous");
   check_same_device("fusedkd::_scale_rows_", "grad", grad, "grad_output", grad_output);
-  if (grad.numel() == 0) return grad;
+  if (grad.numel() == 0) return;
   const int64_t cols = grad.size(-1);
   const int64_t rows = grad.numel() / cols;
   const bool per_row = grad_output.dim() > 0;
@@ -121,7 +121,6 @@ at::Tensor& scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const
   args.grad_output_is_double = is_double;
   args.per_row = per_row;
   launch_kernel("fusedkd::_scale_rows_", [&] { backend.scale_rows(args); });
-  return grad;
 }
 
 namespace {
@@ -247,11 +246,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& s,
                  grad_s, grad_t);
 }
 
-at::Tensor call_scale_rows(at::Tensor& grad, const at::Tensor& grad_output) {
+void call_scale_rows(at::Tensor& grad, const at::Tensor& grad_output) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fusedkd::_scale_rows_", "")
-                             .typed<at::Tensor&(at::Tensor&, const at::Tensor&)>();
-  return op.call(grad, grad_output);
+                             .typed<void(at::Tensor&, const at::Tensor&)>();
+  op.call(grad, grad_output);
 }
 
 class SoftTargetFunction : public torch::autograd::Function<SoftTargetFunction> {
@@ -368,8 +367,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
                                 per_row, divide, grad_s, grad_t, cpu_backend());
 }
 
-at::Tensor& scale_rows_cpu_kernel(at::Tensor& grad, const at::Tensor& grad_output) {
-  return scale_rows_op(grad, grad_output, cpu_backend());
+void scale_rows_cpu_kernel(at::Tensor& grad, const at::Tensor& grad_output) {
+  scale_rows_op(grad, grad_output, cpu_backend());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
@@ -384,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
           grad_t ? at::empty(t.sizes(), t.options()) : at::empty({0}, t.options())};
 }
 
-at::Tensor& scale_rows_meta(at::Tensor& grad, const at::Tensor&) { return grad; }
+void scale_rows_meta(at::Tensor&, const at::Tensor&) {}
 
 c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view, bool)> kl_div_handle() {
   return c10::Dispatcher::singleton().findSchemaOrThrow("fusedkd::kl_div", "")

@@ -25,6 +25,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
     double hard_scale, bool per_row, bool divide_by_valid_rows, bool grad_student, bool grad_teacher,
     const SoftTargetBackend& backend);
 
-at::Tensor& scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const SoftTargetBackend& backend);
+void scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const SoftTargetBackend& backend);
 
 }  // namespace fusedkd::torch_ext

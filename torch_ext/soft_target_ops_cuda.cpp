@@ -25,9 +25,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(
                                 per_row, divide, grad_s, grad_t, cuda_backend());
 }
 
-at::Tensor& scale_rows_cuda_kernel(at::Tensor& grad, const at::Tensor& grad_output) {
+void scale_rows_cuda_kernel(at::Tensor& grad, const at::Tensor& grad_output) {
   const c10::cuda::CUDAGuard device_guard(grad.device());
-  return scale_rows_op(grad, grad_output, cuda_backend());
+  scale_rows_op(grad, grad_output, cuda_backend());
 }
 
 }  // namespace

@@ -96,3 +96,14 @@ def test_errors():
         ops.kd_loss(s, t, torch.tensor([0, 1, 9, 2]), 1.0, 1.0, 1.0)
     with pytest.raises(RuntimeError, match="divergence"):
         ops.kd_loss(s, t, None, 1.0, 1.0, 0.0, "hellinger")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    s = torch.randn(4, 9, device=device, requires_grad=True)
+    t = torch.randn(4, 9, device=device, requires_grad=True)
+    y = torch.randint(0, 9, (4,), device=device)
+    torch.library.opcheck(ops.kl_div, (s, t, 2.0))
+    torch.library.opcheck(ops.jsd, (s, t, 2.0, 0.3))
+    torch.library.opcheck(ops.soft_mse, (s, t, 2.0, "none"))
+    torch.library.opcheck(ops.kd_loss, (s, t, y, 2.0, 0.5, 1.0))
