@@ -22,6 +22,5 @@ namespace fusedkd::cpu {
 enum class Isa { Baseline, Avx2, Avx512 };
 // The widest copy this CPU runs (FUSEDKD_CPU_ISA=baseline|avx2|avx512 in the environment caps it).
 Isa selected_isa();
-const char* isa_name(Isa isa);
 
 }  // namespace fusedkd::cpu

@@ -26,15 +26,6 @@ Isa selected_isa() {
   return isa;
 }
 
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::Baseline: return "baseline";
-    case Isa::Avx2: return "avx2";
-    case Isa::Avx512: return "avx512";
-  }
-  return "unknown";
-}
-
 }  // namespace cpu
 
 #define FUSEDKD_CPU_DISPATCH(fn, args, executor)                         \

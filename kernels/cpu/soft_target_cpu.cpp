@@ -22,14 +22,6 @@ struct RowPlan {
   bool hard;
 };
 
-template <typename Acc>
-Acc row_sum_exp(const Acc* __restrict x, std::int64_t cols, Acc max, Acc scale_log2) {
-  Acc sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (std::int64_t j = 0; j < cols; ++j) sum += softmax_sum_term(x[j], max, scale_log2);
-  return sum;
-}
-
 // One row: returns its contribution to the total (or its per-row loss) and writes gradients.
 template <Divergence D, typename Acc>
 Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r, bool valid,
@@ -49,9 +41,25 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   KDStats<Acc> st;
   st.max_s = row_max(xs, cols);
   st.max_t = row_max(xt, cols);
-  st.sum_s = row_sum_exp(xs, cols, st.max_s, plan.scale_log2);
-  st.sum_t = row_sum_exp(xt, cols, st.max_t, plan.scale_log2);
-  st.sum_s_hard = plan.hard ? row_sum_exp(xs, cols, st.max_s, Acc(kLog2e)) : Acc(1);
+  // The three sums in one sweep (the hard one only when there is a cross-entropy).
+  Acc sum_s = 0, sum_t = 0, sum_s_hard = plan.hard ? Acc(0) : Acc(1);
+  if (plan.hard) {
+#pragma omp simd reduction(+ : sum_s, sum_t, sum_s_hard)
+    for (std::int64_t j = 0; j < cols; ++j) {
+      sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
+      sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
+      sum_s_hard += softmax_sum_term(xs[j], st.max_s, Acc(kLog2e));
+    }
+  } else {
+#pragma omp simd reduction(+ : sum_s, sum_t)
+    for (std::int64_t j = 0; j < cols; ++j) {
+      sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
+      sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
+    }
+  }
+  st.sum_s = sum_s;
+  st.sum_t = sum_t;
+  st.sum_s_hard = sum_s_hard;
   const KDRow<Acc> row = KDRow<Acc>::make(st, plan.inv_t, D, plan.beta);
 
   Acc loss = 0, aux_s = 0, aux_t = 0;
