@@ -1,5 +1,6 @@
 #include "validate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -55,6 +56,69 @@ void validate(const ScaleRowsArgs& a) {
   check(a.rows == 0 || a.cols == 0 || (a.grad && a.grad_output), "grad and grad_output must not be null");
 }
 
+void validate(const FeatureMseArgs& a) {
+  check(a.numel >= 0, "numel must be >= 0, got " + std::to_string(a.numel));
+  check(a.numel == 0 || (a.student && a.teacher), "student and teacher must not be null");
+  check(a.loss != nullptr, "loss must not be null");
+  check(a.numel == 0 || a.elementwise_loss || a.workspace, "workspace must not be null");
+  check(std::isfinite(a.scale), "scale must be finite");
+  check(!a.bias || (a.bias_channels >= 1 && a.bias_inner >= 1), "bias_channels and bias_inner must be >= 1");
+}
+
+void validate(const ScaleElementsArgs& a) {
+  check(a.numel >= 0, "numel must be >= 0");
+  check(a.numel == 0 || (a.data && a.factors), "data and factors must not be null");
+  check(a.factor_group >= 1, "factor_group must be >= 1");
+}
+
+void validate(const AttentionTransferArgs& a) {
+  check(a.batch >= 0 && a.spatial >= 1, "batch must be >= 0 and spatial >= 1");
+  check(a.student.channels >= 1 && a.teacher.channels >= 1, "channels must be >= 1");
+  check(a.batch == 0 || (a.student.data && a.teacher.data), "student and teacher must not be null");
+  check(a.loss != nullptr, "loss must not be null");
+  check(a.batch == 0 || a.workspace, "workspace must not be null");
+  check(std::isfinite(a.p) && a.p > 0, "p must be finite and > 0, got " + std::to_string(a.p));
+  check(std::isfinite(a.scale), "scale must be finite");
+}
+
+void validate(const SimilarityPreservingArgs& a) {
+  check(a.rows >= 0 && a.student_cols >= 1 && a.teacher_cols >= 1, "rows must be >= 0 and cols >= 1");
+  check(a.student_row_stride >= a.student_cols && a.teacher_row_stride >= a.teacher_cols,
+        "row strides must be >= cols (the BLAS leading dimension)");
+  check(a.rows == 0 || (a.student && a.teacher && a.workspace), "student, teacher and workspace must not be null");
+  check(a.loss != nullptr, "loss must not be null");
+}
+
+namespace {
+void validate_shape(const ProjectionShape& s) {
+  check(s.batch >= 0 && s.in_channels >= 1 && s.out_channels >= 1 && s.spatial >= 1,
+        "batch must be >= 0; channels and spatial >= 1");
+  check(s.batch == 0 || (s.student && s.weight), "student and weight must not be null");
+  if (s.channels_last) {
+    check(s.channel_stride == 1 && s.spatial_stride >= s.in_channels && s.batch_stride == s.spatial * s.spatial_stride,
+          "a channels-last student needs channel_stride 1, spatial_stride >= in_channels and "
+          "batch_stride = spatial * spatial_stride");
+  } else {
+    check(s.spatial_stride == 1 && s.channel_stride >= s.spatial && s.batch_stride >= 0,
+          "a channels-first student needs spatial_stride 1 and channel_stride >= spatial");
+  }
+}
+}  // namespace
+
+void validate(const ProjectedFeatureMseArgs& a) {
+  validate_shape(a.shape);
+  check(a.shape.batch == 0 || (a.teacher && a.projection), "teacher and projection must not be null");
+  check(a.loss != nullptr, "loss must not be null");
+  check(a.shape.is_double || a.teacher_dtype != DType::Float64,
+        "a float64 teacher needs a float64 student and weight (is_double)");
+  check(std::isfinite(a.scale), "scale must be finite");
+}
+
+void validate(const ProjectionBackwardArgs& a) {
+  validate_shape(a.shape);
+  check(a.shape.batch == 0 || a.grad_projection, "grad_projection must not be null");
+}
+
 void validate_labels_on_host(const SoftTargetArgs& a) {
   if (!a.labels) return;
   for (std::int64_t r = 0; r < a.rows; ++r) {
@@ -80,6 +144,40 @@ bool soft_target_uses_double(const SoftTargetArgs& a) {
 
 // Row losses (accumulation type), then, 16-byte aligned, the weight of a valid row (the CUDA
 // kernels compute it on the device from the labels).
+bool feature_mse_uses_double(const FeatureMseArgs& a) {
+  return a.student_dtype == DType::Float64 || a.teacher_dtype == DType::Float64;
+}
+
+// Per-block (CUDA) or per-chunk (CPU) partial sums, in double.
+std::size_t feature_mse_workspace_bytes(const FeatureMseArgs& a) {
+  if (a.elementwise_loss) return 0;
+  const std::int64_t chunks = (a.numel + detail::kFeatureCpuChunk - 1) / detail::kFeatureCpuChunk;
+  return static_cast<std::size_t>(std::max(chunks, detail::kFeatureMaxBlocks)) * 8;
+}
+
+bool attention_transfer_uses_double(const AttentionTransferArgs& a) {
+  return a.student.dtype == DType::Float64 || a.teacher.dtype == DType::Float64;
+}
+
+// The attention maps and their gradients (4 x [N, S]), then the row losses [N].
+std::size_t attention_transfer_workspace_bytes(const AttentionTransferArgs& a) {
+  const std::size_t acc = attention_transfer_uses_double(a) ? 8 : 4;
+  return (4 * static_cast<std::size_t>(a.batch * a.spatial) + static_cast<std::size_t>(a.batch)) * acc;
+}
+
+// The two Gram matrices and their gradients (4 x [N, N]), then the row losses [N].
+std::size_t similarity_preserving_workspace_bytes(const SimilarityPreservingArgs& a) {
+  const std::size_t acc = a.is_double ? 8 : 4;
+  return (4 * static_cast<std::size_t>(a.rows * a.rows) + static_cast<std::size_t>(a.rows)) * acc;
+}
+
+std::size_t projected_feature_mse_workspace_bytes(const ProjectedFeatureMseArgs& a) {
+  FeatureMseArgs mse;
+  mse.numel = a.shape.batch * a.shape.out_channels * a.shape.spatial;
+  mse.elementwise_loss = a.elementwise_loss;
+  return feature_mse_workspace_bytes(mse);
+}
+
 std::size_t soft_target_workspace_bytes(const SoftTargetArgs& a) {
   const std::size_t acc = soft_target_uses_double(a) ? 8 : 4;
   return static_cast<std::size_t>(a.rows) * acc + 64;

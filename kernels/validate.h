@@ -2,6 +2,7 @@
 // messages; these guard the raw kernel API).
 #pragma once
 
+#include "fusedkd/feature.h"
 #include "fusedkd/soft_target.h"
 #include "fusedkd/softmax.h"
 
@@ -13,6 +14,18 @@ void validate(const SoftTargetArgs& args);
 void validate(const ScaleRowsArgs& args);
 // Every label is ignore_index or in [0, cols) (reads labels on the host).
 void validate_labels_on_host(const SoftTargetArgs& args);
+
+void validate(const FeatureMseArgs& args);
+void validate(const ScaleElementsArgs& args);
+void validate(const AttentionTransferArgs& args);
+void validate(const SimilarityPreservingArgs& args);
+void validate(const ProjectedFeatureMseArgs& args);
+void validate(const ProjectionBackwardArgs& args);
+
+// Most blocks a CUDA feature kernel's grid has (its per-block partials fit the workspace).
+constexpr std::int64_t kFeatureMaxBlocks = 2048;
+// Elements per partial sum of the CPU feature_mse kernel.
+constexpr std::int64_t kFeatureCpuChunk = 1 << 14;
 
 // Rows handed to one task, so that each task has some 16k elements of work.
 std::int64_t rows_per_task(std::int64_t cols);

@@ -10,7 +10,7 @@ TORCH_VERSION=2.11.0
 VENV="$ROOT/.venv"
 
 packages=(build-essential cmake ninja-build ccache git pkg-config
-          libgtest-dev libbenchmark-dev dataset-fashion-mnist
+          libgtest-dev libbenchmark-dev libopenblas-dev dataset-fashion-mnist
           python3 python3-venv python3-dev)
 missing=()
 for p in "${packages[@]}"; do

@@ -29,3 +29,25 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
   // Returns nothing: a mutating op with no aliased output is one torch.compile can functionalize.
   m.def("_scale_rows_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }
+
+// The feature-map losses (../shared/spec/ops.md) and their internal ops: fused forwards that also
+// return the gradients (or, for the projection, dL/dy), the projection's GEMM backward, and the
+// in-place scaling by grad_output (one factor, one per element, or one per sample).
+TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
+  m.def("feature_mse(Tensor student, Tensor teacher, str reduction=\"mean\") -> Tensor");
+  m.def("attention_transfer(Tensor student, Tensor teacher, float p=2.0, str reduction=\"mean\") -> Tensor");
+  m.def("projected_feature_mse(Tensor student, Tensor weight, Tensor? bias, Tensor teacher, "
+        "str reduction=\"mean\") -> Tensor");
+  m.def("similarity_preserving(Tensor student, Tensor teacher) -> Tensor");
+  m.def("_feature_mse_forward(Tensor student, Tensor teacher, float scale, bool elementwise, bool grad_student, "
+        "bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  m.def("_attention_transfer_forward(Tensor student, Tensor teacher, float p, float scale, bool per_row, "
+        "bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  m.def("_similarity_preserving_forward(Tensor student, Tensor teacher, bool grad_student, bool grad_teacher) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("_projected_feature_mse_forward(Tensor student, Tensor weight, Tensor? bias, Tensor teacher, float scale, "
+        "bool elementwise, bool keep_gradient, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  m.def("_projection_backward(Tensor grad_projection, Tensor student, Tensor weight, bool grad_student, "
+        "bool grad_weight, bool grad_bias) -> (Tensor, Tensor, Tensor)");
+  m.def("_scale_elements_(Tensor(a!) grad, Tensor grad_output) -> ()");
+}

@@ -36,4 +36,22 @@ at::Tensor kd_loss(const at::Tensor& student_logits, const at::Tensor& teacher_l
                    double soft_weight = 1.0, double hard_weight = 0.0, const std::string& divergence = "kl",
                    double beta = 0.5, int64_t ignore_index = -100, bool t2_scale = false);
 
+// The feature-map losses (../shared/spec/ops.md). Losses are float32 (float64 for float64 inputs).
+
+// (s - t)^2 over same-shaped feature maps, read in memory order (channels-last included):
+// "mean" (= F.mse_loss), "sum" or "none" (elementwise, in the student's layout).
+at::Tensor feature_mse(const at::Tensor& student, const at::Tensor& teacher, const std::string& reduction = "mean");
+// Attention transfer between [N, C_s, *spatial] and [N, C_t, *spatial]: a(x) = F.normalize of
+// mean_c |x|^p over space; per-sample loss sum (a(s) - a(t))^2, reduced by "mean" (/ (N * spatial)),
+// "batchmean" (/ N), "sum" or "none" (per sample, shape [N]).
+at::Tensor attention_transfer(const at::Tensor& student, const at::Tensor& teacher, double p = 2.0,
+                              const std::string& reduction = "mean");
+// FitNets hint: feature_mse(W x + b, teacher) with a 1x1 regressor W [C_t, C_s] (or [C_t, C_s, 1, 1]),
+// b [C_t] or none, applied at every position of x = [N, C_s, *spatial].
+at::Tensor projected_feature_mse(const at::Tensor& student, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& teacher,
+                                 const std::string& reduction = "mean");
+// Similarity-preserving loss ||normalize(F_s F_s^T) - normalize(F_t F_t^T)||_F^2 / N^2, F = x.reshape(N, -1).
+at::Tensor similarity_preserving(const at::Tensor& student, const at::Tensor& teacher);
+
 }  // namespace fusedkd

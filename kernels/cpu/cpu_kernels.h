@@ -2,8 +2,28 @@
 // run-time choice between them.
 #pragma once
 
+#include "fusedkd/feature.h"
 #include "fusedkd/soft_target.h"
 #include "fusedkd/softmax.h"
+
+namespace fusedkd::cpu {
+
+// Rows a_s, a_t ([rows, cols], contiguous, float or double) normalised like F.normalize; per row
+// row_loss[r] = scale * ||A_s - A_t||^2 and, when non-null, d_s / d_t = the gradient of that loss
+// with respect to a_s / a_t (shared by attention_transfer and similarity_preserving).
+struct NormalizedRowsArgs {
+  const void* a_s = nullptr;
+  const void* a_t = nullptr;
+  bool is_double = false;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  double scale = 1.0;
+  void* row_loss = nullptr;
+  void* d_s = nullptr;
+  void* d_t = nullptr;
+};
+
+}  // namespace fusedkd::cpu
 
 #define FUSEDKD_DECLARE_CPU_KERNELS(isa)                                                  \
   namespace fusedkd::cpu::isa {                                                         \
@@ -11,6 +31,10 @@
   void softmax_backward(const SoftmaxBackwardArgs& args, const CpuExecutor& executor);  \
   void soft_target_loss(const SoftTargetArgs& args, const CpuExecutor& executor);       \
   void scale_rows(const ScaleRowsArgs& args, const CpuExecutor& executor);              \
+  void feature_mse(const FeatureMseArgs& args, const CpuExecutor& executor);            \
+  void scale_elements(const ScaleElementsArgs& args, const CpuExecutor& executor);      \
+  void attention_transfer(const AttentionTransferArgs& args, const CpuExecutor& executor); \
+  void normalized_rows(const NormalizedRowsArgs& args, const CpuExecutor& executor);    \
   }
 
 FUSEDKD_DECLARE_CPU_KERNELS(baseline)
@@ -24,3 +48,11 @@ enum class Isa { Baseline, Avx2, Avx512 };
 Isa selected_isa();
 
 }  // namespace fusedkd::cpu
+
+// Calls the copy of `fn` for the selected instruction set.
+#define FUSEDKD_CPU_DISPATCH(fn, args, executor)                         \
+  switch (::fusedkd::cpu::selected_isa()) {                              \
+    case ::fusedkd::cpu::Isa::Avx512: return ::fusedkd::cpu::avx512::fn(args, executor);     \
+    case ::fusedkd::cpu::Isa::Avx2: return ::fusedkd::cpu::avx2::fn(args, executor);         \
+    case ::fusedkd::cpu::Isa::Baseline: return ::fusedkd::cpu::baseline::fn(args, executor); \
+  }

@@ -28,13 +28,6 @@ Isa selected_isa() {
 
 }  // namespace cpu
 
-#define FUSEDKD_CPU_DISPATCH(fn, args, executor)                         \
-  switch (cpu::selected_isa()) {                                         \
-    case cpu::Isa::Avx512: return cpu::avx512::fn(args, executor);       \
-    case cpu::Isa::Avx2: return cpu::avx2::fn(args, executor);           \
-    case cpu::Isa::Baseline: return cpu::baseline::fn(args, executor);   \
-  }
-
 void softmax_forward_cpu(const SoftmaxForwardArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
   FUSEDKD_CPU_DISPATCH(softmax_forward, args, executor)

@@ -1,0 +1,300 @@
+// CPU feature-map kernels: feature_mse, the gradient scaling, attention_transfer and the
+// normalised-row loss that attention_transfer and similarity_preserving share. Compiled once per
+// instruction set, like the other kernel files. Totals are sums of per-chunk (or per-row)
+// partials taken in a fixed order, so they do not depend on the thread count.
+#include <cmath>
+#include <type_traits>
+
+#include "cpu_kernels.h"
+#include "row_buffers.h"
+#include "fusedkd/feature_math.h"
+#include "../validate.h"
+
+namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
+namespace {
+
+// Elements per task of the elementwise kernels; the chunking also fixes the summation order.
+constexpr std::int64_t kChunk = 1 << 14;
+
+std::int64_t chunk_count(std::int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+
+template <typename Acc>
+void run_feature_mse(const FeatureMseArgs& a, const CpuExecutor& executor) {
+  const std::int64_t chunks = chunk_count(a.numel);
+  double* partials = static_cast<double*>(a.workspace);
+  const Acc scale = static_cast<Acc>(a.scale);
+  const Acc two_scale = Acc(2) * scale;
+  const Acc* bias = static_cast<const Acc*>(a.bias);
+  executor.run(chunks, 1, [&](std::int64_t begin, std::int64_t end) {
+    Acc* xs = scratch_row<Acc>(kChunk, 0);
+    Acc* xt = scratch_row<Acc>(kChunk, 1);
+    for (std::int64_t chunk = begin; chunk < end; ++chunk) {
+      const std::int64_t first = chunk * kChunk;
+      const std::int64_t n = first + kChunk < a.numel ? kChunk : a.numel - first;
+      load_row(a.student, a.student_dtype, first, n, xs);
+      load_row(a.teacher, a.teacher_dtype, first, n, xt);
+      if (bias) {
+        for (std::int64_t i = 0; i < n; ++i) xs[i] += bias[channel_of(first + i, a.bias_inner, a.bias_channels)];
+      }
+      if (!a.elementwise_loss) {
+        Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (std::int64_t i = 0; i < n; ++i) {
+          const Acc d = xs[i] - xt[i];
+          sum += d * d;
+        }
+        partials[chunk] = static_cast<double>(sum);
+      } else {
+        Acc* __restrict out = static_cast<Acc*>(a.loss) + first;
+#pragma omp simd
+        for (std::int64_t i = 0; i < n; ++i) out[i] = scale * (xs[i] - xt[i]) * (xs[i] - xt[i]);
+      }
+      if (a.grad_student || a.grad_teacher) {
+#pragma omp simd
+        for (std::int64_t i = 0; i < n; ++i) {
+          const Acc g = two_scale * (xs[i] - xt[i]);
+          xs[i] = g;
+          xt[i] = -g;
+        }
+        if (a.grad_student) store_row(xs, n, a.grad_student, a.student_dtype, first);
+        if (a.grad_teacher) store_row(xt, n, a.grad_teacher, a.teacher_dtype, first);
+      }
+    }
+  });
+  if (a.elementwise_loss) return;
+  double total = 0;
+  for (std::int64_t chunk = 0; chunk < chunks; ++chunk) total += partials[chunk];
+  *static_cast<Acc*>(a.loss) = static_cast<Acc>(total * a.scale);
+}
+
+// ---------------------------------------------------------------- attention transfer
+
+// a[k] = mean_c |x[c, k]|^p for one sample (`x` points at its first element).
+template <PowerKind K, typename T, typename Acc>
+void attention_map(const T* x, std::int64_t channels, std::int64_t spatial, bool channels_last, Acc p,
+                   Acc* __restrict a, Acc* __restrict scratch) {
+  const Acc inv_c = Acc(1) / static_cast<Acc>(channels);
+  if (!channels_last) {
+    for (std::int64_t k = 0; k < spatial; ++k) a[k] = 0;
+    for (std::int64_t c = 0; c < channels; ++c) {
+      load_row(x + c * spatial, spatial, scratch);
+#pragma omp simd
+      for (std::int64_t k = 0; k < spatial; ++k) a[k] += abs_power<K>(scratch[k], p);
+    }
+#pragma omp simd
+    for (std::int64_t k = 0; k < spatial; ++k) a[k] *= inv_c;
+  } else {
+    for (std::int64_t k = 0; k < spatial; ++k) {
+      load_row(x + k * channels, channels, scratch);
+      Acc sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (std::int64_t c = 0; c < channels; ++c) sum += abs_power<K>(scratch[c], p);
+      a[k] = sum * inv_c;
+    }
+  }
+}
+
+// grad[c, k] = d[k] * (p / C) * d|x|^p/dx for one sample.
+template <PowerKind K, typename T, typename Acc>
+void attention_gradient(const T* x, std::int64_t channels, std::int64_t spatial, bool channels_last, Acc p,
+                        const Acc* __restrict d, T* grad, Acc* __restrict scratch) {
+  const Acc inv_c = Acc(1) / static_cast<Acc>(channels);
+  if (!channels_last) {
+    for (std::int64_t c = 0; c < channels; ++c) {
+      load_row(x + c * spatial, spatial, scratch);
+#pragma omp simd
+      for (std::int64_t k = 0; k < spatial; ++k) scratch[k] = d[k] * inv_c * abs_power_derivative<K>(scratch[k], p);
+      store_row(scratch, spatial, grad + c * spatial);
+    }
+  } else {
+    for (std::int64_t k = 0; k < spatial; ++k) {
+      load_row(x + k * channels, channels, scratch);
+      const Acc factor = d[k] * inv_c;
+#pragma omp simd
+      for (std::int64_t c = 0; c < channels; ++c) scratch[c] = factor * abs_power_derivative<K>(scratch[c], p);
+      store_row(scratch, channels, grad + k * channels);
+    }
+  }
+}
+
+template <typename Acc>
+Acc normalized_row(const Acc* __restrict a_s, const Acc* __restrict a_t, std::int64_t cols, Acc scale,
+                   Acc* __restrict d_s, Acc* __restrict d_t) {
+  Acc squares_s = 0, squares_t = 0;
+#pragma omp simd reduction(+ : squares_s, squares_t)
+  for (std::int64_t k = 0; k < cols; ++k) {
+    squares_s += a_s[k] * a_s[k];
+    squares_t += a_t[k] * a_t[k];
+  }
+  const RowNorm<Acc> norm_s = row_norm(squares_s);
+  const RowNorm<Acc> norm_t = row_norm(squares_t);
+  const Acc inv_s = Acc(1) / norm_s.divisor, inv_t = Acc(1) / norm_t.divisor;
+  Acc loss = 0, dot_s = 0, dot_t = 0;  // dot_x = sum A_x e with e = dL/dA_s
+  const Acc two_scale = Acc(2) * scale;
+#pragma omp simd reduction(+ : loss, dot_s, dot_t)
+  for (std::int64_t k = 0; k < cols; ++k) {
+    const Acc as = a_s[k] * inv_s, at = a_t[k] * inv_t;
+    const Acc diff = as - at;
+    loss += diff * diff;
+    dot_s += as * two_scale * diff;
+    dot_t += at * two_scale * diff;
+  }
+  if (d_s) {
+#pragma omp simd
+    for (std::int64_t k = 0; k < cols; ++k) {
+      const Acc e = two_scale * (a_s[k] * inv_s - a_t[k] * inv_t);
+      d_s[k] = normalize_backward(e, a_s[k] * inv_s, dot_s, norm_s, inv_s);
+    }
+  }
+  if (d_t) {
+#pragma omp simd
+    for (std::int64_t k = 0; k < cols; ++k) {
+      const Acc e = two_scale * (a_t[k] * inv_t - a_s[k] * inv_s);  // dL/dA_t = -dL/dA_s
+      d_t[k] = normalize_backward(e, a_t[k] * inv_t, -dot_t, norm_t, inv_t);
+    }
+  }
+  return scale * loss;
+}
+
+template <typename Acc>
+void run_normalized_rows(const NormalizedRowsArgs& a, const CpuExecutor& executor) {
+  const Acc* a_s = static_cast<const Acc*>(a.a_s);
+  const Acc* a_t = static_cast<const Acc*>(a.a_t);
+  Acc* d_s = static_cast<Acc*>(a.d_s);
+  Acc* d_t = static_cast<Acc*>(a.d_t);
+  Acc* row_loss = static_cast<Acc*>(a.row_loss);
+  executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t r = begin; r < end; ++r) {
+      const std::int64_t offset = r * a.cols;
+      row_loss[r] = normalized_row(a_s + offset, a_t + offset, a.cols, static_cast<Acc>(a.scale),
+                                   d_s ? d_s + offset : nullptr, d_t ? d_t + offset : nullptr);
+    }
+  });
+}
+
+template <typename Fn>
+void with_power_kind(double p, Fn&& fn) {
+  switch (power_kind(p)) {
+    case PowerKind::One: fn(std::integral_constant<PowerKind, PowerKind::One>{}); break;
+    case PowerKind::Two: fn(std::integral_constant<PowerKind, PowerKind::Two>{}); break;
+    case PowerKind::General: fn(std::integral_constant<PowerKind, PowerKind::General>{}); break;
+  }
+}
+
+// The maps of one side (student or teacher) into a[N, S], or the gradient from d[N, S].
+template <typename Acc>
+void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spatial, double p, Acc* a,
+                    const Acc* d, void* grad, const CpuExecutor& executor) {
+  const std::int64_t per_sample = map.channels * spatial;
+  with_storage_type(map.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    with_power_kind(p, [&](auto kind) {
+      constexpr PowerKind K = decltype(kind)::value;
+      const T* x = static_cast<const T*>(map.data);
+      executor.run(batch, detail::rows_per_task(per_sample), [&](std::int64_t begin, std::int64_t end) {
+        Acc* scratch = scratch_row<Acc>(map.channels_last ? map.channels : spatial, 0);
+        for (std::int64_t n = begin; n < end; ++n) {
+          if (d) {
+            attention_gradient<K>(x + n * per_sample, map.channels, spatial, map.channels_last, static_cast<Acc>(p),
+                                  d + n * spatial, static_cast<T*>(grad) + n * per_sample, scratch);
+          } else {
+            attention_map<K>(x + n * per_sample, map.channels, spatial, map.channels_last, static_cast<Acc>(p),
+                             a + n * spatial, scratch);
+          }
+        }
+      });
+    });
+  });
+}
+
+template <typename Acc>
+void run_attention_transfer(const AttentionTransferArgs& a, const CpuExecutor& executor) {
+  const std::int64_t maps = a.batch * a.spatial;
+  Acc* a_s = static_cast<Acc*>(a.workspace);
+  Acc* a_t = a_s + maps;
+  Acc* d_s = a_t + maps;
+  Acc* d_t = d_s + maps;
+  Acc* row_loss = a.per_row_loss ? static_cast<Acc*>(a.loss) : d_t + maps;
+  attention_side<Acc>(a.student, a.batch, a.spatial, a.p, a_s, nullptr, nullptr, executor);
+  attention_side<Acc>(a.teacher, a.batch, a.spatial, a.p, a_t, nullptr, nullptr, executor);
+  NormalizedRowsArgs rows;
+  rows.a_s = a_s;
+  rows.a_t = a_t;
+  rows.is_double = std::is_same_v<Acc, double>;
+  rows.rows = a.batch;
+  rows.cols = a.spatial;
+  rows.scale = a.scale;
+  rows.row_loss = row_loss;
+  rows.d_s = a.grad_student ? d_s : nullptr;
+  rows.d_t = a.grad_teacher ? d_t : nullptr;
+  run_normalized_rows<Acc>(rows, executor);
+  if (!a.per_row_loss) {
+    Acc total = 0;  // in row order
+    for (std::int64_t n = 0; n < a.batch; ++n) total += row_loss[n];
+    *static_cast<Acc*>(a.loss) = total;
+  }
+  if (a.grad_student) attention_side<Acc>(a.student, a.batch, a.spatial, a.p, nullptr, d_s, a.grad_student, executor);
+  if (a.grad_teacher) attention_side<Acc>(a.teacher, a.batch, a.spatial, a.p, nullptr, d_t, a.grad_teacher, executor);
+}
+
+}  // namespace
+
+void feature_mse(const FeatureMseArgs& args, const CpuExecutor& executor) {
+  if (feature_mse_uses_double(args)) run_feature_mse<double>(args, executor);
+  else run_feature_mse<float>(args, executor);
+}
+
+void scale_elements(const ScaleElementsArgs& a, const CpuExecutor& executor) {
+  const auto factor = [&](std::int64_t i) {
+    return a.factors_are_double ? static_cast<const double*>(a.factors)[i] : static_cast<const float*>(a.factors)[i];
+  };
+  if (a.factor_group >= a.numel && factor(0) == 1.0) return;  // loss.backward(): nothing to do
+  with_storage_type(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    T* data = static_cast<T*>(a.data);
+    executor.run(chunk_count(a.numel), 1, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t chunk = begin; chunk < end; ++chunk) {
+        const std::int64_t first = chunk * kChunk;
+        const std::int64_t last = first + kChunk < a.numel ? first + kChunk : a.numel;
+        if (a.factor_group == 1) {
+          T* __restrict g = data;
+          if (a.factors_are_double) {
+            const double* __restrict f = static_cast<const double*>(a.factors);
+#pragma omp simd
+            for (std::int64_t i = first; i < last; ++i) g[i] = StoreFromAcc<T>::apply(static_cast<Acc>(load_as_acc(g[i]) * f[i]));
+          } else {
+            const float* __restrict f = static_cast<const float*>(a.factors);
+#pragma omp simd
+            for (std::int64_t i = first; i < last; ++i) g[i] = StoreFromAcc<T>::apply(static_cast<Acc>(load_as_acc(g[i]) * f[i]));
+          }
+          continue;
+        }
+        // Runs of one factor: split the chunk where the factor changes.
+        for (std::int64_t i = first; i < last;) {
+          const std::int64_t group = i / a.factor_group;
+          const std::int64_t stop = (group + 1) * a.factor_group < last ? (group + 1) * a.factor_group : last;
+          const Acc f = static_cast<Acc>(factor(group));
+          if (f != Acc(1)) {
+            T* __restrict g = data;
+#pragma omp simd
+            for (std::int64_t j = i; j < stop; ++j) g[j] = StoreFromAcc<T>::apply(load_as_acc(g[j]) * f);
+          }
+          i = stop;
+        }
+      }
+    });
+  });
+}
+
+void attention_transfer(const AttentionTransferArgs& args, const CpuExecutor& executor) {
+  if (attention_transfer_uses_double(args)) run_attention_transfer<double>(args, executor);
+  else run_attention_transfer<float>(args, executor);
+}
+
+void normalized_rows(const NormalizedRowsArgs& args, const CpuExecutor& executor) {
+  if (args.is_double) run_normalized_rows<double>(args, executor);
+  else run_normalized_rows<float>(args, executor);
+}
+
+}  // namespace fusedkd::cpu::FUSEDKD_CPU_ISA

@@ -1,0 +1,191 @@
+// CPU launchers of the feature-map losses: argument checks, the per-instruction-set kernels, and
+// the GEMMs of projected_feature_mse and similarity_preserving on a CBLAS library (OpenBLAS).
+#include <cblas.h>
+
+#include <cstring>
+#include <type_traits>
+
+#include "cpu_kernels.h"
+#include "../validate.h"
+
+namespace fusedkd {
+namespace {
+
+// Row-major C = alpha op(A) op(B) + beta C.
+void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const float* a,
+          std::int64_t lda, const float* b, std::int64_t ldb, double beta, float* c, std::int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), static_cast<float>(alpha),
+              a, static_cast<blasint>(lda), b, static_cast<blasint>(ldb), static_cast<float>(beta), c,
+              static_cast<blasint>(ldc));
+}
+void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a,
+          std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
+              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+}
+
+void zero_loss(void* loss, bool is_double) {
+  if (is_double) *static_cast<double*>(loss) = 0.0;
+  else *static_cast<float*>(loss) = 0.0f;
+}
+
+template <typename Acc>
+void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExecutor& executor) {
+  const std::int64_t n = a.rows;
+  const Acc* fs = static_cast<const Acc*>(a.student);
+  const Acc* ft = static_cast<const Acc*>(a.teacher);
+  Acc* gram_s = static_cast<Acc*>(a.workspace);
+  Acc* gram_t = gram_s + n * n;
+  Acc* d_s = gram_t + n * n;
+  Acc* d_t = d_s + n * n;
+  Acc* row_loss = d_t + n * n;
+  gemm(false, true, n, n, a.student_cols, 1.0, fs, a.student_row_stride, fs, a.student_row_stride, 0.0, gram_s, n);
+  gemm(false, true, n, n, a.teacher_cols, 1.0, ft, a.teacher_row_stride, ft, a.teacher_row_stride, 0.0, gram_t, n);
+  cpu::NormalizedRowsArgs rows;
+  rows.a_s = gram_s;
+  rows.a_t = gram_t;
+  rows.is_double = std::is_same_v<Acc, double>;
+  rows.rows = n;
+  rows.cols = n;
+  rows.scale = 1.0 / (static_cast<double>(n) * static_cast<double>(n));
+  rows.row_loss = row_loss;
+  rows.d_s = a.grad_student ? d_s : nullptr;
+  rows.d_t = a.grad_teacher ? d_t : nullptr;
+  [&] { FUSEDKD_CPU_DISPATCH(normalized_rows, rows, executor) }();
+  Acc total = 0;  // in row order
+  for (std::int64_t r = 0; r < n; ++r) total += row_loss[r];
+  *static_cast<Acc*>(a.loss) = total;
+  // G = F F^T, so dL/dF = (D + D^T) F for D = dL/dG.
+  const auto feature_gradient = [&](const Acc* d, const Acc* f, std::int64_t cols, std::int64_t ld, void* grad) {
+    Acc* g = static_cast<Acc*>(grad);
+    gemm(false, false, n, cols, n, 1.0, d, n, f, ld, 0.0, g, cols);
+    gemm(true, false, n, cols, n, 1.0, d, n, f, ld, 1.0, g, cols);
+  };
+  if (a.grad_student) feature_gradient(d_s, fs, a.student_cols, a.student_row_stride, a.grad_student);
+  if (a.grad_teacher) feature_gradient(d_t, ft, a.teacher_cols, a.teacher_row_stride, a.grad_teacher);
+}
+
+template <typename Acc>
+void project(const ProjectionShape& s, Acc* y) {
+  const Acc* x = static_cast<const Acc*>(s.student);
+  const Acc* w = static_cast<const Acc*>(s.weight);
+  if (s.channels_last) {  // Y[N*S, Ct] = X[N*S, Cs] W^T
+    gemm(false, true, s.batch * s.spatial, s.out_channels, s.in_channels, 1.0, x, s.spatial_stride, w, s.in_channels,
+         0.0, y, s.out_channels);
+  } else {  // Y_n[Ct, S] = W X_n[Cs, S]
+    for (std::int64_t b = 0; b < s.batch; ++b)
+      gemm(false, false, s.out_channels, s.spatial, s.in_channels, 1.0, w, s.in_channels, x + b * s.batch_stride,
+           s.channel_stride, 0.0, y + b * s.out_channels * s.spatial, s.spatial);
+  }
+}
+
+template <typename Acc>
+void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecutor& executor) {
+  const ProjectionShape& s = a.shape;
+  const Acc* x = static_cast<const Acc*>(s.student);
+  const Acc* w = static_cast<const Acc*>(s.weight);
+  const Acc* g = static_cast<const Acc*>(a.grad_projection);
+  const std::int64_t cs = s.in_channels, ct = s.out_channels, sp = s.spatial;
+  if (s.channels_last) {
+    if (a.grad_student)  // dX[N*S, Cs] = G[N*S, Ct] W
+      gemm(false, false, s.batch * sp, cs, ct, 1.0, g, ct, w, cs, 0.0, static_cast<Acc*>(a.grad_student), cs);
+    if (a.grad_weight)  // dW[Ct, Cs] = G^T X
+      gemm(true, false, ct, cs, s.batch * sp, 1.0, g, ct, x, s.spatial_stride, 0.0, static_cast<Acc*>(a.grad_weight),
+           cs);
+  } else {
+    for (std::int64_t b = 0; b < s.batch; ++b) {
+      const Acc* gb = g + b * ct * sp;
+      if (a.grad_student)  // dX_n[Cs, S] = W^T G_n
+        gemm(true, false, cs, sp, ct, 1.0, w, cs, gb, sp, 0.0, static_cast<Acc*>(a.grad_student) + b * cs * sp, sp);
+      if (a.grad_weight)  // dW += G_n X_n^T, batch by batch (a fixed order)
+        gemm(false, true, ct, cs, sp, 1.0, gb, sp, x + b * s.batch_stride, s.channel_stride, b == 0 ? 0.0 : 1.0,
+             static_cast<Acc*>(a.grad_weight), cs);
+    }
+  }
+  if (a.grad_weight && s.batch == 0) std::memset(a.grad_weight, 0, sizeof(Acc) * ct * cs);
+  if (a.grad_bias) {  // db[c] = sum over batch and space of G[., c, .]
+    Acc* db = static_cast<Acc*>(a.grad_bias);
+    executor.run(ct, 1, [&](std::int64_t begin, std::int64_t end) {
+      for (std::int64_t c = begin; c < end; ++c) {
+        Acc sum = 0;
+        for (std::int64_t b = 0; b < s.batch; ++b) {
+          if (s.channels_last) {
+            const Acc* row = g + b * sp * ct + c;
+            for (std::int64_t k = 0; k < sp; ++k) sum += row[k * ct];
+          } else {
+            const Acc* row = g + (b * ct + c) * sp;
+#pragma omp simd reduction(+ : sum)
+            for (std::int64_t k = 0; k < sp; ++k) sum += row[k];
+          }
+        }
+        db[c] = sum;
+      }
+    });
+  }
+}
+
+}  // namespace
+
+void feature_mse_cpu(const FeatureMseArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  if (args.numel == 0) {
+    if (!args.elementwise_loss) zero_loss(args.loss, feature_mse_uses_double(args));
+    return;
+  }
+  FUSEDKD_CPU_DISPATCH(feature_mse, args, executor)
+}
+
+void scale_elements_cpu(const ScaleElementsArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  if (args.numel == 0) return;
+  FUSEDKD_CPU_DISPATCH(scale_elements, args, executor)
+}
+
+void attention_transfer_cpu(const AttentionTransferArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  if (args.batch == 0) {
+    if (!args.per_row_loss) zero_loss(args.loss, attention_transfer_uses_double(args));
+    return;
+  }
+  FUSEDKD_CPU_DISPATCH(attention_transfer, args, executor)
+}
+
+void similarity_preserving_cpu(const SimilarityPreservingArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  if (args.rows == 0) return zero_loss(args.loss, args.is_double);
+  if (args.is_double) similarity_preserving_typed<double>(args, executor);
+  else similarity_preserving_typed<float>(args, executor);
+}
+
+void projected_feature_mse_cpu(const ProjectedFeatureMseArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  const ProjectionShape& s = args.shape;
+  if (s.is_double) project(s, static_cast<double*>(args.projection));
+  else project(s, static_cast<float*>(args.projection));
+  FeatureMseArgs mse;
+  mse.student = args.projection;
+  mse.student_dtype = s.is_double ? DType::Float64 : DType::Float32;
+  mse.teacher = args.teacher;
+  mse.teacher_dtype = args.teacher_dtype;
+  mse.numel = s.batch * s.out_channels * s.spatial;
+  mse.bias = args.bias;
+  mse.bias_channels = s.out_channels;
+  mse.bias_inner = s.channels_last ? 1 : s.spatial;
+  mse.scale = args.scale;
+  mse.elementwise_loss = args.elementwise_loss;
+  mse.loss = args.loss;
+  mse.grad_student = args.projection;  // dL/dy replaces y
+  mse.grad_teacher = args.grad_teacher;
+  mse.workspace = args.workspace;
+  feature_mse_cpu(mse, executor);
+}
+
+void projection_backward_cpu(const ProjectionBackwardArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  if (args.shape.is_double) projection_backward_typed<double>(args, executor);
+  else projection_backward_typed<float>(args, executor);
+}
+
+}  // namespace fusedkd
