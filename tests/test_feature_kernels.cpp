@@ -1,0 +1,472 @@
+// The feature-map launchers alone (no LibTorch), CPU and CUDA, against float64 references written
+// from the spec's formulas: losses directly, gradients against central differences of the
+// reference loss. Gradient buffers are poisoned with NaN first, so an element the kernel fails to
+// write shows up; totals are checked to be bit-identical from run to run.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "fusedkd/feature.h"
+#include "kernel_test_support.h"
+
+#if FUSEDKD_WITH_CUDA
+#include <cublas_v2.h>
+#endif
+
+namespace fusedkd::testing {
+namespace {
+
+std::vector<double> random_values(std::size_t n, unsigned seed, double scale = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, scale);
+  std::vector<double> v(n);
+  for (double& x : v) x = normal(rng);
+  return v;
+}
+
+double rel_diff(const std::vector<double>& out, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    if (std::isnan(out[i]) != std::isnan(ref[i])) return INFINITY;
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// d loss / d x_i by central differences of a float64 loss.
+std::vector<double> numeric_gradient(std::vector<double> x, const std::function<double(const std::vector<double>&)>& f) {
+  std::vector<double> g(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double h = 1e-6 * std::max(1.0, std::abs(x[i]));
+    const double keep = x[i];
+    x[i] = keep + h;
+    const double up = f(x);
+    x[i] = keep - h;
+    const double down = f(x);
+    x[i] = keep;
+    g[i] = (up - down) / (2 * h);
+  }
+  return g;
+}
+
+std::string backend_name(Backend b) { return b == Backend::Cpu ? "Cpu" : "Cuda"; }
+
+class FeatureKernel : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+    if (const char* why = missing_device(GetParam())) GTEST_SKIP() << why;
+  }
+};
+
+// ---------------------------------------------------------------- feature_mse
+
+TEST_P(FeatureKernel, FeatureMseMatchesReference) {
+  const Backend backend = GetParam();
+  const std::vector<std::pair<DType, DType>> pairs = {{DType::Float32, DType::Float32},
+                                                      {DType::Float64, DType::Float64},
+                                                      {DType::BFloat16, DType::BFloat16},
+                                                      {DType::Float16, DType::Float16},
+                                                      {DType::Float32, DType::BFloat16},
+                                                      {DType::Float16, DType::Float32}};
+  for (const auto& [ds, dt] : pairs) {
+    for (const std::int64_t numel : {1L, 7L, 8L, 1031L, 70003L}) {
+      for (const bool elementwise : {false, true}) {
+        const Buffer s = Buffer::from(ds, random_values(numel, 1 + numel, 2.0));
+        const Buffer t = Buffer::from(dt, random_values(numel, 2 + numel, 2.0));
+        const bool is_double = ds == DType::Float64 || dt == DType::Float64;
+        const DType loss_type = is_double ? DType::Float64 : DType::Float32;
+        const double scale = elementwise ? 1.0 : 1.0 / static_cast<double>(numel);
+        Buffer loss(loss_type, elementwise ? numel : 1), gs(ds, numel), gt(dt, numel);
+        gs.poison();
+        gt.poison();
+        FeatureMseArgs args;
+        args.student_dtype = ds;
+        args.teacher_dtype = dt;
+        args.numel = numel;
+        args.scale = scale;
+        args.elementwise_loss = elementwise;
+        run_on_backend(backend, {&s, &t}, {&loss, &gs, &gt}, feature_mse_workspace_bytes(args),
+                       [&](const auto& in, const auto& out, void* workspace, void* stream) {
+                         FeatureMseArgs a = args;
+                         a.student = in[0];
+                         a.teacher = in[1];
+                         a.loss = out[0];
+                         a.grad_student = out[1];
+                         a.grad_teacher = out[2];
+                         a.workspace = workspace;
+                         if (backend == Backend::Cpu) feature_mse_cpu(a);
+                         else feature_mse_cuda(a, static_cast<CUstream_st*>(stream));
+                       });
+        std::vector<double> ref_loss(elementwise ? numel : 1, 0.0), ref_gs(numel), ref_gt(numel);
+        for (std::int64_t i = 0; i < numel; ++i) {
+          const double d = s.get(i) - t.get(i);
+          if (elementwise) ref_loss[i] = d * d;
+          else ref_loss[0] += d * d * scale;
+          ref_gs[i] = 2 * scale * d;
+          ref_gt[i] = -2 * scale * d;
+        }
+        std::ostringstream where;
+        where << dtype_name(ds) << "/" << dtype_name(dt) << " numel " << numel << " elementwise " << elementwise;
+        const double tol = std::max(tolerance(loss_type), 1e-6);
+        EXPECT_LT(rel_diff(loss.values(), ref_loss), tol) << where.str();
+        EXPECT_LT(rel_diff(gs.values(), ref_gs), std::max(tolerance(ds), 1e-6)) << where.str();
+        EXPECT_LT(rel_diff(gt.values(), ref_gt), std::max(tolerance(dt), 1e-6)) << where.str();
+      }
+    }
+  }
+}
+
+TEST_P(FeatureKernel, FeatureMseTotalIsTheSameEveryRun) {
+  const Backend backend = GetParam();
+  const std::int64_t numel = 1 << 20;
+  const Buffer s = Buffer::from(DType::Float32, random_values(numel, 5));
+  const Buffer t = Buffer::from(DType::Float32, random_values(numel, 6));
+  std::vector<double> totals;
+  for (int run = 0; run < 3; ++run) {
+    Buffer loss(DType::Float32, 1);
+    FeatureMseArgs args;
+    args.numel = numel;
+    args.scale = 1.0 / numel;
+    run_on_backend(backend, {&s, &t}, {&loss}, feature_mse_workspace_bytes(args),
+                   [&](const auto& in, const auto& out, void* workspace, void* stream) {
+                     FeatureMseArgs a = args;
+                     a.student = in[0];
+                     a.teacher = in[1];
+                     a.loss = out[0];
+                     a.workspace = workspace;
+                     if (backend == Backend::Cpu) feature_mse_cpu(a);
+                     else feature_mse_cuda(a, static_cast<CUstream_st*>(stream));
+                   });
+    totals.push_back(loss.get(0));
+  }
+  EXPECT_EQ(totals[0], totals[1]);
+  EXPECT_EQ(totals[0], totals[2]);
+  EXPECT_NEAR(totals[0], 2.0, 0.02);  // E[(s - t)^2] = 2 for two unit normals
+}
+
+TEST_P(FeatureKernel, ScaleElementsEveryMode) {
+  const Backend backend = GetParam();
+  const std::int64_t numel = 6 * 1031;
+  for (const std::int64_t group : {numel, std::int64_t{1}, std::int64_t{1031}}) {
+    for (const DType dtype : {DType::Float32, DType::BFloat16, DType::Float64}) {
+      const std::vector<double> values = random_values(numel, 9);
+      const std::vector<double> factor_values = random_values(numel / group, 10);
+      Buffer data = Buffer::from(dtype, values);
+      const bool is_double = dtype == DType::Float64;
+      const Buffer factors = Buffer::from(is_double ? DType::Float64 : DType::Float32, factor_values);
+      run_on_backend(backend, {&factors}, {&data}, 0, [&](const auto& in, const auto& out, void*, void* stream) {
+        ScaleElementsArgs a;
+        a.data = out[0];
+        a.dtype = dtype;
+        a.numel = numel;
+        a.factors = in[0];
+        a.factors_are_double = is_double;
+        a.factor_group = group;
+        if (backend == Backend::Cpu) scale_elements_cpu(a);
+        else scale_elements_cuda(a, static_cast<CUstream_st*>(stream));
+      });
+      std::vector<double> ref(numel);
+      const Buffer rounded = Buffer::from(dtype, values);
+      for (std::int64_t i = 0; i < numel; ++i) ref[i] = rounded.get(i) * factors.get(i / group);
+      EXPECT_LT(rel_diff(data.values(), ref), tolerance(dtype)) << dtype_name(dtype) << " group " << group;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- attention transfer
+
+struct MapShape {
+  std::int64_t batch, cs, ct, spatial;
+  bool s_last, t_last;
+};
+
+double element(const std::vector<double>& x, std::int64_t channels, std::int64_t spatial, bool last, std::int64_t n,
+               std::int64_t c, std::int64_t k) {
+  return x[last ? (n * spatial + k) * channels + c : (n * channels + c) * spatial + k];
+}
+
+// Per-sample losses from the spec: a = normalize(mean_c |x|^p), l_n = sum (a_s - a_t)^2.
+std::vector<double> attention_reference(const std::vector<double>& s, const std::vector<double>& t,
+                                        const MapShape& m, double p) {
+  std::vector<double> rows(m.batch);
+  for (std::int64_t n = 0; n < m.batch; ++n) {
+    std::vector<double> as(m.spatial, 0.0), at(m.spatial, 0.0);
+    for (std::int64_t k = 0; k < m.spatial; ++k) {
+      for (std::int64_t c = 0; c < m.cs; ++c) as[k] += std::pow(std::abs(element(s, m.cs, m.spatial, m.s_last, n, c, k)), p) / m.cs;
+      for (std::int64_t c = 0; c < m.ct; ++c) at[k] += std::pow(std::abs(element(t, m.ct, m.spatial, m.t_last, n, c, k)), p) / m.ct;
+    }
+    double ns = 0, nt = 0;
+    for (std::int64_t k = 0; k < m.spatial; ++k) {
+      ns += as[k] * as[k];
+      nt += at[k] * at[k];
+    }
+    ns = std::max(std::sqrt(ns), 1e-12);
+    nt = std::max(std::sqrt(nt), 1e-12);
+    double l = 0;
+    for (std::int64_t k = 0; k < m.spatial; ++k) l += (as[k] / ns - at[k] / nt) * (as[k] / ns - at[k] / nt);
+    rows[n] = l;
+  }
+  return rows;
+}
+
+TEST_P(FeatureKernel, AttentionTransferMatchesReference) {
+  const Backend backend = GetParam();
+  const std::vector<MapShape> shapes = {{1, 1, 1, 1, false, false}, {3, 5, 2, 7, false, false},
+                                        {2, 4, 6, 9, true, false},  {2, 3, 3, 49, true, true},
+                                        {4, 37, 5, 33, false, true}};
+  for (const MapShape& m : shapes) {
+    for (const double p : {1.0, 2.0, 3.0}) {
+      for (const DType dtype : {DType::Float64, DType::Float32, DType::BFloat16}) {
+        for (const bool per_row : {false, true}) {
+          const std::int64_t ns = m.batch * m.cs * m.spatial, nt = m.batch * m.ct * m.spatial;
+          const Buffer s = Buffer::from(dtype, random_values(ns, 11 + m.spatial));
+          const Buffer t = Buffer::from(dtype, random_values(nt, 12 + m.spatial));
+          const bool is_double = dtype == DType::Float64;
+          const DType loss_type = is_double ? DType::Float64 : DType::Float32;
+          const double scale = per_row ? 1.0 : 1.0 / m.batch;
+          Buffer loss(loss_type, per_row ? m.batch : 1), gs(dtype, ns), gt(dtype, nt);
+          gs.poison();
+          gt.poison();
+          AttentionTransferArgs args;
+          args.student.dtype = args.teacher.dtype = dtype;
+          args.student.channels = m.cs;
+          args.student.channels_last = m.s_last;
+          args.teacher.channels = m.ct;
+          args.teacher.channels_last = m.t_last;
+          args.batch = m.batch;
+          args.spatial = m.spatial;
+          args.p = p;
+          args.scale = scale;
+          args.per_row_loss = per_row;
+          run_on_backend(backend, {&s, &t}, {&loss, &gs, &gt}, attention_transfer_workspace_bytes(args),
+                         [&](const auto& in, const auto& out, void* workspace, void* stream) {
+                           AttentionTransferArgs a = args;
+                           a.student.data = in[0];
+                           a.teacher.data = in[1];
+                           a.loss = out[0];
+                           a.grad_student = out[1];
+                           a.grad_teacher = out[2];
+                           a.workspace = workspace;
+                           if (backend == Backend::Cpu) attention_transfer_cpu(a);
+                           else attention_transfer_cuda(a, static_cast<CUstream_st*>(stream));
+                         });
+          const std::vector<double> sv = s.values(), tv = t.values();
+          const auto total = [&](const std::vector<double>& x, const std::vector<double>& y) {
+            double sum = 0;
+            for (double r : attention_reference(x, y, m, p)) sum += r * scale;
+            return sum;
+          };
+          std::vector<double> ref = attention_reference(sv, tv, m, p);
+          if (!per_row) ref = {total(sv, tv)};
+          std::ostringstream where;
+          where << dtype_name(dtype) << " p " << p << " N " << m.batch << " Cs " << m.cs << " Ct " << m.ct << " S "
+                << m.spatial << " last " << m.s_last << m.t_last << " per_row " << per_row;
+          EXPECT_LT(rel_diff(loss.values(), ref), std::max(tolerance(dtype), 1e-6)) << where.str();
+          if (dtype != DType::Float64 || per_row) continue;  // gradients: float64 against differences
+          EXPECT_LT(rel_diff(gs.values(), numeric_gradient(sv, [&](const auto& x) { return total(x, tv); })), 1e-6)
+              << where.str();
+          EXPECT_LT(rel_diff(gt.values(), numeric_gradient(tv, [&](const auto& y) { return total(sv, y); })), 1e-6)
+              << where.str();
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- GEMM ops
+
+#if FUSEDKD_WITH_CUDA
+struct Cublas {
+  cublasHandle_t handle = nullptr;
+  Cublas() { EXPECT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS); }
+  ~Cublas() { cublasDestroy(handle); }
+};
+#endif
+
+double similarity_reference(const std::vector<double>& fs, std::int64_t ds, std::int64_t lds,
+                            const std::vector<double>& ft, std::int64_t dt, std::int64_t ldt, std::int64_t n) {
+  auto gram = [n](const std::vector<double>& f, std::int64_t d, std::int64_t ld) {
+    std::vector<double> g(n * n, 0.0);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < n; ++j)
+        for (std::int64_t k = 0; k < d; ++k) g[i * n + j] += f[i * ld + k] * f[j * ld + k];
+    for (std::int64_t i = 0; i < n; ++i) {
+      double norm = 0;
+      for (std::int64_t j = 0; j < n; ++j) norm += g[i * n + j] * g[i * n + j];
+      norm = std::max(std::sqrt(norm), 1e-12);
+      for (std::int64_t j = 0; j < n; ++j) g[i * n + j] /= norm;
+    }
+    return g;
+  };
+  const std::vector<double> gs = gram(fs, ds, lds), gt = gram(ft, dt, ldt);
+  double loss = 0;
+  for (std::int64_t i = 0; i < n * n; ++i) loss += (gs[i] - gt[i]) * (gs[i] - gt[i]);
+  return loss / static_cast<double>(n * n);
+}
+
+TEST_P(FeatureKernel, SimilarityPreservingMatchesReference) {
+  const Backend backend = GetParam();
+  struct Case {
+    std::int64_t n, ds, lds, dt;
+  };
+  for (const Case c : {Case{1, 3, 3, 2}, Case{5, 7, 9, 4}, Case{17, 30, 30, 12}}) {
+    for (const bool is_double : {true, false}) {
+      const DType dtype = is_double ? DType::Float64 : DType::Float32;
+      const Buffer fs = Buffer::from(dtype, random_values(c.n * c.lds, 21 + c.n));
+      const Buffer ft = Buffer::from(dtype, random_values(c.n * c.dt, 22 + c.n));
+      Buffer loss(dtype, 1), gs(dtype, c.n * c.ds), gt(dtype, c.n * c.dt);
+      gs.poison();
+      gt.poison();
+      SimilarityPreservingArgs args;
+      args.student_cols = c.ds;
+      args.student_row_stride = c.lds;
+      args.teacher_cols = c.dt;
+      args.teacher_row_stride = c.dt;
+      args.rows = c.n;
+      args.is_double = is_double;
+      run_on_backend(backend, {&fs, &ft}, {&loss, &gs, &gt}, similarity_preserving_workspace_bytes(args),
+                     [&](const auto& in, const auto& out, void* workspace, void*) {
+                       SimilarityPreservingArgs a = args;
+                       a.student = in[0];
+                       a.teacher = in[1];
+                       a.loss = out[0];
+                       a.grad_student = out[1];
+                       a.grad_teacher = out[2];
+                       a.workspace = workspace;
+                       if (backend == Backend::Cpu) {
+                         similarity_preserving_cpu(a);
+                       } else {
+#if FUSEDKD_WITH_CUDA
+                         Cublas blas;
+                         similarity_preserving_cuda(a, blas.handle);
+#endif
+                       }
+                     });
+      const std::vector<double> sv = fs.values(), tv = ft.values();
+      const double ref = similarity_reference(sv, c.ds, c.lds, tv, c.dt, c.dt, c.n);
+      std::ostringstream where;
+      where << "n " << c.n << " ds " << c.ds << " dt " << c.dt << " double " << is_double;
+      EXPECT_LT(std::abs(loss.get(0) - ref), std::max(tolerance(dtype), 1e-6) * std::max(ref, 1e-3)) << where.str();
+      if (!is_double) continue;
+      std::vector<double> num_s = numeric_gradient(sv, [&](const auto& x) {
+        return similarity_reference(x, c.ds, c.lds, tv, c.dt, c.dt, c.n);
+      });
+      std::vector<double> packed(c.n * c.ds);  // the gradient is contiguous [n, ds]
+      for (std::int64_t i = 0; i < c.n; ++i)
+        for (std::int64_t k = 0; k < c.ds; ++k) packed[i * c.ds + k] = num_s[i * c.lds + k];
+      EXPECT_LT(rel_diff(gs.values(), packed), 1e-6) << where.str();
+      EXPECT_LT(rel_diff(gt.values(), numeric_gradient(tv, [&](const auto& y) {
+                           return similarity_reference(sv, c.ds, c.lds, y, c.dt, c.dt, c.n);
+                         })),
+                1e-6)
+          << where.str();
+    }
+  }
+}
+
+TEST_P(FeatureKernel, ProjectionMatchesReference) {
+  const Backend backend = GetParam();
+  const std::int64_t batch = 3, cs = 5, ct = 4, spatial = 6;
+  for (const bool channels_last : {false, true}) {
+    for (const bool with_bias : {false, true}) {
+      const std::int64_t nx = batch * cs * spatial, ny = batch * ct * spatial;
+      const Buffer x = Buffer::from(DType::Float64, random_values(nx, 31));
+      const Buffer w = Buffer::from(DType::Float64, random_values(ct * cs, 32));
+      const Buffer b = Buffer::from(DType::Float64, random_values(ct, 33));
+      const Buffer t = Buffer::from(DType::Float64, random_values(ny, 34));
+      const double scale = 1.0 / ny;
+      ProjectionShape shape;
+      shape.batch = batch;
+      shape.in_channels = cs;
+      shape.out_channels = ct;
+      shape.spatial = spatial;
+      shape.channels_last = channels_last;
+      shape.channel_stride = channels_last ? 1 : spatial;
+      shape.spatial_stride = channels_last ? cs : 1;
+      shape.batch_stride = cs * spatial;
+      shape.is_double = true;
+      Buffer loss(DType::Float64, 1), projection(DType::Float64, ny), gt(DType::Float64, ny);
+      Buffer gx(DType::Float64, nx), gw(DType::Float64, ct * cs), gb(DType::Float64, ct);
+      gx.poison();
+      gw.poison();
+      gb.poison();
+      ProjectedFeatureMseArgs args;
+      args.shape = shape;
+      args.teacher_dtype = DType::Float64;
+      args.scale = scale;
+      run_on_backend(backend, {&x, &w, &b, &t}, {&loss, &projection, &gt, &gx, &gw, &gb},
+                     projected_feature_mse_workspace_bytes(args),
+                     [&](const auto& in, const auto& out, void* workspace, void*) {
+                       ProjectedFeatureMseArgs a = args;
+                       a.shape.student = in[0];
+                       a.shape.weight = in[1];
+                       a.bias = with_bias ? in[2] : nullptr;
+                       a.teacher = in[3];
+                       a.loss = out[0];
+                       a.projection = out[1];
+                       a.grad_teacher = out[2];
+                       a.workspace = workspace;
+                       ProjectionBackwardArgs back;
+                       back.shape = a.shape;
+                       back.grad_projection = out[1];
+                       back.grad_student = out[3];
+                       back.grad_weight = out[4];
+                       back.grad_bias = out[5];
+                       if (backend == Backend::Cpu) {
+                         projected_feature_mse_cpu(a);
+                         projection_backward_cpu(back);
+                       } else {
+#if FUSEDKD_WITH_CUDA
+                         Cublas blas;
+                         projected_feature_mse_cuda(a, blas.handle);
+                         projection_backward_cuda(back, blas.handle);
+#endif
+                       }
+                     });
+      // y[n, o, k] = sum_c W[o, c] x[n, c, k] + b[o], in each side's layout.
+      const auto reference = [&](const std::vector<double>& xv, const std::vector<double>& wv,
+                                 const std::vector<double>& bv, const std::vector<double>& tv) {
+        double sum = 0;
+        for (std::int64_t n = 0; n < batch; ++n)
+          for (std::int64_t o = 0; o < ct; ++o)
+            for (std::int64_t k = 0; k < spatial; ++k) {
+              double y = with_bias ? bv[o] : 0.0;
+              for (std::int64_t c = 0; c < cs; ++c) y += wv[o * cs + c] * element(xv, cs, spatial, channels_last, n, c, k);
+              const double d = y - element(tv, ct, spatial, channels_last, n, o, k);
+              sum += d * d * scale;
+            }
+        return sum;
+      };
+      const std::vector<double> xv = x.values(), wv = w.values(), bv = b.values(), tv = t.values();
+      std::ostringstream where;
+      where << "channels_last " << channels_last << " bias " << with_bias;
+      EXPECT_NEAR(loss.get(0), reference(xv, wv, bv, tv), 1e-12) << where.str();
+      EXPECT_LT(rel_diff(gx.values(), numeric_gradient(xv, [&](const auto& v) { return reference(v, wv, bv, tv); })),
+                1e-6)
+          << where.str();
+      EXPECT_LT(rel_diff(gw.values(), numeric_gradient(wv, [&](const auto& v) { return reference(xv, v, bv, tv); })),
+                1e-6)
+          << where.str();
+      EXPECT_LT(rel_diff(gt.values(), numeric_gradient(tv, [&](const auto& v) { return reference(xv, wv, bv, v); })),
+                1e-6)
+          << where.str();
+      if (with_bias) {
+        EXPECT_LT(rel_diff(gb.values(), numeric_gradient(bv, [&](const auto& v) { return reference(xv, wv, v, tv); })),
+                  1e-6)
+            << where.str();
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, FeatureKernel, ::testing::Values(Backend::Cpu, Backend::Cuda),
+                         [](const auto& info) { return backend_name(info.param); });
+
+}  // namespace
+}  // namespace fusedkd::testing
