@@ -59,7 +59,7 @@ void validate(const ScaleRowsArgs& a) {
 void validate(const FeatureMseArgs& a) {
   check(a.numel >= 0, "numel must be >= 0, got " + std::to_string(a.numel));
   check(a.numel == 0 || (a.student && a.teacher), "student and teacher must not be null");
-  check(a.loss != nullptr, "loss must not be null");
+  check(a.loss != nullptr || (a.elementwise_loss && a.numel == 0), "loss must not be null");
   check(a.numel == 0 || a.elementwise_loss || a.workspace, "workspace must not be null");
   check(std::isfinite(a.scale), "scale must be finite");
   check(!a.bias || (a.bias_channels >= 1 && a.bias_inner >= 1), "bias_channels and bias_inner must be >= 1");
@@ -75,7 +75,7 @@ void validate(const AttentionTransferArgs& a) {
   check(a.batch >= 0 && a.spatial >= 1, "batch must be >= 0 and spatial >= 1");
   check(a.student.channels >= 1 && a.teacher.channels >= 1, "channels must be >= 1");
   check(a.batch == 0 || (a.student.data && a.teacher.data), "student and teacher must not be null");
-  check(a.loss != nullptr, "loss must not be null");
+  check(a.loss != nullptr || (a.per_row_loss && a.batch == 0), "loss must not be null");
   check(a.batch == 0 || a.workspace, "workspace must not be null");
   check(std::isfinite(a.p) && a.p > 0, "p must be finite and > 0, got " + std::to_string(a.p));
   check(std::isfinite(a.scale), "scale must be finite");
@@ -108,7 +108,7 @@ void validate_shape(const ProjectionShape& s) {
 void validate(const ProjectedFeatureMseArgs& a) {
   validate_shape(a.shape);
   check(a.shape.batch == 0 || (a.teacher && a.projection), "teacher and projection must not be null");
-  check(a.loss != nullptr, "loss must not be null");
+  check(a.loss != nullptr || (a.elementwise_loss && a.shape.batch == 0), "loss must not be null");
   check(a.shape.is_double || a.teacher_dtype != DType::Float64,
         "a float64 teacher needs a float64 student and weight (is_double)");
   check(std::isfinite(a.scale), "scale must be finite");

@@ -23,6 +23,17 @@ void expect_error(Fn&& fn, std::initializer_list<const char*> parts) {
   }
 }
 
+// ||out - ref|| / ||ref|| in float64 on the CPU (the plain difference when ref is 0); a NaN on one
+// side only is an infinite error.
+inline double relative_error(const at::Tensor& out, const at::Tensor& ref) {
+  const at::Tensor o = out.detach().to(at::kDouble).cpu();
+  const at::Tensor r = ref.detach().to(at::kDouble).cpu();
+  if (o.isnan().any().item<bool>() != r.isnan().any().item<bool>()) return 1e300;
+  const double norm = r.norm().item<double>();
+  const double diff = (o - r).norm().item<double>();
+  return norm == 0 ? diff : diff / norm;
+}
+
 // Why tests on `device` cannot run here, or nullptr.
 inline const char* missing_device(const at::Device& device) {
   if (!device.is_cuda()) return nullptr;

@@ -20,15 +20,7 @@ namespace {
 
 using fusedkd::testing::expect_error;
 using fusedkd::testing::missing_device;
-
-double rel_error(const at::Tensor& out, const at::Tensor& ref) {
-  const at::Tensor o = out.detach().to(at::kDouble).cpu();
-  const at::Tensor r = ref.detach().to(at::kDouble).cpu();
-  if (o.isnan().any().item<bool>() != r.isnan().any().item<bool>()) return 1e300;
-  const double norm = r.norm().item<double>();
-  const double diff = (o - r).norm().item<double>();
-  return norm == 0 ? diff : diff / norm;
-}
+using fusedkd::testing::relative_error;
 
 double tolerance(at::ScalarType a, at::ScalarType b = at::kDouble) {
   auto tol = [](at::ScalarType t) { return t == at::kDouble ? 1e-10 : t == at::kFloat ? 1e-5 : 1e-2; };
@@ -84,7 +76,7 @@ class SoftTargetOps : public ::testing::TestWithParam<std::string> {
     const at::Tensor ref = reference(s64, t64);
     ASSERT_EQ(loss.sizes(), ref.sizes()) << what;
     const double tol = tolerance(s0.scalar_type(), t0.scalar_type());
-    EXPECT_LT(rel_error(loss, ref), tol) << what << " loss " << loss << " ref " << ref;
+    EXPECT_LT(relative_error(loss, ref), tol) << what << " loss " << loss << " ref " << ref;
     const at::Tensor upstream = torch::randn(loss.sizes(), torch::kDouble);
     std::vector<at::Tensor> inputs = {s};
     std::vector<at::Tensor> inputs64 = {s64};
@@ -97,7 +89,7 @@ class SoftTargetOps : public ::testing::TestWithParam<std::string> {
     for (size_t i = 0; i < grads.size(); ++i) {
       EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << what;
       EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << what;
-      EXPECT_LT(rel_error(grads[i], grads64[i]), tol) << what << (i == 0 ? " student" : " teacher") << " gradient";
+      EXPECT_LT(relative_error(grads[i], grads64[i]), tol) << what << (i == 0 ? " student" : " teacher") << " gradient";
     }
   }
 };
@@ -286,7 +278,7 @@ TEST_P(SoftTargetOps, GradOutputScalingRetainGraphAndNoGrad) {
   const at::Tensor g1 = torch::autograd::grad({loss}, {s}, {torch::ones_like(loss)}, /*retain_graph=*/true)[0].clone();
   const at::Tensor g3 = torch::autograd::grad({loss}, {s}, {torch::full_like(loss, 3.0)}, /*retain_graph=*/true)[0];
   const at::Tensor g1_again = torch::autograd::grad({loss}, {s}, {torch::ones_like(loss)})[0];
-  EXPECT_LT(rel_error(g3, g1 * 3), 1e-14);
+  EXPECT_LT(relative_error(g3, g1 * 3), 1e-14);
   EXPECT_TRUE(torch::equal(g1, g1_again));  // a second backward recomputes exactly
   // Per-row weights through reduction="none".
   const at::Tensor rows = fusedkd::kl_div(s, t, 2.0, "none");
@@ -294,7 +286,7 @@ TEST_P(SoftTargetOps, GradOutputScalingRetainGraphAndNoGrad) {
   const at::Tensor gw = torch::autograd::grad({(rows * w).sum()}, {s})[0];
   const at::Tensor s64 = s.detach().clone().requires_grad_(true);
   const at::Tensor gref = torch::autograd::grad({(composite_rows(s64, t, 2.0, "kl", 0) * w).sum()}, {s64})[0];
-  EXPECT_LT(rel_error(gw, gref), 1e-10);
+  EXPECT_LT(relative_error(gw, gref), 1e-10);
   {
     torch::NoGradGuard no_grad;
     EXPECT_FALSE(fusedkd::kd_loss(s, t).requires_grad());
@@ -332,7 +324,7 @@ TEST_P(SoftTargetOps, MaskedLogitsGiveFiniteLossesAndGradients) {
   const at::Tensor lq = torch::log_softmax(s_free.detach().to(at::kDouble), -1);
   const at::Tensor lp = torch::log_softmax(t_only.to(at::kDouble), -1);
   const at::Tensor ref = torch::where(mask, torch::zeros_like(lp), lp.exp() * (lp - lq)).sum(-1).mean();
-  EXPECT_LT(rel_error(kl, ref), 1e-5);
+  EXPECT_LT(relative_error(kl, ref), 1e-5);
 }
 
 TEST_P(SoftTargetOps, BadInputsRaiseClearErrors) {

@@ -15,6 +15,7 @@ namespace {
 
 using fusedkd::testing::expect_error;
 using fusedkd::testing::missing_device;
+using fusedkd::testing::relative_error;
 
 using Op = at::Tensor (*)(const at::Tensor&, double);
 
@@ -22,15 +23,6 @@ bool cuda_available() { return torch::cuda::is_available(); }
 
 at::Tensor composite(const at::Tensor& x, double temperature, bool log) {
   return log ? torch::log_softmax(x / temperature, -1) : torch::softmax(x / temperature, -1);
-}
-
-double rel_error(const at::Tensor& out, const at::Tensor& ref) {
-  const at::Tensor o = out.to(at::kDouble).cpu();
-  const at::Tensor r = ref.to(at::kDouble).cpu();
-  if (o.isnan().any().item<bool>() && !r.isnan().any().item<bool>()) return 1e300;
-  const double norm = r.norm().item<double>();
-  const double diff = (o - r).norm().item<double>();
-  return norm == 0 ? diff : diff / norm;
 }
 
 double tolerance(at::ScalarType type) {
@@ -77,7 +69,7 @@ TEST_P(SoftmaxOps, ForwardMatchesCompositeForEveryDtypeAndShape) {
       EXPECT_EQ(out.sizes(), x.sizes());
       EXPECT_EQ(out.device(), x.device());
       const at::Tensor ref = composite(x.to(at::kDouble), temperature, log());
-      EXPECT_LT(rel_error(out, ref), tolerance(type))
+      EXPECT_LT(relative_error(out, ref), tolerance(type))
           << type << " shape " << x.sizes() << " T " << temperature;
     }
   }
@@ -98,7 +90,7 @@ TEST_P(SoftmaxOps, GradientsMatchAutogradOnComposite) {
       const at::Tensor x64 = x.detach().to(at::kDouble).requires_grad_(true);
       const at::Tensor ref =
           torch::autograd::grad({composite(x64, temperature, log())}, {x64}, {upstream.to(at::kDouble)})[0];
-      EXPECT_LT(rel_error(grad, ref), tolerance(type)) << type << " shape " << x.sizes();
+      EXPECT_LT(relative_error(grad, ref), tolerance(type)) << type << " shape " << x.sizes();
     }
   }
 }
@@ -118,7 +110,7 @@ TEST_P(SoftmaxOps, GradientsMatchFloat64FormulaOnSavedOutput) {
       const at::Tensor dy = upstream.to(at::kDouble);
       const at::Tensor ref = log() ? (dy - y.exp() * dy.sum(-1, true)) / temperature
                                    : y * (dy - (dy * y).sum(-1, true)) / temperature;
-      EXPECT_LT(rel_error(grad, ref), tolerance(type)) << type << " shape " << x.sizes();
+      EXPECT_LT(relative_error(grad, ref), tolerance(type)) << type << " shape " << x.sizes();
     }
   }
 }
@@ -131,7 +123,7 @@ TEST_P(SoftmaxOps, BackwardScalesWithGradOutputAndAccumulates) {
   (run(x, 3.0) * w2 * 2.5).sum().backward();  // accumulates into x.grad()
   const at::Tensor x64 = x.detach().clone().requires_grad_(true);
   (composite(x64, 3.0, log()) * (w1 + 2.5 * w2)).sum().backward();
-  EXPECT_LT(rel_error(x.grad(), x64.grad()), 1e-12);
+  EXPECT_LT(relative_error(x.grad(), x64.grad()), 1e-12);
   EXPECT_GT(x.grad().abs().max().item<double>(), 1e-6);
 }
 
@@ -148,7 +140,7 @@ TEST_P(SoftmaxOps, NonContiguousInputsGiveTheContiguousResult) {
   for (const at::Tensor& v : views) {
     const at::Tensor out = run(v, 1.5);
     EXPECT_TRUE(torch::equal(out, run(v.contiguous(), 1.5))) << "view of shape " << v.sizes();
-    EXPECT_LT(rel_error(out, composite(v.to(at::kDouble), 1.5, log())), 5e-6);
+    EXPECT_LT(relative_error(out, composite(v.to(at::kDouble), 1.5, log())), 5e-6);
     // Gradient through a view lands in the view's layout.
     const at::Tensor leaf = v.detach().clone().requires_grad_(true);
     const at::Tensor g = torch::autograd::grad({run(leaf, 1.5)}, {leaf}, {torch::ones_like(leaf)})[0];
@@ -160,7 +152,7 @@ TEST_P(SoftmaxOps, NonContiguousInputsGiveTheContiguousResult) {
   const at::Tensor grad = torch::autograd::grad({run(x, 0.8)}, {x}, {upstream})[0];
   const at::Tensor x64 = x.detach().to(at::kDouble).requires_grad_(true);
   const at::Tensor ref = torch::autograd::grad({composite(x64, 0.8, log())}, {x64}, {upstream.to(at::kDouble)})[0];
-  EXPECT_LT(rel_error(grad, ref), 5e-6);
+  EXPECT_LT(relative_error(grad, ref), 5e-6);
 }
 
 TEST_P(SoftmaxOps, EmptyInputsGiveEmptyResults) {
@@ -193,8 +185,8 @@ TEST_P(SoftmaxOps, MaskedEntriesGiveExactZerosAndNoNaN) {
   if (!log()) EXPECT_TRUE((grad.masked_select(mask) == 0).all().item<bool>());
   const at::Tensor x64 = x.to(at::kDouble).requires_grad_(true);
   const at::Tensor ref = torch::autograd::grad({composite(x64, 2.0, log())}, {x64}, {upstream.to(at::kDouble)})[0];
-  EXPECT_LT(rel_error(grad, ref), 5e-6);
-  EXPECT_LT(rel_error(out.masked_fill(mask, 0), composite(x.to(at::kDouble), 2.0, log()).masked_fill(mask, 0)), 5e-6);
+  EXPECT_LT(relative_error(grad, ref), 5e-6);
+  EXPECT_LT(relative_error(out.masked_fill(mask, 0), composite(x.to(at::kDouble), 2.0, log()).masked_fill(mask, 0)), 5e-6);
 }
 
 TEST_P(SoftmaxOps, NaNLogitsPropagateLikeTorch) {
@@ -212,7 +204,7 @@ TEST_P(SoftmaxOps, DispatcherCallMatchesCppApi) {
   const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<at::Tensor(const at::Tensor&, double)>();
   EXPECT_TRUE(torch::equal(op.call(x, 2.0), run(x, 2.0)));
   // The default temperature is 1.
-  EXPECT_LT(rel_error(log() ? fusedkd::log_softmax_t(x) : fusedkd::softmax_t(x), composite(x.to(at::kDouble), 1.0, log())), 5e-6);
+  EXPECT_LT(relative_error(log() ? fusedkd::log_softmax_t(x) : fusedkd::softmax_t(x), composite(x.to(at::kDouble), 1.0, log())), 5e-6);
 }
 
 TEST_P(SoftmaxOps, NoGradModeBuildsNoGraph) {

@@ -194,9 +194,15 @@ Tensor3 attention_transfer_forward_op(const at::Tensor& student, const at::Tenso
 
 namespace {
 
+int64_t features_per_sample(const at::Tensor& x) {
+  int64_t count = 1;
+  for (int64_t d = 1; d < x.dim(); ++d) count *= x.size(d);
+  return count;
+}
+
 // x as [N, D] rows of `dtype` with contiguous elements.
 at::Tensor feature_rows(const at::Tensor& x, at::ScalarType dtype) {
-  at::Tensor rows = x.to(dtype).reshape({x.size(0), -1});
+  at::Tensor rows = x.to(dtype).reshape({x.size(0), features_per_sample(x)});
   if (rows.size(1) > 1 && (rows.stride(1) != 1 || rows.stride(0) < rows.size(1))) rows = rows.contiguous();
   if (rows.size(1) == 1 && rows.stride(0) < 1) rows = rows.contiguous();
   return rows;
@@ -215,7 +221,7 @@ Tensor3 similarity_preserving_forward_op(const at::Tensor& student, const at::Te
   TORCH_CHECK(student.size(0) == teacher.size(0), op, ": student and teacher must have the same batch size, got ",
               student.sizes(), " and ", teacher.sizes());
   const int64_t batch = student.size(0);
-  TORCH_CHECK(batch == 0 || (student.numel() / batch >= 1 && teacher.numel() / batch >= 1), op,
+  TORCH_CHECK(features_per_sample(student) >= 1 && features_per_sample(teacher) >= 1, op,
               ": every sample needs at least one feature, got ", student.sizes(), " and ", teacher.sizes());
   const at::ScalarType compute = loss_dtype({student.scalar_type(), teacher.scalar_type()});
   const at::Tensor fs = feature_rows(student, compute), ft = feature_rows(teacher, compute);
@@ -512,22 +518,22 @@ using ProjectedForward = Tensor3(const at::Tensor&, const at::Tensor&, const std
                                  const at::Tensor&, double, bool, bool, bool);
 using ProjectionBackward = Tensor3(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool, bool);
 
-Tensor3 call_projected_forward(const at::Tensor& s, const at::Tensor& w, const at::Tensor& b, const at::Tensor& t,
-                               double scale, bool elementwise, bool keep, bool grad_teacher) {
+Tensor3 call_projected_forward(const at::Tensor& s, const at::Tensor& w, const std::optional<at::Tensor>& b,
+                               const at::Tensor& t, double scale, bool elementwise, bool keep, bool grad_teacher) {
   static const auto op = find_op<ProjectedForward>("fusedkd::_projected_feature_mse_forward");
-  return op.call(s, w, b.defined() ? std::optional<at::Tensor>(b) : std::nullopt, t, scale, elementwise, keep,
-                 grad_teacher);
+  return op.call(s, w, b, t, scale, elementwise, keep, grad_teacher);
 }
 
 class ProjectedFunction : public torch::autograd::Function<ProjectedFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& student, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& teacher, double scale, bool elementwise,
-                            std::vector<bool> needs) {
+                            const std::optional<at::Tensor>& bias, const at::Tensor& teacher, double scale,
+                            bool elementwise, std::vector<bool> needs) {
     at::AutoDispatchBelowADInplaceOrView guard;
     const bool keep = needs[0] || needs[1] || needs[2];
     auto [loss, g, gt] = call_projected_forward(student, weight, bias, teacher, scale, elementwise, keep, needs[3]);
-    ctx->save_for_backward({student, weight, bias, teacher});
+    ctx->save_for_backward({student, weight, teacher});
+    ctx->saved_data["bias"] = bias ? c10::IValue(*bias) : c10::IValue();
     ctx->saved_data["grad_projection"] = keep ? c10::IValue(g) : c10::IValue();
     ctx->saved_data["grad_teacher"] = needs[3] ? c10::IValue(gt) : c10::IValue();
     const char* keys[4] = {"need_student", "need_weight", "need_bias", "need_teacher"};
@@ -544,7 +550,9 @@ class ProjectedFunction : public torch::autograd::Function<ProjectedFunction> {
                            data["need_teacher"].toBool()};
     const bool keep = needs[0] || needs[1] || needs[2];
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor &student = saved[0], &weight = saved[1], &bias = saved[2], &teacher = saved[3];
+    const at::Tensor &student = saved[0], &weight = saved[1], &teacher = saved[2];
+    const std::optional<at::Tensor> bias =
+        data["bias"].isTensor() ? std::optional<at::Tensor>(data["bias"].toTensor()) : std::nullopt;
     at::Tensor g = take_saved(ctx, "grad_projection");
     at::Tensor gt = take_saved(ctx, "grad_teacher");
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -562,10 +570,10 @@ class ProjectedFunction : public torch::autograd::Function<ProjectedFunction> {
     if (keep) {
       call_scale(g, grad_outputs[0]);
       static const auto op = find_op<ProjectionBackward>("fusedkd::_projection_backward");
-      auto [gx, gw, gb] = op.call(g, student, weight, needs[0], needs[1], needs[2] && bias.defined());
+      auto [gx, gw, gb] = op.call(g, student, weight, needs[0], needs[1], needs[2] && bias.has_value());
       if (needs[0]) grads[0] = gx.to(student.scalar_type());
       if (needs[1]) grads[1] = gw.reshape(weight.sizes()).to(weight.scalar_type());
-      if (needs[2] && bias.defined()) grads[2] = gb.to(bias.scalar_type());
+      if (needs[2] && bias) grads[2] = gb.to(bias->scalar_type());
     }
     return grads;
   }
@@ -625,10 +633,10 @@ at::Tensor projected_feature_mse_kernel(const at::Tensor& student, const at::Ten
                                  false, 0, elementwise);
   const bool empty_mean = teacher.numel() == 0 && reduction == "mean";
   if (empty_mean) scale = 1.0;
-  const at::Tensor b = bias && bias->defined() ? *bias : at::Tensor();
+  const std::optional<at::Tensor> b = bias && bias->defined() ? bias : std::nullopt;
   const bool grad_mode = at::GradMode::is_enabled();
   std::vector<bool> needs{grad_mode && student.requires_grad(), grad_mode && weight.requires_grad(),
-                          grad_mode && b.defined() && b.requires_grad(), grad_mode && teacher.requires_grad()};
+                          grad_mode && b && b->requires_grad(), grad_mode && teacher.requires_grad()};
   at::Tensor loss;
   if (!needs[0] && !needs[1] && !needs[2] && !needs[3]) {
     at::AutoDispatchBelowADInplaceOrView guard;
