@@ -89,13 +89,34 @@ void check_pair_device(const char* op, const at::Tensor& s, const at::Tensor& t)
   check_same_device(op, "student", s, "teacher", t);
 }
 
+// The factor a reduction puts on the summed loss; "mean" and "batchmean" of nothing are NaN (as
+// torch's mean of an empty tensor), which the ops write after the kernel's 0.
+double reduction_factor(int64_t reduction, double elements, double batch) {
+  switch (static_cast<Reduction>(reduction)) {
+    case Reduction::None:
+    case Reduction::Sum: return 1.0;
+    case Reduction::Mean: return elements > 0 ? 1.0 / elements : std::nan("");
+    case Reduction::BatchMean: return batch > 0 ? 1.0 / batch : std::nan("");
+  }
+  TORCH_CHECK(false, "fusedkd: unknown reduction code ", reduction);
+}
+
+// Runs the kernel with the reduction's factor (1 when it is NaN), then makes such a loss NaN.
+template <typename Launch>
+void launch_reduced(const char* op, double factor, at::Tensor& loss, double& scale, const Launch& launch) {
+  scale = std::isnan(factor) ? 1.0 : factor;
+  launch_kernel(op, launch);
+  if (std::isnan(factor)) loss.fill_(std::nan(""));
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- internal ops (any backend)
 
-Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teacher, double scale, bool elementwise,
+Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teacher, int64_t reduction,
                                bool grad_student, bool grad_teacher, const FeatureBackend& backend) {
   const char* op = "fusedkd::feature_mse";
+  const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
   check_features(op, "student", student, 0);
   check_features(op, "teacher", teacher, 0);
   TORCH_CHECK(student.sizes() == teacher.sizes(), op, ": student and teacher must have the same shape, got ",
@@ -120,7 +141,6 @@ Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teac
   args.teacher = t.const_data_ptr();
   args.teacher_dtype = kernel_dtype(t.scalar_type());
   args.numel = s.numel();
-  args.scale = scale;
   args.elementwise_loss = elementwise;
   args.loss = loss.mutable_data_ptr();
   args.grad_student = grad_student ? gs.mutable_data_ptr() : nullptr;
@@ -128,7 +148,8 @@ Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teac
   const at::Tensor workspace =
       at::empty({static_cast<int64_t>(feature_mse_workspace_bytes(args))}, s.options().dtype(at::kByte));
   args.workspace = workspace.mutable_data_ptr();
-  launch_kernel(op, [&] { backend.mse(args); });
+  launch_reduced(op, reduction_factor(reduction, static_cast<double>(s.numel()), 0), loss, args.scale,
+                 [&] { backend.mse(args); });
   if (grad_teacher && gt.scalar_type() != teacher.scalar_type()) gt = gt.to(teacher.scalar_type());
   return {loss, gs, gt};
 }
@@ -160,10 +181,11 @@ void check_attention_pair(const char* op, const at::Tensor& s, const at::Tensor&
 
 }  // namespace
 
-Tensor3 attention_transfer_forward_op(const at::Tensor& student, const at::Tensor& teacher, double p, double scale,
-                                      bool per_row, bool grad_student, bool grad_teacher,
+Tensor3 attention_transfer_forward_op(const at::Tensor& student, const at::Tensor& teacher, double p,
+                                      int64_t reduction, bool grad_student, bool grad_teacher,
                                       const FeatureBackend& backend) {
   const char* op = "fusedkd::attention_transfer";
+  const bool per_row = reduction == static_cast<int64_t>(Reduction::None);
   check_attention_pair(op, student, teacher, p);
   const bool s_last = prefers_channels_last(student), t_last = prefers_channels_last(teacher);
   const at::Tensor s = to_layout(student, s_last, student.scalar_type());
@@ -180,7 +202,6 @@ Tensor3 attention_transfer_forward_op(const at::Tensor& student, const at::Tenso
   args.batch = batch;
   args.spatial = spatial_size(s);
   args.p = p;
-  args.scale = scale;
   args.per_row_loss = per_row;
   args.loss = loss.mutable_data_ptr();
   args.grad_student = grad_student ? gs.mutable_data_ptr() : nullptr;
@@ -188,7 +209,9 @@ Tensor3 attention_transfer_forward_op(const at::Tensor& student, const at::Tenso
   const at::Tensor workspace =
       at::empty({static_cast<int64_t>(attention_transfer_workspace_bytes(args))}, s.options().dtype(at::kByte));
   args.workspace = workspace.mutable_data_ptr();
-  launch_kernel(op, [&] { backend.attention(args); });
+  const double batch_size = static_cast<double>(batch);
+  launch_reduced(op, reduction_factor(reduction, batch_size * static_cast<double>(args.spatial), batch_size), loss,
+                 args.scale, [&] { backend.attention(args); });
   return {loss, gs, gt};
 }
 
@@ -309,9 +332,10 @@ std::vector<int64_t> projected_sizes(const at::Tensor& student, int64_t out_chan
 
 Tensor3 projected_feature_mse_forward_op(const at::Tensor& student, const at::Tensor& weight,
                                          const std::optional<at::Tensor>& bias, const at::Tensor& teacher,
-                                         double scale, bool elementwise, bool keep_gradient, bool grad_teacher,
+                                         int64_t reduction, bool keep_gradient, bool grad_teacher,
                                          const FeatureBackend& backend) {
   const char* op = "fusedkd::projected_feature_mse";
+  const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
   check_projection(op, student, weight, bias);
   check_features(op, "teacher", teacher, 2);
   check_pair_device(op, student, teacher);
@@ -337,7 +361,6 @@ Tensor3 projected_feature_mse_forward_op(const at::Tensor& student, const at::Te
   args.bias = has_bias ? b.const_data_ptr() : nullptr;
   args.teacher = t.const_data_ptr();
   args.teacher_dtype = kernel_dtype(t.scalar_type());
-  args.scale = scale;
   args.elementwise_loss = elementwise;
   args.loss = loss.mutable_data_ptr();
   args.projection = projection.mutable_data_ptr();
@@ -345,7 +368,8 @@ Tensor3 projected_feature_mse_forward_op(const at::Tensor& student, const at::Te
   const at::Tensor workspace =
       at::empty({static_cast<int64_t>(projected_feature_mse_workspace_bytes(args))}, options.dtype(at::kByte));
   args.workspace = workspace.mutable_data_ptr();
-  launch_kernel(op, [&] { backend.projected(args); });
+  launch_reduced(op, reduction_factor(reduction, static_cast<double>(t.numel()), 0), loss, args.scale,
+                 [&] { backend.projected(args); });
   if (grad_teacher && gt.scalar_type() != teacher.scalar_type()) gt = gt.to(teacher.scalar_type());
   return {loss, keep_gradient ? projection : at::empty({0}, options), gt};
 }
@@ -413,8 +437,7 @@ enum class FeatureLoss : int64_t { Mse = 0, Attention = 1, Similarity = 2 };
 
 struct FeatureSpec {
   FeatureLoss kind = FeatureLoss::Mse;
-  double scale = 1.0;
-  bool per_item = false;  // feature_mse: elementwise loss; attention_transfer: per-sample loss
+  int64_t reduction = static_cast<int64_t>(Reduction::Mean);
   double p = 2.0;
 };
 
@@ -426,15 +449,15 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 Tensor3 call_forward(const at::Tensor& s, const at::Tensor& t, const FeatureSpec& spec, bool gs, bool gt) {
   switch (spec.kind) {
     case FeatureLoss::Mse: {
-      static const auto op = find_op<Tensor3(const at::Tensor&, const at::Tensor&, double, bool, bool, bool)>(
+      static const auto op = find_op<Tensor3(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>(
           "fusedkd::_feature_mse_forward");
-      return op.call(s, t, spec.scale, spec.per_item, gs, gt);
+      return op.call(s, t, spec.reduction, gs, gt);
     }
     case FeatureLoss::Attention: {
       static const auto op =
-          find_op<Tensor3(const at::Tensor&, const at::Tensor&, double, double, bool, bool, bool)>(
+          find_op<Tensor3(const at::Tensor&, const at::Tensor&, double, int64_t, bool, bool)>(
               "fusedkd::_attention_transfer_forward");
-      return op.call(s, t, spec.p, spec.scale, spec.per_item, gs, gt);
+      return op.call(s, t, spec.p, spec.reduction, gs, gt);
     }
     case FeatureLoss::Similarity: {
       static const auto op = find_op<Tensor3(const at::Tensor&, const at::Tensor&, bool, bool)>(
@@ -470,8 +493,7 @@ class FeatureLossFunction : public torch::autograd::Function<FeatureLossFunction
     ctx->saved_data["need_student"] = need_student;
     ctx->saved_data["need_teacher"] = need_teacher;
     ctx->saved_data["kind"] = static_cast<int64_t>(spec.kind);
-    ctx->saved_data["scale"] = spec.scale;
-    ctx->saved_data["per_item"] = spec.per_item;
+    ctx->saved_data["reduction"] = spec.reduction;
     ctx->saved_data["p"] = spec.p;
     return loss;
   }
@@ -488,8 +510,7 @@ class FeatureLossFunction : public torch::autograd::Function<FeatureLossFunction
       const auto saved = ctx->get_saved_variables();
       FeatureSpec spec;
       spec.kind = static_cast<FeatureLoss>(data["kind"].toInt());
-      spec.scale = data["scale"].toDouble();
-      spec.per_item = data["per_item"].toBool();
+      spec.reduction = data["reduction"].toInt();
       spec.p = data["p"].toDouble();
       at::AutoDispatchBelowADInplaceOrView guard;
       auto result = call_forward(saved[0], saved[1], spec, need_student, need_teacher);
@@ -515,31 +536,30 @@ at::Tensor run_feature_loss(const at::Tensor& s, const at::Tensor& t, const Feat
 }
 
 using ProjectedForward = Tensor3(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                 const at::Tensor&, double, bool, bool, bool);
+                                 const at::Tensor&, int64_t, bool, bool);
 using ProjectionBackward = Tensor3(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool, bool);
 
 Tensor3 call_projected_forward(const at::Tensor& s, const at::Tensor& w, const std::optional<at::Tensor>& b,
-                               const at::Tensor& t, double scale, bool elementwise, bool keep, bool grad_teacher) {
+                               const at::Tensor& t, int64_t reduction, bool keep, bool grad_teacher) {
   static const auto op = find_op<ProjectedForward>("fusedkd::_projected_feature_mse_forward");
-  return op.call(s, w, b, t, scale, elementwise, keep, grad_teacher);
+  return op.call(s, w, b, t, reduction, keep, grad_teacher);
 }
 
 class ProjectedFunction : public torch::autograd::Function<ProjectedFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& student, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, const at::Tensor& teacher, double scale,
-                            bool elementwise, std::vector<bool> needs) {
+                            const std::optional<at::Tensor>& bias, const at::Tensor& teacher, int64_t reduction,
+                            std::vector<bool> needs) {
     at::AutoDispatchBelowADInplaceOrView guard;
     const bool keep = needs[0] || needs[1] || needs[2];
-    auto [loss, g, gt] = call_projected_forward(student, weight, bias, teacher, scale, elementwise, keep, needs[3]);
+    auto [loss, g, gt] = call_projected_forward(student, weight, bias, teacher, reduction, keep, needs[3]);
     ctx->save_for_backward({student, weight, teacher});
     ctx->saved_data["bias"] = bias ? c10::IValue(*bias) : c10::IValue();
     ctx->saved_data["grad_projection"] = keep ? c10::IValue(g) : c10::IValue();
     ctx->saved_data["grad_teacher"] = needs[3] ? c10::IValue(gt) : c10::IValue();
     const char* keys[4] = {"need_student", "need_weight", "need_bias", "need_teacher"};
     for (int i = 0; i < 4; ++i) ctx->saved_data[keys[i]] = static_cast<bool>(needs[i]);
-    ctx->saved_data["scale"] = scale;
-    ctx->saved_data["elementwise"] = elementwise;
+    ctx->saved_data["reduction"] = reduction;
     return loss;
   }
 
@@ -557,12 +577,12 @@ class ProjectedFunction : public torch::autograd::Function<ProjectedFunction> {
     at::Tensor gt = take_saved(ctx, "grad_teacher");
     at::AutoDispatchBelowADInplaceOrView guard;
     if ((keep && !g.defined()) || (needs[3] && !gt.defined())) {  // retain_graph: recompute
-      auto result = call_projected_forward(student, weight, bias, teacher, data["scale"].toDouble(),
-                                           data["elementwise"].toBool(), keep, needs[3]);
+      auto result = call_projected_forward(student, weight, bias, teacher, data["reduction"].toInt(), keep,
+                                           needs[3]);
       g = std::get<1>(result);
       gt = std::get<2>(result);
     }
-    torch::autograd::variable_list grads(7);
+    torch::autograd::variable_list grads(6);
     if (needs[3]) {
       call_scale(gt, grad_outputs[0]);
       grads[3] = gt;
@@ -581,16 +601,11 @@ class ProjectedFunction : public torch::autograd::Function<ProjectedFunction> {
 
 // ---------------------------------------------------------------- public ops
 
-double reduction_scale(const char* op, c10::string_view reduction, double mean_divisor, bool allow_batchmean,
-                       double batch, bool& per_item) {
-  per_item = false;
-  if (reduction == "none") {
-    per_item = true;
-    return 1.0;
-  }
-  if (reduction == "sum") return 1.0;
-  if (reduction == "mean") return mean_divisor > 0 ? 1.0 / mean_divisor : std::nan("");
-  if (allow_batchmean && reduction == "batchmean") return batch > 0 ? 1.0 / batch : std::nan("");
+int64_t parse_reduction(const char* op, c10::string_view reduction, bool allow_batchmean) {
+  if (reduction == "none") return static_cast<int64_t>(Reduction::None);
+  if (reduction == "sum") return static_cast<int64_t>(Reduction::Sum);
+  if (reduction == "mean") return static_cast<int64_t>(Reduction::Mean);
+  if (allow_batchmean && reduction == "batchmean") return static_cast<int64_t>(Reduction::BatchMean);
   TORCH_CHECK(false, op, ": reduction must be one of \"none\", \"sum\", \"mean\"",
               allow_batchmean ? ", \"batchmean\"" : "", ", got \"", std::string(reduction), "\"");
 }
@@ -598,25 +613,16 @@ double reduction_scale(const char* op, c10::string_view reduction, double mean_d
 at::Tensor feature_mse_kernel(const at::Tensor& s, const at::Tensor& t, c10::string_view reduction) {
   FeatureSpec spec;
   spec.kind = FeatureLoss::Mse;
-  spec.scale = reduction_scale("fusedkd::feature_mse", reduction, static_cast<double>(s.numel()), false, 0,
-                               spec.per_item);
-  if (s.numel() == 0 && reduction == "mean") spec.scale = 1.0;  // the kernel's 0 * (1/0): keep torch's NaN below
-  at::Tensor loss = run_feature_loss(s, t, spec);
-  if (s.numel() == 0 && reduction == "mean") return loss / 0.0;  // F.mse_loss of an empty tensor is NaN
-  return loss;
+  spec.reduction = parse_reduction("fusedkd::feature_mse", reduction, false);
+  return run_feature_loss(s, t, spec);
 }
 
 at::Tensor attention_transfer_kernel(const at::Tensor& s, const at::Tensor& t, double p, c10::string_view reduction) {
-  check_attention_pair("fusedkd::attention_transfer", s, t, p);
   FeatureSpec spec;
   spec.kind = FeatureLoss::Attention;
   spec.p = p;
-  const double batch = static_cast<double>(s.size(0));
-  spec.scale = reduction_scale("fusedkd::attention_transfer", reduction, batch * static_cast<double>(spatial_size(s)),
-                               true, batch, spec.per_item);
-  if (!std::isnan(spec.scale)) return run_feature_loss(s, t, spec);
-  spec.scale = 1.0;  // an empty batch: 0 / 0, NaN like the composite's mean of nothing
-  return run_feature_loss(s, t, spec) / 0.0;
+  spec.reduction = parse_reduction("fusedkd::attention_transfer", reduction, true);
+  return run_feature_loss(s, t, spec);
 }
 
 at::Tensor similarity_preserving_kernel(const at::Tensor& s, const at::Tensor& t) {
@@ -628,23 +634,16 @@ at::Tensor similarity_preserving_kernel(const at::Tensor& s, const at::Tensor& t
 at::Tensor projected_feature_mse_kernel(const at::Tensor& student, const at::Tensor& weight,
                                         const std::optional<at::Tensor>& bias, const at::Tensor& teacher,
                                         c10::string_view reduction) {
-  bool elementwise = false;
-  double scale = reduction_scale("fusedkd::projected_feature_mse", reduction, static_cast<double>(teacher.numel()),
-                                 false, 0, elementwise);
-  const bool empty_mean = teacher.numel() == 0 && reduction == "mean";
-  if (empty_mean) scale = 1.0;
+  const int64_t code = parse_reduction("fusedkd::projected_feature_mse", reduction, false);
   const std::optional<at::Tensor> b = bias && bias->defined() ? bias : std::nullopt;
   const bool grad_mode = at::GradMode::is_enabled();
   std::vector<bool> needs{grad_mode && student.requires_grad(), grad_mode && weight.requires_grad(),
                           grad_mode && b && b->requires_grad(), grad_mode && teacher.requires_grad()};
-  at::Tensor loss;
   if (!needs[0] && !needs[1] && !needs[2] && !needs[3]) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    loss = std::get<0>(call_projected_forward(student, weight, b, teacher, scale, elementwise, false, false));
-  } else {
-    loss = ProjectedFunction::apply(student, weight, b, teacher, scale, elementwise, needs);
+    return std::get<0>(call_projected_forward(student, weight, b, teacher, code, false, false));
   }
-  return empty_mean ? loss / 0.0 : loss;
+  return ProjectedFunction::apply(student, weight, b, teacher, code, needs);
 }
 
 // ---------------------------------------------------------------- CPU and Meta kernels
@@ -661,18 +660,18 @@ const FeatureBackend& cpu_backend() {
   return backend;
 }
 
-Tensor3 mse_cpu(const at::Tensor& s, const at::Tensor& t, double scale, bool elementwise, bool gs, bool gt) {
-  return feature_mse_forward_op(s, t, scale, elementwise, gs, gt, cpu_backend());
+Tensor3 mse_cpu(const at::Tensor& s, const at::Tensor& t, int64_t reduction, bool gs, bool gt) {
+  return feature_mse_forward_op(s, t, reduction, gs, gt, cpu_backend());
 }
-Tensor3 attention_cpu(const at::Tensor& s, const at::Tensor& t, double p, double scale, bool per_row, bool gs, bool gt) {
-  return attention_transfer_forward_op(s, t, p, scale, per_row, gs, gt, cpu_backend());
+Tensor3 attention_cpu(const at::Tensor& s, const at::Tensor& t, double p, int64_t reduction, bool gs, bool gt) {
+  return attention_transfer_forward_op(s, t, p, reduction, gs, gt, cpu_backend());
 }
 Tensor3 similarity_cpu(const at::Tensor& s, const at::Tensor& t, bool gs, bool gt) {
   return similarity_preserving_forward_op(s, t, gs, gt, cpu_backend());
 }
 Tensor3 projected_cpu(const at::Tensor& s, const at::Tensor& w, const std::optional<at::Tensor>& b, const at::Tensor& t,
-                      double scale, bool elementwise, bool keep, bool gt) {
-  return projected_feature_mse_forward_op(s, w, b, t, scale, elementwise, keep, gt, cpu_backend());
+                      int64_t reduction, bool keep, bool gt) {
+  return projected_feature_mse_forward_op(s, w, b, t, reduction, keep, gt, cpu_backend());
 }
 Tensor3 projection_backward_cpu_kernel(const at::Tensor& g, const at::Tensor& s, const at::Tensor& w, bool gx, bool gw,
                                        bool gb) {
@@ -680,40 +679,42 @@ Tensor3 projection_backward_cpu_kernel(const at::Tensor& g, const at::Tensor& s,
 }
 void scale_cpu(at::Tensor& grad, const at::Tensor& grad_output) { scale_elements_op(grad, grad_output, cpu_backend()); }
 
-// Meta: shapes and dtypes only (torch.compile, opcheck).
-at::Tensor meta_empty(bool wanted, at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return wanted ? at::empty(sizes, options) : at::empty({0}, options);
+// Meta: shapes and dtypes only (torch.compile, opcheck), with symbolic sizes.
+at::Tensor meta_empty(bool wanted, const at::Tensor& like, const at::TensorOptions& options) {
+  return wanted ? at::empty_like(like, options) : at::empty({0}, options);
 }
 
-Tensor3 mse_meta(const at::Tensor& s, const at::Tensor& t, double, bool elementwise, bool gs, bool gt) {
+Tensor3 mse_meta(const at::Tensor& s, const at::Tensor& t, int64_t reduction, bool gs, bool gt) {
   const auto loss_options = s.options().dtype(loss_dtype({s.scalar_type(), t.scalar_type()}));
-  return {elementwise ? at::empty_like(s, loss_options) : at::empty({}, loss_options),
-          gs ? at::empty_like(s) : at::empty({0}, s.options()), gt ? at::empty_like(t) : at::empty({0}, t.options())};
+  const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
+  return {elementwise ? at::empty_like(s, loss_options) : at::empty({}, loss_options), meta_empty(gs, s, s.options()),
+          meta_empty(gt, t, t.options())};
 }
-Tensor3 attention_meta(const at::Tensor& s, const at::Tensor& t, double p, double, bool per_row, bool gs, bool gt) {
-  check_attention_pair("fusedkd::attention_transfer", s, t, p);
+Tensor3 attention_meta(const at::Tensor& s, const at::Tensor& t, double, int64_t reduction, bool gs, bool gt) {
   const auto loss_options = s.options().dtype(loss_dtype({s.scalar_type(), t.scalar_type()}));
-  return {per_row ? at::empty({s.size(0)}, loss_options) : at::empty({}, loss_options),
-          gs ? at::empty_like(s) : at::empty({0}, s.options()), gt ? at::empty_like(t) : at::empty({0}, t.options())};
+  const bool per_row = reduction == static_cast<int64_t>(Reduction::None);
+  return {per_row ? at::empty_symint({s.sym_size(0)}, loss_options) : at::empty({}, loss_options),
+          meta_empty(gs, s, s.options()), meta_empty(gt, t, t.options())};
 }
 Tensor3 similarity_meta(const at::Tensor& s, const at::Tensor& t, bool gs, bool gt) {
   const auto loss_options = s.options().dtype(loss_dtype({s.scalar_type(), t.scalar_type()}));
-  return {at::empty({}, loss_options), meta_empty(gs, s.sizes(), s.options()), meta_empty(gt, t.sizes(), t.options())};
+  return {at::empty({}, loss_options), meta_empty(gs, s, s.options()), meta_empty(gt, t, t.options())};
 }
 Tensor3 projected_meta(const at::Tensor& s, const at::Tensor& w, const std::optional<at::Tensor>& b,
-                       const at::Tensor& t, double, bool elementwise, bool keep, bool gt) {
+                       const at::Tensor& t, int64_t reduction, bool keep, bool gt) {
   const bool has_bias = b && b->defined();
   const auto options = s.options().dtype(loss_dtype(
       {s.scalar_type(), w.scalar_type(), t.scalar_type(), has_bias ? b->scalar_type() : at::kFloat}));
-  const std::vector<int64_t> sizes = projected_sizes(s, w.size(0));
-  return {elementwise ? at::empty(sizes, options) : at::empty({}, options), meta_empty(keep, sizes, options),
-          meta_empty(gt, t.sizes(), t.options())};
+  const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
+  return {elementwise ? at::empty_like(t, options) : at::empty({}, options), meta_empty(keep, t, options),
+          meta_empty(gt, t, t.options())};
 }
 Tensor3 projection_backward_meta(const at::Tensor& g, const at::Tensor& s, const at::Tensor& w, bool gx, bool gw,
                                  bool gb) {
   const auto options = g.options();
-  return {meta_empty(gx, s.sizes(), options), meta_empty(gw, {w.size(0), w.size(1)}, options),
-          meta_empty(gb, {w.size(0)}, options)};
+  return {meta_empty(gx, s, options),
+          gw ? at::empty_symint({w.sym_size(0), w.sym_size(1)}, options) : at::empty({0}, options),
+          gb ? at::empty_symint({w.sym_size(0)}, options) : at::empty({0}, options)};
 }
 void scale_meta(at::Tensor&, const at::Tensor&) {}
 

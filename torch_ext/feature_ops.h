@@ -24,16 +24,19 @@ struct FeatureBackend {
 
 using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teacher, double scale, bool elementwise,
+// The `reduction` argument of the internal ops.
+enum class Reduction : int64_t { None = 0, Sum = 1, Mean = 2, BatchMean = 3 };
+
+Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teacher, int64_t reduction,
                                bool grad_student, bool grad_teacher, const FeatureBackend& backend);
-Tensor3 attention_transfer_forward_op(const at::Tensor& student, const at::Tensor& teacher, double p, double scale,
-                                      bool per_row, bool grad_student, bool grad_teacher,
+Tensor3 attention_transfer_forward_op(const at::Tensor& student, const at::Tensor& teacher, double p,
+                                      int64_t reduction, bool grad_student, bool grad_teacher,
                                       const FeatureBackend& backend);
 Tensor3 similarity_preserving_forward_op(const at::Tensor& student, const at::Tensor& teacher, bool grad_student,
                                          bool grad_teacher, const FeatureBackend& backend);
 Tensor3 projected_feature_mse_forward_op(const at::Tensor& student, const at::Tensor& weight,
                                          const std::optional<at::Tensor>& bias, const at::Tensor& teacher,
-                                         double scale, bool elementwise, bool keep_gradient, bool grad_teacher,
+                                         int64_t reduction, bool keep_gradient, bool grad_teacher,
                                          const FeatureBackend& backend);
 Tensor3 projection_backward_op(const at::Tensor& grad_projection, const at::Tensor& student, const at::Tensor& weight,
                                bool grad_student, bool grad_weight, bool grad_bias, const FeatureBackend& backend);

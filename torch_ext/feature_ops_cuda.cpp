@@ -24,23 +24,22 @@ const FeatureBackend& cuda_backend() {
   return backend;
 }
 
-Tensor3 mse_cuda(const at::Tensor& s, const at::Tensor& t, double scale, bool elementwise, bool gs, bool gt) {
+Tensor3 mse_cuda(const at::Tensor& s, const at::Tensor& t, int64_t reduction, bool gs, bool gt) {
   const c10::cuda::CUDAGuard guard(s.device());
-  return feature_mse_forward_op(s, t, scale, elementwise, gs, gt, cuda_backend());
+  return feature_mse_forward_op(s, t, reduction, gs, gt, cuda_backend());
 }
-Tensor3 attention_cuda(const at::Tensor& s, const at::Tensor& t, double p, double scale, bool per_row, bool gs,
-                       bool gt) {
+Tensor3 attention_cuda(const at::Tensor& s, const at::Tensor& t, double p, int64_t reduction, bool gs, bool gt) {
   const c10::cuda::CUDAGuard guard(s.device());
-  return attention_transfer_forward_op(s, t, p, scale, per_row, gs, gt, cuda_backend());
+  return attention_transfer_forward_op(s, t, p, reduction, gs, gt, cuda_backend());
 }
 Tensor3 similarity_cuda(const at::Tensor& s, const at::Tensor& t, bool gs, bool gt) {
   const c10::cuda::CUDAGuard guard(s.device());
   return similarity_preserving_forward_op(s, t, gs, gt, cuda_backend());
 }
 Tensor3 projected_cuda(const at::Tensor& s, const at::Tensor& w, const std::optional<at::Tensor>& b,
-                       const at::Tensor& t, double scale, bool elementwise, bool keep, bool gt) {
+                       const at::Tensor& t, int64_t reduction, bool keep, bool gt) {
   const c10::cuda::CUDAGuard guard(s.device());
-  return projected_feature_mse_forward_op(s, w, b, t, scale, elementwise, keep, gt, cuda_backend());
+  return projected_feature_mse_forward_op(s, w, b, t, reduction, keep, gt, cuda_backend());
 }
 Tensor3 projection_backward_cuda_kernel(const at::Tensor& g, const at::Tensor& s, const at::Tensor& w, bool gx,
                                         bool gw, bool gb) {

@@ -39,14 +39,15 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
   m.def("projected_feature_mse(Tensor student, Tensor weight, Tensor? bias, Tensor teacher, "
         "str reduction=\"mean\") -> Tensor");
   m.def("similarity_preserving(Tensor student, Tensor teacher) -> Tensor");
-  m.def("_feature_mse_forward(Tensor student, Tensor teacher, float scale, bool elementwise, bool grad_student, "
+  // reduction: 0 none, 1 sum, 2 mean, 3 batchmean.
+  m.def("_feature_mse_forward(Tensor student, Tensor teacher, int reduction, bool grad_student, bool grad_teacher) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("_attention_transfer_forward(Tensor student, Tensor teacher, float p, int reduction, bool grad_student, "
         "bool grad_teacher) -> (Tensor, Tensor, Tensor)");
-  m.def("_attention_transfer_forward(Tensor student, Tensor teacher, float p, float scale, bool per_row, "
-        "bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
   m.def("_similarity_preserving_forward(Tensor student, Tensor teacher, bool grad_student, bool grad_teacher) "
         "-> (Tensor, Tensor, Tensor)");
-  m.def("_projected_feature_mse_forward(Tensor student, Tensor weight, Tensor? bias, Tensor teacher, float scale, "
-        "bool elementwise, bool keep_gradient, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  m.def("_projected_feature_mse_forward(Tensor student, Tensor weight, Tensor? bias, Tensor teacher, int reduction, "
+        "bool keep_gradient, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
   m.def("_projection_backward(Tensor grad_projection, Tensor student, Tensor weight, bool grad_student, "
         "bool grad_weight, bool grad_bias) -> (Tensor, Tensor, Tensor)");
   m.def("_scale_elements_(Tensor(a!) grad, Tensor grad_output) -> ()");
