@@ -69,7 +69,7 @@ for tool in memcheck racecheck; do
 done
 
 step "benchmarks"
-for bench in bench_soft_target bench_softmax; do
+for bench in bench_soft_target bench_softmax bench_feature; do
   "$BUILD/bench/$bench" --benchmark_filter=cuda --benchmark_min_time=0.2 \
     --benchmark_out="$OUT/$bench.json" --benchmark_out_format=json > "$LOG/$bench.log" 2>&1
   record "$bench" $?
