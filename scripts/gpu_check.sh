@@ -7,7 +7,7 @@
 # assumed), runs every test including the CUDA ones, runs compute-sanitizer (memcheck, racecheck)
 # on the CUDA kernel tests, runs the benchmarks, and writes logs, JSON and summary.md to OUT_DIR.
 # No network: DEPS_DIR (default .gpu-deps, made by scripts/prepare_gpu_deps.sh) holds GoogleTest's
-# sources, Google Benchmark and the Fashion-MNIST files. OUT_DIR gets few files (a device
+# sources, Google Benchmark, OpenBLAS (used when the machine has none) and the Fashion-MNIST files. OUT_DIR gets few files (a device
 # machine may return only a handful): summary.md, the benchmark JSON, and logs.tar.gz with every
 # log and the per-test JSON.
 #
@@ -42,7 +42,14 @@ record "googletest build" $?
 step "configure + build"
 torch_prefix=$("$PYTHON" -c "import torch; print(torch.utils.cmake_prefix_path)")
 bench_prefix="$DEPS/benchmark/usr;$DEPS/benchmark/usr/lib/x86_64-linux-gnu/cmake"
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON \
+blas=()
+if [ ! -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] && [ ! -e /usr/include/cblas.h ]; then
+  blas_root="$DEPS/openblas/usr"
+  blas=(-DFUSEDKD_CBLAS_INCLUDE_DIR="$blas_root/include/x86_64-linux-gnu/openblas-pthread"
+        -DFUSEDKD_CBLAS_LIBRARY="$blas_root/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so")
+  export LD_LIBRARY_PATH="$blas_root/lib/x86_64-linux-gnu/openblas-pthread:$blas_root/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+fi
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON "${blas[@]}" \
   -DCMAKE_PREFIX_PATH="$torch_prefix;/tmp/gtest-prefix;$bench_prefix" > "$LOG/build.log" 2>&1 &&
   cmake --build "$BUILD" -j "$JOBS" >> "$LOG/build.log" 2>&1
 record "build (sm_80;sm_90)" $?
@@ -55,6 +62,8 @@ tail -n 3 "$LOG/ctest.log" >> "$OUT/summary.md"
 "$BUILD/tests/test_softmax_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/ops_cuda.json" > /dev/null 2>&1
 "$BUILD/tests/test_soft_target_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$LOG/soft_target_kernels_cuda.json" > /dev/null 2>&1
 "$BUILD/tests/test_soft_target_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/soft_target_ops_cuda.json" > /dev/null 2>&1
+"$BUILD/tests/test_feature_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$LOG/feature_kernels_cuda.json" > /dev/null 2>&1
+"$BUILD/tests/test_feature_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/feature_ops_cuda.json" > /dev/null 2>&1
 FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" "$PYTHON" -m pytest -q "$ROOT/python/tests" > "$LOG/pytest.log" 2>&1
 record "pytest" $?
 
@@ -66,6 +75,9 @@ for tool in memcheck racecheck; do
   compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_soft_target_kernels" \
     --gtest_filter='*Cuda_float32_float32*:*Cuda_bfloat16_float32*' > "$LOG/sanitizer_${tool}_soft_target.log" 2>&1
   record "compute-sanitizer $tool (soft targets)" $?
+  compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_feature_kernels" \
+    --gtest_filter='*Cuda*' > "$LOG/sanitizer_${tool}_feature.log" 2>&1
+  record "compute-sanitizer $tool (feature maps)" $?
 done
 
 step "benchmarks"
