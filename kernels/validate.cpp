@@ -69,6 +69,21 @@ void validate(const ScaleElementsArgs& a) {
   check(a.numel >= 0, "numel must be >= 0");
   check(a.numel == 0 || (a.data && a.factors), "data and factors must not be null");
   check(a.factor_group >= 1, "factor_group must be >= 1");
+  check(a.factor_group >= a.numel || a.numel % a.factor_group == 0, "factor_group must divide numel");
+}
+
+bool scales_by_rows(const ScaleElementsArgs& a) { return a.factor_group > 1 && a.factor_group < a.numel; }
+
+ScaleRowsArgs as_rows(const ScaleElementsArgs& a) {
+  ScaleRowsArgs rows;
+  rows.grad = a.data;
+  rows.grad_dtype = a.dtype;
+  rows.rows = a.numel / a.factor_group;
+  rows.cols = a.factor_group;
+  rows.grad_output = a.factors;
+  rows.grad_output_is_double = a.factors_are_double;
+  rows.per_row = true;
+  return rows;
 }
 
 void validate(const AttentionTransferArgs& a) {

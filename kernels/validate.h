@@ -22,6 +22,11 @@ void validate(const SimilarityPreservingArgs& args);
 void validate(const ProjectedFeatureMseArgs& args);
 void validate(const ProjectionBackwardArgs& args);
 
+// One factor per run of factor_group elements (neither one factor for all nor one per element)
+// is the per-row scaling of scale_rows_*; as_rows gives those rows.
+bool scales_by_rows(const ScaleElementsArgs& args);
+ScaleRowsArgs as_rows(const ScaleElementsArgs& args);
+
 // Most blocks a CUDA feature kernel's grid has (its per-block partials fit the workspace).
 constexpr std::int64_t kFeatureMaxBlocks = 2048;
 // Elements per partial sum of the CPU feature_mse kernel.

@@ -4,8 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+
 #include "fusedkd/cpu_executor.h"
 #include "fusedkd/dtype.h"
+#include "fusedkd/feature.h"
 
 namespace fusedkd::torch_ext {
 
@@ -41,6 +44,15 @@ void launch_kernel(const char* op, Fn&& fn) {
     TORCH_CHECK(false, op, ": ", e.what());
   }
 }
+
+// fusedkd::_scale_grad_, the backward of every loss op: grad *= grad_output in place, where
+// grad_output is one value (also a broadcast one), the leading dims of grad (one factor per row;
+// grad's rows must be contiguous blocks), or grad's shape (one factor per element). `launch` runs
+// the kernel on grad's device.
+void scale_grad_op(at::Tensor& grad, const at::Tensor& grad_output,
+                   const std::function<void(const ScaleElementsArgs&)>& launch);
+// Calls fusedkd::_scale_grad_ through the dispatcher.
+void scale_gradient(at::Tensor& grad, const at::Tensor& grad_output);
 
 // The CPU kernels run on LibTorch's intra-op thread pool (at::parallel_for).
 const CpuExecutor& torch_cpu_executor();

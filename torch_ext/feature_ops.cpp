@@ -3,7 +3,7 @@
 //
 // Autograd follows the soft-target losses: feature_mse, attention_transfer and
 // similarity_preserving write their gradients in the forward (as if grad_output were 1) and the
-// backward scales them in place; projected_feature_mse keeps dL/dy from the forward (in the buffer
+// backward scales them in place (fusedkd::_scale_grad_, common.h); projected_feature_mse keeps dL/dy from the forward (in the buffer
 // that held y) and runs the GEMMs of the backward once grad_output is known.
 #include "feature_ops.h"
 
@@ -397,38 +397,6 @@ Tensor3 projection_backward_op(const at::Tensor& grad_projection, const at::Tens
   return {gx, gw, gb};
 }
 
-void scale_elements_op(at::Tensor& grad, const at::Tensor& grad_output, const FeatureBackend& backend) {
-  const char* op = "fusedkd::_scale_elements_";
-  check_same_device(op, "grad", grad, "grad_output", grad_output);
-  TORCH_CHECK(grad.is_non_overlapping_and_dense(), op, ": grad must be dense");
-  if (grad.numel() == 0) return;
-  const bool is_double = grad.scalar_type() == at::kDouble;
-  const at::ScalarType factor_type = is_double ? at::kDouble : at::kFloat;
-  ScaleElementsArgs args;
-  args.data = grad.mutable_data_ptr();
-  args.dtype = kernel_dtype(grad.scalar_type());
-  args.numel = grad.numel();
-  args.factors_are_double = is_double;
-  at::Tensor factors;
-  bool broadcast = grad_output.numel() >= 1;  // every stride 0: one value seen many times
-  for (int64_t d = 0; d < grad_output.dim(); ++d) broadcast = broadcast && (grad_output.stride(d) == 0 || grad_output.size(d) == 1);
-  if (grad_output.numel() == 1 || broadcast) {
-    factors = grad_output.as_strided({1}, {1}).to(factor_type).contiguous();
-    args.factor_group = grad.numel();
-  } else if (grad_output.sizes() == grad.sizes()) {  // elementwise, in grad's memory order
-    factors = at::empty_strided(grad.sizes(), grad.strides(), grad_output.options().dtype(factor_type)).copy_(grad_output);
-    args.factor_group = 1;
-  } else {  // one factor per sample of an [N, ...] gradient (grad's batch dim is outermost)
-    TORCH_CHECK(grad.dim() >= 1 && grad_output.dim() == 1 && grad_output.size(0) == grad.size(0) &&
-                    grad.stride(0) == grad.numel() / grad.size(0),
-                op, ": grad_output of shape ", grad_output.sizes(), " does not fit grad of shape ", grad.sizes());
-    factors = grad_output.to(factor_type).contiguous();
-    args.factor_group = grad.numel() / grad.size(0);
-  }
-  args.factors = factors.const_data_ptr();
-  launch_kernel(op, [&] { backend.scale(args); });
-}
-
 namespace {
 
 // ---------------------------------------------------------------- autograd
@@ -466,11 +434,6 @@ Tensor3 call_forward(const at::Tensor& s, const at::Tensor& t, const FeatureSpec
     }
   }
   TORCH_CHECK(false, "fusedkd: unknown feature loss");
-}
-
-void call_scale(at::Tensor& grad, const at::Tensor& grad_output) {
-  static const auto op = find_op<void(at::Tensor&, const at::Tensor&)>("fusedkd::_scale_elements_");
-  op.call(grad, grad_output);
 }
 
 // A gradient kept in saved_data for the first backward to take (so that no copy is made).
@@ -517,8 +480,8 @@ class FeatureLossFunction : public torch::autograd::Function<FeatureLossFunction
       gs = std::get<1>(result);
       gt = std::get<2>(result);
     }
-    if (need_student) call_scale(gs, grad_outputs[0]);
-    if (need_teacher) call_scale(gt, grad_outputs[0]);
+    if (need_student) scale_gradient(gs, grad_outputs[0]);
+    if (need_teacher) scale_gradient(gt, grad_outputs[0]);
     return {need_student ? gs : at::Tensor(), need_teacher ? gt : at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor()};
   }
@@ -584,11 +547,11 @@ class ProjectedFunction : public torch::autograd::Function<ProjectedFunction> {
     }
     torch::autograd::variable_list grads(6);
     if (needs[3]) {
-      call_scale(gt, grad_outputs[0]);
+      scale_gradient(gt, grad_outputs[0]);
       grads[3] = gt;
     }
     if (keep) {
-      call_scale(g, grad_outputs[0]);
+      scale_gradient(g, grad_outputs[0]);
       static const auto op = find_op<ProjectionBackward>("fusedkd::_projection_backward");
       auto [gx, gw, gb] = op.call(g, student, weight, needs[0], needs[1], needs[2] && bias.has_value());
       if (needs[0]) grads[0] = gx.to(student.scalar_type());
@@ -651,7 +614,6 @@ at::Tensor projected_feature_mse_kernel(const at::Tensor& student, const at::Ten
 const FeatureBackend& cpu_backend() {
   static const FeatureBackend backend{
       [](const FeatureMseArgs& a) { feature_mse_cpu(a, torch_cpu_executor()); },
-      [](const ScaleElementsArgs& a) { scale_elements_cpu(a, torch_cpu_executor()); },
       [](const AttentionTransferArgs& a) { attention_transfer_cpu(a, torch_cpu_executor()); },
       [](const SimilarityPreservingArgs& a) { similarity_preserving_cpu(a, torch_cpu_executor()); },
       [](const ProjectedFeatureMseArgs& a) { projected_feature_mse_cpu(a, torch_cpu_executor()); },
@@ -677,7 +639,6 @@ Tensor3 projection_backward_cpu_kernel(const at::Tensor& g, const at::Tensor& s,
                                        bool gb) {
   return projection_backward_op(g, s, w, gx, gw, gb, cpu_backend());
 }
-void scale_cpu(at::Tensor& grad, const at::Tensor& grad_output) { scale_elements_op(grad, grad_output, cpu_backend()); }
 
 // Meta: shapes and dtypes only (torch.compile, opcheck), with symbolic sizes.
 at::Tensor meta_empty(bool wanted, const at::Tensor& like, const at::TensorOptions& options) {
@@ -716,7 +677,6 @@ Tensor3 projection_backward_meta(const at::Tensor& g, const at::Tensor& s, const
           gw ? at::empty_symint({w.sym_size(0), w.sym_size(1)}, options) : at::empty({0}, options),
           gb ? at::empty_symint({w.sym_size(0)}, options) : at::empty({0}, options)};
 }
-void scale_meta(at::Tensor&, const at::Tensor&) {}
 
 }  // namespace
 }  // namespace fusedkd::torch_ext
@@ -761,7 +721,6 @@ TORCH_LIBRARY_IMPL(fusedkd, CPU, m) {
   m.impl("_similarity_preserving_forward", &similarity_cpu);
   m.impl("_projected_feature_mse_forward", &projected_cpu);
   m.impl("_projection_backward", &projection_backward_cpu_kernel);
-  m.impl("_scale_elements_", &scale_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fusedkd, Meta, m) {
@@ -771,7 +730,6 @@ TORCH_LIBRARY_IMPL(fusedkd, Meta, m) {
   m.impl("_similarity_preserving_forward", &similarity_meta);
   m.impl("_projected_feature_mse_forward", &projected_meta);
   m.impl("_projection_backward", &projection_backward_meta);
-  m.impl("_scale_elements_", &scale_meta);
 }
 
 TORCH_LIBRARY_IMPL(fusedkd, Autograd, m) {

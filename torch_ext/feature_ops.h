@@ -14,7 +14,6 @@ namespace fusedkd::torch_ext {
 
 struct FeatureBackend {
   std::function<void(const FeatureMseArgs&)> mse;
-  std::function<void(const ScaleElementsArgs&)> scale;
   std::function<void(const AttentionTransferArgs&)> attention;
   std::function<void(const SimilarityPreservingArgs&)> similarity;
   std::function<void(const ProjectedFeatureMseArgs&)> projected;
@@ -40,6 +39,5 @@ Tensor3 projected_feature_mse_forward_op(const at::Tensor& student, const at::Te
                                          const FeatureBackend& backend);
 Tensor3 projection_backward_op(const at::Tensor& grad_projection, const at::Tensor& student, const at::Tensor& weight,
                                bool grad_student, bool grad_weight, bool grad_bias, const FeatureBackend& backend);
-void scale_elements_op(at::Tensor& grad, const at::Tensor& grad_output, const FeatureBackend& backend);
 
 }  // namespace fusedkd::torch_ext

@@ -15,7 +15,6 @@ cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 const FeatureBackend& cuda_backend() {
   static const FeatureBackend backend{
       [](const FeatureMseArgs& a) { feature_mse_cuda(a, stream()); },
-      [](const ScaleElementsArgs& a) { scale_elements_cuda(a, stream()); },
       [](const AttentionTransferArgs& a) { attention_transfer_cuda(a, stream()); },
       [](const SimilarityPreservingArgs& a) { similarity_preserving_cuda(a, at::cuda::getCurrentCUDABlasHandle()); },
       [](const ProjectedFeatureMseArgs& a) { projected_feature_mse_cuda(a, at::cuda::getCurrentCUDABlasHandle()); },
@@ -46,11 +45,6 @@ Tensor3 projection_backward_cuda_kernel(const at::Tensor& g, const at::Tensor& s
   const c10::cuda::CUDAGuard guard(s.device());
   return projection_backward_op(g, s, w, gx, gw, gb, cuda_backend());
 }
-void scale_cuda(at::Tensor& grad, const at::Tensor& grad_output) {
-  const c10::cuda::CUDAGuard guard(grad.device());
-  scale_elements_op(grad, grad_output, cuda_backend());
-}
-
 }  // namespace
 }  // namespace fusedkd::torch_ext
 
@@ -61,5 +55,4 @@ TORCH_LIBRARY_IMPL(fusedkd, CUDA, m) {
   m.impl("_similarity_preserving_forward", &similarity_cuda);
   m.impl("_projected_feature_mse_forward", &projected_cuda);
   m.impl("_projection_backward", &projection_backward_cuda_kernel);
-  m.impl("_scale_elements_", &scale_cuda);
 }

@@ -7,11 +7,14 @@ TORCH_LIBRARY(fusedkd, m) {
   m.def("log_softmax_t(Tensor logits, float temperature=1.0) -> Tensor");
   m.def("softmax_t_backward(Tensor grad_output, Tensor output, float temperature) -> Tensor");
   m.def("log_softmax_t_backward(Tensor grad_output, Tensor output, float temperature) -> Tensor");
+  // The backward of every loss op: grad *= grad_output in place (one factor, one per row of the
+  // leading dims, or one per element). Returns nothing: a mutating op with no aliased output is
+  // one torch.compile can functionalize.
+  m.def("_scale_grad_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }
 
-// The soft-target losses (../shared/spec/ops.md) and their internal ops: one fused forward that
-// also returns the gradients (scaled for grad_output = 1; empty when not asked for), and the
-// in-place scaling by grad_output that the backward applies.
+// The soft-target losses (../shared/spec/ops.md) and their internal op: one fused forward that
+// also returns the gradients (scaled for grad_output = 1; empty when not asked for).
 TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
   m.def("kl_div(Tensor student_logits, Tensor teacher_logits, float temperature=1.0, "
         "str reduction=\"batchmean\", bool reverse=False) -> Tensor");
@@ -26,13 +29,10 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
         "int divergence, float beta, int ignore_index, float soft_scale, float hard_scale, "
         "bool per_row, bool divide_by_valid_rows, bool grad_student, bool grad_teacher) "
         "-> (Tensor, Tensor, Tensor)");
-  // Returns nothing: a mutating op with no aliased output is one torch.compile can functionalize.
-  m.def("_scale_rows_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }
 
 // The feature-map losses (../shared/spec/ops.md) and their internal ops: fused forwards that also
-// return the gradients (or, for the projection, dL/dy), the projection's GEMM backward, and the
-// in-place scaling by grad_output (one factor, one per element, or one per sample).
+// return the gradients (or, for the projection, dL/dy) and the projection's GEMM backward.
 TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
   m.def("feature_mse(Tensor student, Tensor teacher, str reduction=\"mean\") -> Tensor");
   m.def("attention_transfer(Tensor student, Tensor teacher, float p=2.0, str reduction=\"mean\") -> Tensor");
@@ -50,5 +50,4 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
         "bool keep_gradient, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
   m.def("_projection_backward(Tensor grad_projection, Tensor student, Tensor weight, bool grad_student, "
         "bool grad_weight, bool grad_bias) -> (Tensor, Tensor, Tensor)");
-  m.def("_scale_elements_(Tensor(a!) grad, Tensor grad_output) -> ()");
 }

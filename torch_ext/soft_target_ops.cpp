@@ -101,28 +101,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
   return {loss, grad_s, grad_t};
 }
 
-void scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const SoftTargetBackend& backend) {
-  TORCH_CHECK(grad.is_contiguous(), "fusedkd::_scale_rows_: grad must be contiguous");
-  check_same_device("fusedkd::_scale_rows_", "grad", grad, "grad_output", grad_output);
-  if (grad.numel() == 0) return;
-  const int64_t cols = grad.size(-1);
-  const int64_t rows = grad.numel() / cols;
-  const bool per_row = grad_output.dim() > 0;
-  TORCH_CHECK(!per_row || grad_output.numel() == rows, "fusedkd::_scale_rows_: grad_output has ",
-              grad_output.numel(), " elements for ", rows, " rows");
-  const bool is_double = grad.scalar_type() == at::kDouble;
-  const at::Tensor factors = grad_output.to(is_double ? at::kDouble : at::kFloat).contiguous();
-  ScaleRowsArgs args;
-  args.grad = grad.mutable_data_ptr();
-  args.grad_dtype = kernel_dtype(grad.scalar_type());
-  args.rows = rows;
-  args.cols = cols;
-  args.grad_output = factors.const_data_ptr();
-  args.grad_output_is_double = is_double;
-  args.per_row = per_row;
-  launch_kernel("fusedkd::_scale_rows_", [&] { backend.scale_rows(args); });
-}
-
 namespace {
 
 // ---------------------------------------------------------------- public ops -> one kernel
@@ -246,13 +224,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& s,
                  grad_s, grad_t);
 }
 
-void call_scale_rows(at::Tensor& grad, const at::Tensor& grad_output) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fusedkd::_scale_rows_", "")
-                             .typed<void(at::Tensor&, const at::Tensor&)>();
-  op.call(grad, grad_output);
-}
-
 class SoftTargetFunction : public torch::autograd::Function<SoftTargetFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& student,
@@ -308,8 +279,8 @@ class SoftTargetFunction : public torch::autograd::Function<SoftTargetFunction> 
       grad_t = std::get<2>(result);
     }
     const at::Tensor& grad_output = grad_outputs[0];
-    if (need_student) call_scale_rows(grad_s, grad_output);
-    if (need_teacher) call_scale_rows(grad_t, grad_output);
+    if (need_student) scale_gradient(grad_s, grad_output);
+    if (need_teacher) scale_gradient(grad_t, grad_output);
     return {need_student ? grad_s : at::Tensor(), need_teacher ? grad_t : at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -354,7 +325,6 @@ at::Tensor kd_loss_kernel(const at::Tensor& s, const at::Tensor& t, const std::o
 const SoftTargetBackend& cpu_backend() {
   static const SoftTargetBackend backend{
       [](const SoftTargetArgs& args) { soft_target_loss_cpu(args, torch_cpu_executor()); },
-      [](const ScaleRowsArgs& args) { scale_rows_cpu(args, torch_cpu_executor()); },
       [](DType, DType) { return true; }};
   return backend;
 }
@@ -365,10 +335,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     bool divide, bool grad_s, bool grad_t) {
   return soft_target_forward_op(s, t, labels, temperature, divergence, beta, ignore_index, soft_scale, hard_scale,
                                 per_row, divide, grad_s, grad_t, cpu_backend());
-}
-
-void scale_rows_cpu_kernel(at::Tensor& grad, const at::Tensor& grad_output) {
-  scale_rows_op(grad, grad_output, cpu_backend());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
@@ -383,7 +349,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
           grad_t ? at::empty(t.sizes(), t.options()) : at::empty({0}, t.options())};
 }
 
-void scale_rows_meta(at::Tensor&, const at::Tensor&) {}
 
 c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view, bool)> kl_div_handle() {
   return c10::Dispatcher::singleton().findSchemaOrThrow("fusedkd::kl_div", "")
@@ -431,13 +396,11 @@ at::Tensor kd_loss(const at::Tensor& student_logits, const at::Tensor& teacher_l
 TORCH_LIBRARY_IMPL(fusedkd, CPU, m) {
   using namespace fusedkd::torch_ext;
   m.impl("_soft_target_forward", &forward_cpu);
-  m.impl("_scale_rows_", &scale_rows_cpu_kernel);
 }
 
 TORCH_LIBRARY_IMPL(fusedkd, Meta, m) {
   using namespace fusedkd::torch_ext;
   m.impl("_soft_target_forward", &forward_meta);
-  m.impl("_scale_rows_", &scale_rows_meta);
 }
 
 TORCH_LIBRARY_IMPL(fusedkd, Autograd, m) {

@@ -15,7 +15,6 @@ namespace fusedkd::torch_ext {
 
 struct SoftTargetBackend {
   std::function<void(const SoftTargetArgs&)> loss;
-  std::function<void(const ScaleRowsArgs&)> scale_rows;
   std::function<bool(DType, DType)> supports;  // dtype pairs the kernels take as they are
 };
 
@@ -24,7 +23,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
     double temperature, int64_t divergence, double beta, int64_t ignore_index, double soft_scale,
     double hard_scale, bool per_row, bool divide_by_valid_rows, bool grad_student, bool grad_teacher,
     const SoftTargetBackend& backend);
-
-void scale_rows_op(at::Tensor& grad, const at::Tensor& grad_output, const SoftTargetBackend& backend);
 
 }  // namespace fusedkd::torch_ext

@@ -11,7 +11,6 @@ namespace {
 const SoftTargetBackend& cuda_backend() {
   static const SoftTargetBackend backend{
       [](const SoftTargetArgs& args) { soft_target_loss_cuda(args, at::cuda::getCurrentCUDAStream().stream()); },
-      [](const ScaleRowsArgs& args) { scale_rows_cuda(args, at::cuda::getCurrentCUDAStream().stream()); },
       [](DType student, DType teacher) { return soft_target_cuda_supports(student, teacher); }};
   return backend;
 }
@@ -25,16 +24,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(
                                 per_row, divide, grad_s, grad_t, cuda_backend());
 }
 
-void scale_rows_cuda_kernel(at::Tensor& grad, const at::Tensor& grad_output) {
-  const c10::cuda::CUDAGuard device_guard(grad.device());
-  scale_rows_op(grad, grad_output, cuda_backend());
-}
-
 }  // namespace
 }  // namespace fusedkd::torch_ext
 
 TORCH_LIBRARY_IMPL(fusedkd, CUDA, m) {
   using namespace fusedkd::torch_ext;
   m.impl("_soft_target_forward", &forward_cuda);
-  m.impl("_scale_rows_", &scale_rows_cuda_kernel);
 }

@@ -244,45 +244,34 @@ void feature_mse(const FeatureMseArgs& args, const CpuExecutor& executor) {
   else run_feature_mse<float>(args, executor);
 }
 
+// One factor for all elements, or one per element (the launcher hands per-row factors to
+// scale_rows).
 void scale_elements(const ScaleElementsArgs& a, const CpuExecutor& executor) {
+  const bool single = a.factor_group >= a.numel;
   const auto factor = [&](std::int64_t i) {
     return a.factors_are_double ? static_cast<const double*>(a.factors)[i] : static_cast<const float*>(a.factors)[i];
   };
-  if (a.factor_group >= a.numel && factor(0) == 1.0) return;  // loss.backward(): nothing to do
+  if (single && factor(0) == 1.0) return;  // loss.backward(): nothing to do
   with_storage_type(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
-    T* data = static_cast<T*>(a.data);
     executor.run(chunk_count(a.numel), 1, [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t chunk = begin; chunk < end; ++chunk) {
-        const std::int64_t first = chunk * kChunk;
-        const std::int64_t last = first + kChunk < a.numel ? first + kChunk : a.numel;
-        if (a.factor_group == 1) {
-          T* __restrict g = data;
-          if (a.factors_are_double) {
-            const double* __restrict f = static_cast<const double*>(a.factors);
+      const std::int64_t first = begin * kChunk;
+      const std::int64_t last = end * kChunk < a.numel ? end * kChunk : a.numel;
+      T* __restrict g = static_cast<T*>(a.data);
+      const auto scale = [&](const auto* __restrict f) {
+        if (single) {
+          const Acc f0 = static_cast<Acc>(f[0]);
 #pragma omp simd
-            for (std::int64_t i = first; i < last; ++i) g[i] = StoreFromAcc<T>::apply(static_cast<Acc>(load_as_acc(g[i]) * f[i]));
-          } else {
-            const float* __restrict f = static_cast<const float*>(a.factors);
+          for (std::int64_t i = first; i < last; ++i) g[i] = StoreFromAcc<T>::apply(load_as_acc(g[i]) * f0);
+        } else {
 #pragma omp simd
-            for (std::int64_t i = first; i < last; ++i) g[i] = StoreFromAcc<T>::apply(static_cast<Acc>(load_as_acc(g[i]) * f[i]));
-          }
-          continue;
+          for (std::int64_t i = first; i < last; ++i)
+            g[i] = StoreFromAcc<T>::apply(static_cast<Acc>(load_as_acc(g[i]) * f[i]));
         }
-        // Runs of one factor: split the chunk where the factor changes.
-        for (std::int64_t i = first; i < last;) {
-          const std::int64_t group = i / a.factor_group;
-          const std::int64_t stop = (group + 1) * a.factor_group < last ? (group + 1) * a.factor_group : last;
-          const Acc f = static_cast<Acc>(factor(group));
-          if (f != Acc(1)) {
-            T* __restrict g = data;
-#pragma omp simd
-            for (std::int64_t j = i; j < stop; ++j) g[j] = StoreFromAcc<T>::apply(load_as_acc(g[j]) * f);
-          }
-          i = stop;
-        }
-      }
+      };
+      if (a.factors_are_double) scale(static_cast<const double*>(a.factors));
+      else scale(static_cast<const float*>(a.factors));
     });
   });
 }

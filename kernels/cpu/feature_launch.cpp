@@ -140,6 +140,7 @@ void feature_mse_cpu(const FeatureMseArgs& args, const CpuExecutor& executor) {
 void scale_elements_cpu(const ScaleElementsArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
   if (args.numel == 0) return;
+  if (detail::scales_by_rows(args)) return scale_rows_cpu(detail::as_rows(args), executor);
   FUSEDKD_CPU_DISPATCH(scale_elements, args, executor)
 }
 

@@ -587,23 +587,8 @@ void feature_mse_cuda(const FeatureMseArgs& args, CUstream_st* stream) {
 void scale_elements_cuda(const ScaleElementsArgs& args, CUstream_st* stream) {
   detail::validate(args);
   if (args.numel == 0) return;
+  if (detail::scales_by_rows(args)) return scale_rows_cuda(detail::as_rows(args), stream);
   const bool single = args.factor_group >= args.numel;
-  if (!single && args.factor_group > 1) {
-    // One factor per run of factor_group elements: the per-row scaling of the soft-target ops.
-    if (args.factor_group > std::numeric_limits<std::int32_t>::max())
-      throw std::invalid_argument("fusedkd: scale_elements_cuda: factor_group must fit in 32 bits");
-    ScaleRowsArgs rows;
-    rows.grad = args.data;
-    rows.grad_dtype = args.dtype;
-    rows.rows = args.numel / args.factor_group;
-    rows.cols = args.factor_group;
-    rows.grad_output = args.factors;
-    rows.grad_output_is_double = args.factors_are_double;
-    rows.per_row = true;
-    if (args.numel % args.factor_group != 0)
-      throw std::invalid_argument("fusedkd: scale_elements_cuda: factor_group must divide numel");
-    return scale_rows_cuda(rows, stream);
-  }
   const unsigned int grid = cuda::elementwise_grid(args.numel);
   const bool vector = cuda::aligned16(args.data);
   cuda::dispatch_dtype(args.dtype, [&](auto tag) {

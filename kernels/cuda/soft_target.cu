@@ -451,6 +451,8 @@ void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream) {
 void scale_rows_cuda(const ScaleRowsArgs& args, CUstream_st* stream) {
   detail::validate(args);
   if (args.rows == 0 || args.cols == 0) return;
+  if (args.cols > std::numeric_limits<int>::max())
+    throw std::invalid_argument("fusedkd: scale_rows_cuda: cols must fit in 32 bits");
   constexpr int kBlock = 256;
   cuda::dispatch_dtype(args.grad_dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
