@@ -42,6 +42,14 @@ void time_loop(benchmark::State& state, bool cuda, Body&& body) {
   for (auto _ : state) body();
 }
 
+// Registers one case; CUDA cases report the CUDA-event time of time_loop.
+template <typename Fn>
+void register_case(const std::string& name, bool cuda, benchmark::TimeUnit unit, Fn fn) {
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) { fn(state); });
+  b->Unit(unit)->MinWarmUpTime(0.1);
+  if (cuda) b->UseManualTime();
+}
+
 inline int run_main(int argc, char** argv, void (*register_all)()) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -86,11 +86,9 @@ void register_all() {
                                      (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) + "/N" +
                                      std::to_string(shape.batch) + "xC" + std::to_string(shape.channels) + "xHW" +
                                      std::to_string(shape.side);
-            auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+            fusedkd::bench::register_case(name, cuda, benchmark::kMillisecond, [=](benchmark::State& state) {
               run_case(state, op, ours, dtype, cuda, shape);
             });
-            b->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.1);
-            if (cuda) b->UseManualTime();
           }
   }
 }

@@ -89,11 +89,9 @@ void register_all() {
             const std::string name = std::string(op_name(op)) + "/fwd+bwd/" + (ours ? "fusedkd" : "composite") + "/" +
                                      (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) + "/R" +
                                      std::to_string(shape.rows) + "xV" + std::to_string(shape.cols);
-            auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+            fusedkd::bench::register_case(name, cuda, benchmark::kMillisecond, [=](benchmark::State& state) {
               run_case(state, op, ours, dtype, cuda, shape);
             });
-            b->Unit(benchmark::kMillisecond)->MinWarmUpTime(0.1);
-            if (cuda) b->UseManualTime();
           }
   }
 }

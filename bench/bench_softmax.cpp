@@ -64,11 +64,9 @@ void register_all() {
                                        (impl == Impl::Fusedkd ? "fusedkd" : "composite") + "/" +
                                        (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) + "/R" +
                                        std::to_string(shape.rows) + "xV" + std::to_string(shape.cols);
-              auto* b = benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+              fusedkd::bench::register_case(name, cuda, benchmark::kMicrosecond, [=](benchmark::State& state) {
                 run_case(state, impl, log, backward, dtype, cuda, shape);
               });
-              b->Unit(benchmark::kMicrosecond)->MinWarmUpTime(0.1);
-              if (cuda) b->UseManualTime();
             }
   }
 }

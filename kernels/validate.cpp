@@ -72,6 +72,26 @@ void validate(const ScaleElementsArgs& a) {
   check(a.factor_group >= a.numel || a.numel % a.factor_group == 0, "factor_group must divide numel");
 }
 
+FeatureMseArgs projection_error_args(const ProjectedFeatureMseArgs& a) {
+  const ProjectionShape& s = a.shape;
+  FeatureMseArgs mse;
+  mse.student = a.projection;
+  mse.student_dtype = s.is_double ? DType::Float64 : DType::Float32;
+  mse.teacher = a.teacher;
+  mse.teacher_dtype = a.teacher_dtype;
+  mse.numel = s.batch * s.out_channels * s.spatial;
+  mse.bias = a.bias;
+  mse.bias_channels = s.out_channels;
+  mse.bias_inner = s.channels_last ? 1 : s.spatial;
+  mse.scale = a.scale;
+  mse.elementwise_loss = a.elementwise_loss;
+  mse.loss = a.loss;
+  mse.grad_student = a.write_gradient ? a.projection : nullptr;  // dL/dy replaces y
+  mse.grad_teacher = a.grad_teacher;
+  mse.workspace = a.workspace;
+  return mse;
+}
+
 bool scales_by_rows(const ScaleElementsArgs& a) { return a.factor_group > 1 && a.factor_group < a.numel; }
 
 ScaleRowsArgs as_rows(const ScaleElementsArgs& a) {

@@ -27,6 +27,9 @@ void validate(const ProjectionBackwardArgs& args);
 bool scales_by_rows(const ScaleElementsArgs& args);
 ScaleRowsArgs as_rows(const ScaleElementsArgs& args);
 
+// The squared-error pass of projected_feature_mse: y (in args.projection) + bias against the teacher.
+FeatureMseArgs projection_error_args(const ProjectedFeatureMseArgs& args);
+
 // Most blocks a CUDA feature kernel's grid has (its per-block partials fit the workspace).
 constexpr std::int64_t kFeatureMaxBlocks = 2048;
 // Elements per partial sum of the CPU feature_mse kernel.

@@ -270,6 +270,11 @@ TEST_P(FeatureOps, InferenceWritesNoGradient) {
   const at::Tensor t = features({2, 3, 4}, at::kFloat, device(), 26);
   EXPECT_FALSE(fusedkd::feature_mse(s, t).requires_grad());
   EXPECT_LT(relative_error(fusedkd::attention_transfer(s, t), attention_composite(s.detach(), t, 2.0, "mean")), 1e-5);
+  const at::Tensor w = features({5, 3}, at::kFloat, device(), 34).requires_grad_(true);
+  const at::Tensor y = features({2, 5, 4}, at::kFloat, device(), 35);
+  const at::Tensor loss = fusedkd::projected_feature_mse(s, w, std::nullopt, y, "sum");
+  EXPECT_FALSE(loss.requires_grad());
+  EXPECT_LT(relative_error(loss, reduce_mse(projection_composite(s.detach(), w.detach(), at::Tensor()), y, "sum")), 1e-5);
 }
 
 TEST_P(FeatureOps, EmptyBatch) {

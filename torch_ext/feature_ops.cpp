@@ -364,6 +364,7 @@ Tensor3 projected_feature_mse_forward_op(const at::Tensor& student, const at::Te
   args.elementwise_loss = elementwise;
   args.loss = loss.mutable_data_ptr();
   args.projection = projection.mutable_data_ptr();
+  args.write_gradient = keep_gradient;
   args.grad_teacher = grad_teacher ? gt.mutable_data_ptr() : nullptr;
   const at::Tensor workspace =
       at::empty({static_cast<int64_t>(projected_feature_mse_workspace_bytes(args))}, options.dtype(at::kByte));

@@ -155,8 +155,10 @@ struct ProjectedFeatureMseArgs {
   double scale = 1.0;  // as FeatureMseArgs::scale
   bool elementwise_loss = false;
   void* loss = nullptr;
-  // Required, batch * out_channels * spatial values of x's dtype: y, then dL/dy = 2 scale (y - t).
+  // Required, batch * out_channels * spatial values of x's dtype: y, then (write_gradient)
+  // dL/dy = 2 scale (y - t).
   void* projection = nullptr;
+  bool write_gradient = true;
   void* grad_teacher = nullptr;  // -2 scale (y - t), teacher dtype, when non-null
   void* workspace = nullptr;     // projected_feature_mse_workspace_bytes(args)
 };

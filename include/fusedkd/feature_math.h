@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "fusedkd/config.h"
 
@@ -47,6 +48,16 @@ FUSEDKD_HD double power(double x, double y) {
 enum class PowerKind : std::int8_t { One, Two, General };
 inline PowerKind power_kind(double p) {
   return p == 1.0 ? PowerKind::One : p == 2.0 ? PowerKind::Two : PowerKind::General;
+}
+
+// Calls fn(std::integral_constant<PowerKind, K>{}) for p's case (host code, either backend).
+template <typename Fn>
+void dispatch_power_kind(double p, Fn&& fn) {
+  switch (power_kind(p)) {
+    case PowerKind::One: fn(std::integral_constant<PowerKind, PowerKind::One>{}); break;
+    case PowerKind::Two: fn(std::integral_constant<PowerKind, PowerKind::Two>{}); break;
+    case PowerKind::General: fn(std::integral_constant<PowerKind, PowerKind::General>{}); break;
+  }
 }
 
 template <PowerKind K, typename Acc>

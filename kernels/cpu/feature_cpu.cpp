@@ -172,15 +172,6 @@ void run_normalized_rows(const NormalizedRowsArgs& a, const CpuExecutor& executo
   });
 }
 
-template <typename Fn>
-void with_power_kind(double p, Fn&& fn) {
-  switch (power_kind(p)) {
-    case PowerKind::One: fn(std::integral_constant<PowerKind, PowerKind::One>{}); break;
-    case PowerKind::Two: fn(std::integral_constant<PowerKind, PowerKind::Two>{}); break;
-    case PowerKind::General: fn(std::integral_constant<PowerKind, PowerKind::General>{}); break;
-  }
-}
-
 // The maps of one side (student or teacher) into a[N, S], or the gradient from d[N, S].
 template <typename Acc>
 void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spatial, double p, Acc* a,
@@ -188,7 +179,7 @@ void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spat
   const std::int64_t per_sample = map.channels * spatial;
   with_storage_type(map.dtype, [&](auto tag) {
     using T = decltype(tag);
-    with_power_kind(p, [&](auto kind) {
+    dispatch_power_kind(p, [&](auto kind) {
       constexpr PowerKind K = decltype(kind)::value;
       const T* x = static_cast<const T*>(map.data);
       executor.run(batch, detail::rows_per_task(per_sample), [&](std::int64_t begin, std::int64_t end) {

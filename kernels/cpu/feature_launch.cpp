@@ -165,22 +165,7 @@ void projected_feature_mse_cpu(const ProjectedFeatureMseArgs& args, const CpuExe
   const ProjectionShape& s = args.shape;
   if (s.is_double) project(s, static_cast<double*>(args.projection));
   else project(s, static_cast<float*>(args.projection));
-  FeatureMseArgs mse;
-  mse.student = args.projection;
-  mse.student_dtype = s.is_double ? DType::Float64 : DType::Float32;
-  mse.teacher = args.teacher;
-  mse.teacher_dtype = args.teacher_dtype;
-  mse.numel = s.batch * s.out_channels * s.spatial;
-  mse.bias = args.bias;
-  mse.bias_channels = s.out_channels;
-  mse.bias_inner = s.channels_last ? 1 : s.spatial;
-  mse.scale = args.scale;
-  mse.elementwise_loss = args.elementwise_loss;
-  mse.loss = args.loss;
-  mse.grad_student = args.projection;  // dL/dy replaces y
-  mse.grad_teacher = args.grad_teacher;
-  mse.workspace = args.workspace;
-  feature_mse_cpu(mse, executor);
+  feature_mse_cpu(detail::projection_error_args(args), executor);
 }
 
 void projection_backward_cpu(const ProjectionBackwardArgs& args, const CpuExecutor& executor) {

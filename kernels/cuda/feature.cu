@@ -361,21 +361,12 @@ __global__ void __launch_bounds__(kBlock) normalized_rows_kernel(const Acc* a_s,
   }
 }
 
-template <typename Fn>
-void dispatch_power(double p, Fn&& fn) {
-  switch (power_kind(p)) {
-    case PowerKind::One: fn(std::integral_constant<PowerKind, PowerKind::One>{}); break;
-    case PowerKind::Two: fn(std::integral_constant<PowerKind, PowerKind::Two>{}); break;
-    case PowerKind::General: fn(std::integral_constant<PowerKind, PowerKind::General>{}); break;
-  }
-}
-
 template <typename Acc>
 void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spatial, double p, Acc* a, const Acc* d,
                     void* grad, cudaStream_t stream) {
   dispatch_dtype(map.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    dispatch_power(p, [&](auto kind) {
+    dispatch_power_kind(p, [&](auto kind) {
       constexpr PowerKind K = decltype(kind)::value;
       const T* x = static_cast<const T*>(map.data);
       if (d) {
@@ -637,22 +628,7 @@ void projected_feature_mse_cuda(const ProjectedFeatureMseArgs& args, cublasConte
     if (s.is_double) cuda::project(s, static_cast<double*>(args.projection), handle);
     else cuda::project(s, static_cast<float*>(args.projection), handle);
   }
-  FeatureMseArgs mse;
-  mse.student = args.projection;
-  mse.student_dtype = s.is_double ? DType::Float64 : DType::Float32;
-  mse.teacher = args.teacher;
-  mse.teacher_dtype = args.teacher_dtype;
-  mse.numel = s.batch * s.out_channels * s.spatial;
-  mse.bias = args.bias;
-  mse.bias_channels = s.out_channels;
-  mse.bias_inner = s.channels_last ? 1 : s.spatial;
-  mse.scale = args.scale;
-  mse.elementwise_loss = args.elementwise_loss;
-  mse.loss = args.loss;
-  mse.grad_student = args.projection;  // dL/dy replaces y
-  mse.grad_teacher = args.grad_teacher;
-  mse.workspace = args.workspace;
-  feature_mse_cuda(mse, cuda::handle_stream(handle));
+  feature_mse_cuda(detail::projection_error_args(args), cuda::handle_stream(handle));
 }
 
 void projection_backward_cuda(const ProjectionBackwardArgs& args, cublasContext* handle) {
