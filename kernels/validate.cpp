@@ -194,16 +194,16 @@ bool attention_transfer_uses_double(const AttentionTransferArgs& a) {
   return a.student.dtype == DType::Float64 || a.teacher.dtype == DType::Float64;
 }
 
-// The attention maps and their gradients (4 x [N, S]), then the row losses [N].
+// The attention maps [N, S] as normalised rows.
 std::size_t attention_transfer_workspace_bytes(const AttentionTransferArgs& a) {
-  const std::size_t acc = attention_transfer_uses_double(a) ? 8 : 4;
-  return (4 * static_cast<std::size_t>(a.batch * a.spatial) + static_cast<std::size_t>(a.batch)) * acc;
+  return attention_transfer_uses_double(a) ? detail::NormalizedRowsWorkspace<double>::bytes(a.batch, a.spatial)
+                                           : detail::NormalizedRowsWorkspace<float>::bytes(a.batch, a.spatial);
 }
 
-// The two Gram matrices and their gradients (4 x [N, N]), then the row losses [N].
+// The Gram matrices [N, N] as normalised rows.
 std::size_t similarity_preserving_workspace_bytes(const SimilarityPreservingArgs& a) {
-  const std::size_t acc = a.is_double ? 8 : 4;
-  return (4 * static_cast<std::size_t>(a.rows * a.rows) + static_cast<std::size_t>(a.rows)) * acc;
+  return a.is_double ? detail::NormalizedRowsWorkspace<double>::bytes(a.rows, a.rows)
+                     : detail::NormalizedRowsWorkspace<float>::bytes(a.rows, a.rows);
 }
 
 std::size_t projected_feature_mse_workspace_bytes(const ProjectedFeatureMseArgs& a) {

@@ -30,6 +30,25 @@ ScaleRowsArgs as_rows(const ScaleElementsArgs& args);
 // The squared-error pass of projected_feature_mse: y (in args.projection) + bias against the teacher.
 FeatureMseArgs projection_error_args(const ProjectedFeatureMseArgs& args);
 
+// The workspace of attention_transfer and similarity_preserving, carved the same way by both
+// backends: the rows a_s, a_t and their gradients d_s, d_t ([rows, cols] each), then the row
+// losses [rows].
+template <typename Acc>
+struct NormalizedRowsWorkspace {
+  Acc *a_s, *a_t, *d_s, *d_t, *row_loss;
+  NormalizedRowsWorkspace(void* workspace, std::int64_t rows, std::int64_t cols) {
+    const std::int64_t size = rows * cols;
+    a_s = static_cast<Acc*>(workspace);
+    a_t = a_s + size;
+    d_s = a_t + size;
+    d_t = d_s + size;
+    row_loss = d_t + size;
+  }
+  static std::size_t bytes(std::int64_t rows, std::int64_t cols) {
+    return (4 * static_cast<std::size_t>(rows * cols) + static_cast<std::size_t>(rows)) * sizeof(Acc);
+  }
+};
+
 // Most blocks a CUDA feature kernel's grid has (its per-block partials fit the workspace).
 constexpr std::int64_t kFeatureMaxBlocks = 2048;
 // Elements per partial sum of the CPU feature_mse kernel.

@@ -200,12 +200,9 @@ void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spat
 
 template <typename Acc>
 void run_attention_transfer(const AttentionTransferArgs& a, const CpuExecutor& executor) {
-  const std::int64_t maps = a.batch * a.spatial;
-  Acc* a_s = static_cast<Acc*>(a.workspace);
-  Acc* a_t = a_s + maps;
-  Acc* d_s = a_t + maps;
-  Acc* d_t = d_s + maps;
-  Acc* row_loss = a.per_row_loss ? static_cast<Acc*>(a.loss) : d_t + maps;
+  const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, a.batch, a.spatial);
+  Acc *a_s = workspace.a_s, *a_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
+  Acc* row_loss = a.per_row_loss ? static_cast<Acc*>(a.loss) : workspace.row_loss;
   attention_side<Acc>(a.student, a.batch, a.spatial, a.p, a_s, nullptr, nullptr, executor);
   attention_side<Acc>(a.teacher, a.batch, a.spatial, a.p, a_t, nullptr, nullptr, executor);
   NormalizedRowsArgs rows;

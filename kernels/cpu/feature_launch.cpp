@@ -36,11 +36,9 @@ void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExe
   const std::int64_t n = a.rows;
   const Acc* fs = static_cast<const Acc*>(a.student);
   const Acc* ft = static_cast<const Acc*>(a.teacher);
-  Acc* gram_s = static_cast<Acc*>(a.workspace);
-  Acc* gram_t = gram_s + n * n;
-  Acc* d_s = gram_t + n * n;
-  Acc* d_t = d_s + n * n;
-  Acc* row_loss = d_t + n * n;
+  const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, n, n);
+  Acc *gram_s = workspace.a_s, *gram_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
+  Acc* row_loss = workspace.row_loss;
   gemm(false, true, n, n, a.student_cols, 1.0, fs, a.student_row_stride, fs, a.student_row_stride, 0.0, gram_s, n);
   gemm(false, true, n, n, a.teacher_cols, 1.0, ft, a.teacher_row_stride, ft, a.teacher_row_stride, 0.0, gram_t, n);
   cpu::NormalizedRowsArgs rows;

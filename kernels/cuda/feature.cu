@@ -399,12 +399,9 @@ void launch_normalized_rows(const Acc* a_s, const Acc* a_t, std::int64_t rows, s
 
 template <typename Acc>
 void launch_attention_transfer(const AttentionTransferArgs& a, cudaStream_t stream) {
-  const std::int64_t maps = a.batch * a.spatial;
-  Acc* a_s = static_cast<Acc*>(a.workspace);
-  Acc* a_t = a_s + maps;
-  Acc* d_s = a_t + maps;
-  Acc* d_t = d_s + maps;
-  Acc* row_loss = a.per_row_loss ? static_cast<Acc*>(a.loss) : d_t + maps;
+  const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, a.batch, a.spatial);
+  Acc *a_s = workspace.a_s, *a_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
+  Acc* row_loss = a.per_row_loss ? static_cast<Acc*>(a.loss) : workspace.row_loss;
   attention_side<Acc>(a.student, a.batch, a.spatial, a.p, a_s, nullptr, nullptr, stream);
   attention_side<Acc>(a.teacher, a.batch, a.spatial, a.p, a_t, nullptr, nullptr, stream);
   launch_normalized_rows<Acc>(a_s, a_t, a.batch, a.spatial, a.scale, row_loss, a.grad_student ? d_s : nullptr,
@@ -468,11 +465,9 @@ void launch_similarity_preserving(const SimilarityPreservingArgs& a, cublasHandl
   const std::int64_t n = a.rows;
   const Acc* fs = static_cast<const Acc*>(a.student);
   const Acc* ft = static_cast<const Acc*>(a.teacher);
-  Acc* gram_s = static_cast<Acc*>(a.workspace);
-  Acc* gram_t = gram_s + n * n;
-  Acc* d_s = gram_t + n * n;
-  Acc* d_t = d_s + n * n;
-  Acc* row_loss = d_t + n * n;
+  const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, n, n);
+  Acc *gram_s = workspace.a_s, *gram_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
+  Acc* row_loss = workspace.row_loss;
   // Row-major F [n, D] is column-major F^T; G = F F^T is (F^T)^T (F^T).
   gemm(h, true, false, n, n, a.student_cols, 1.0, fs, a.student_row_stride, fs, a.student_row_stride, 0.0, gram_s, n);
   gemm(h, true, false, n, n, a.teacher_cols, 1.0, ft, a.teacher_row_stride, ft, a.teacher_row_stride, 0.0, gram_t, n);
