@@ -416,41 +416,39 @@ void launch_attention_transfer(const AttentionTransferArgs& a, cudaStream_t stre
 
 // ---------------------------------------------------------------- cuBLAS (column-major)
 
-void gemm(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
-          const float* a, std::int64_t lda, const float* b, std::int64_t ldb, double beta, float* c, std::int64_t ldc) {
-  const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
-  check_cublas(cublasSgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, blas_int(m, "m"),
-                           blas_int(n, "n"), blas_int(k, "k"), &al, a, blas_int(lda, "lda"), b, blas_int(ldb, "ldb"),
-                           &be, c, blas_int(ldc, "ldc")),
-               "cublasSgemm");
+template <typename T>
+struct BlasType;
+template <>
+struct BlasType<float> {
+  static constexpr cudaDataType_t kData = CUDA_R_32F;
+  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_32F;  // full float32, no TF32
+};
+template <>
+struct BlasType<double> {
+  static constexpr cudaDataType_t kData = CUDA_R_64F;
+  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_64F;
+};
+
+// Column-major C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch, A_i = a + i * stride_a (and
+// so on; stride 0 repeats a matrix).
+template <typename T>
+void gemm_batched(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
+                  const T* a, std::int64_t lda, std::int64_t stride_a, const T* b, std::int64_t ldb,
+                  std::int64_t stride_b, double beta, T* c, std::int64_t ldc, std::int64_t stride_c, std::int64_t batch) {
+  const T al = static_cast<T>(alpha), be = static_cast<T>(beta);
+  check_cublas(cublasGemmStridedBatchedEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                          blas_int(m, "m"), blas_int(n, "n"), blas_int(k, "k"), &al, a,
+                                          BlasType<T>::kData, blas_int(lda, "lda"), stride_a, b, BlasType<T>::kData,
+                                          blas_int(ldb, "ldb"), stride_b, &be, c, BlasType<T>::kData,
+                                          blas_int(ldc, "ldc"), stride_c, blas_int(batch, "batch"),
+                                          BlasType<T>::kCompute, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmStridedBatchedEx");
 }
-void gemm(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
-          const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c,
-          std::int64_t ldc) {
-  check_cublas(cublasDgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, blas_int(m, "m"),
-                           blas_int(n, "n"), blas_int(k, "k"), &alpha, a, blas_int(lda, "lda"), b,
-                           blas_int(ldb, "ldb"), &beta, c, blas_int(ldc, "ldc")),
-               "cublasDgemm");
-}
-void gemm_batched(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
-                  std::int64_t lda, std::int64_t stride_a, const float* b, std::int64_t ldb, std::int64_t stride_b,
-                  float* c, std::int64_t ldc, std::int64_t stride_c, std::int64_t batch) {
-  const float one = 1.0f, zero = 0.0f;
-  check_cublas(cublasSgemmStridedBatched(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                         blas_int(m, "m"), blas_int(n, "n"), blas_int(k, "k"), &one, a,
-                                         blas_int(lda, "lda"), stride_a, b, blas_int(ldb, "ldb"), stride_b, &zero, c,
-                                         blas_int(ldc, "ldc"), stride_c, blas_int(batch, "batch")),
-               "cublasSgemmStridedBatched");
-}
-void gemm_batched(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, const double* a,
-                  std::int64_t lda, std::int64_t stride_a, const double* b, std::int64_t ldb, std::int64_t stride_b,
-                  double* c, std::int64_t ldc, std::int64_t stride_c, std::int64_t batch) {
-  const double one = 1.0, zero = 0.0;
-  check_cublas(cublasDgemmStridedBatched(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                         blas_int(m, "m"), blas_int(n, "n"), blas_int(k, "k"), &one, a,
-                                         blas_int(lda, "lda"), stride_a, b, blas_int(ldb, "ldb"), stride_b, &zero, c,
-                                         blas_int(ldc, "ldc"), stride_c, blas_int(batch, "batch")),
-               "cublasDgemmStridedBatched");
+
+template <typename T>
+void gemm(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const T* a,
+          std::int64_t lda, const T* b, std::int64_t ldb, double beta, T* c, std::int64_t ldc) {
+  gemm_batched(h, ta, tb, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1);
 }
 
 cudaStream_t handle_stream(cublasHandle_t handle) {
@@ -493,8 +491,8 @@ void project(const ProjectionShape& s, Acc* y, cublasHandle_t h) {
     gemm(h, true, false, s.out_channels, s.batch * s.spatial, s.in_channels, 1.0, w, s.in_channels, x,
          s.spatial_stride, 0.0, y, s.out_channels);
   } else {  // column-major Y_n [S, Ct] = X_n [S, Cs] W^T [Cs, Ct], batched over n
-    gemm_batched(h, false, false, s.spatial, s.out_channels, s.in_channels, x, s.channel_stride, s.batch_stride, w,
-                 s.in_channels, 0, y, s.spatial, s.out_channels * s.spatial, s.batch);
+    gemm_batched(h, false, false, s.spatial, s.out_channels, s.in_channels, 1.0, x, s.channel_stride, s.batch_stride,
+                 w, s.in_channels, 0, 0.0, y, s.spatial, s.out_channels * s.spatial, s.batch);
   }
 }
 
@@ -532,8 +530,8 @@ void launch_projection_backward(const ProjectionBackwardArgs& a, cublasHandle_t 
            static_cast<Acc*>(a.grad_weight), cs);
   } else {
     if (a.grad_student)  // column-major dX_n [S, Cs] = G_n [S, Ct] W [Ct, Cs]
-      gemm_batched(h, false, true, sp, cs, ct, g, sp, ct * sp, w, cs, 0, static_cast<Acc*>(a.grad_student), sp,
-                   cs * sp, s.batch);
+      gemm_batched(h, false, true, sp, cs, ct, 1.0, g, sp, ct * sp, w, cs, 0, 0.0, static_cast<Acc*>(a.grad_student),
+                   sp, cs * sp, s.batch);
     if (a.grad_weight) {  // column-major dW^T [Cs, Ct] = sum_n X_n^T [Cs, S] G_n [S, Ct], in batch order
       for (std::int64_t b = 0; b < s.batch; ++b)
         gemm(h, true, false, cs, ct, sp, 1.0, x + b * s.batch_stride, s.channel_stride, g + b * ct * sp, sp,
