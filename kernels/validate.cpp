@@ -92,6 +92,12 @@ FeatureMseArgs projection_error_args(const ProjectedFeatureMseArgs& a) {
   return mse;
 }
 
+int blas_int(std::int64_t value, const char* what) {
+  check(value <= std::numeric_limits<std::int32_t>::max(),
+        std::string(what) + " = " + std::to_string(value) + " exceeds the 32-bit sizes of BLAS");
+  return static_cast<int>(value);
+}
+
 bool scales_by_rows(const ScaleElementsArgs& a) { return a.factor_group > 1 && a.factor_group < a.numel; }
 
 ScaleRowsArgs as_rows(const ScaleElementsArgs& a) {

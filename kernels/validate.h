@@ -22,6 +22,9 @@ void validate(const SimilarityPreservingArgs& args);
 void validate(const ProjectedFeatureMseArgs& args);
 void validate(const ProjectionBackwardArgs& args);
 
+// `value` as a 32-bit BLAS dimension; std::invalid_argument naming `what` when it does not fit.
+int blas_int(std::int64_t value, const char* what);
+
 // One factor per run of factor_group elements (neither one factor for all nor one per element)
 // is the per-row scaling of scale_rows_*; as_rows gives those rows.
 bool scales_by_rows(const ScaleElementsArgs& args);

@@ -1,8 +1,12 @@
 // CPU launchers of the feature-map losses: argument checks, the per-instruction-set kernels, and
-// the GEMMs of projected_feature_mse and similarity_preserving on a CBLAS library (OpenBLAS).
+// the GEMMs of projected_feature_mse and similarity_preserving on OpenBLAS's CBLAS.
 #include <cblas.h>
+#include <dlfcn.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "cpu_kernels.h"
@@ -11,19 +15,53 @@
 namespace fusedkd {
 namespace {
 
+// OpenBLAS, loaded on first use. OpenBLAS picks its kernels when it loads, from the CPU model, and
+// Debian 12's 0.3.21 does not know recent Xeons: it falls back to its SSE3 ("Prescott") kernels,
+// 4x slower than its AVX-512 ones on this project's VM (docs/benchmarks.md). Loading it here lets
+// us name the kernels our own CPU detection supports (OPENBLAS_CORETYPE, when the user has not
+// set it) before it chooses.
+struct Blas {
+  decltype(&cblas_sgemm) sgemm;
+  decltype(&cblas_dgemm) dgemm;
+};
+
+const Blas& blas() {
+  static const Blas loaded = [] {
+    if (!std::getenv("OPENBLAS_CORETYPE")) {
+      switch (cpu::selected_isa()) {
+        case cpu::Isa::Avx512: setenv("OPENBLAS_CORETYPE", "SkylakeX", 0); break;
+        case cpu::Isa::Avx2: setenv("OPENBLAS_CORETYPE", "Haswell", 0); break;
+        case cpu::Isa::Baseline: break;
+      }
+    }
+    void* library = dlopen(FUSEDKD_CBLAS_LIBRARY_PATH, RTLD_NOW | RTLD_LOCAL);
+    if (!library) library = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (!library)
+      throw std::runtime_error(std::string("fusedkd: cannot load OpenBLAS (" FUSEDKD_CBLAS_LIBRARY_PATH
+                                           " or libopenblas.so.0): ") + dlerror());
+    Blas b{reinterpret_cast<decltype(&cblas_sgemm)>(dlsym(library, "cblas_sgemm")),
+           reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(library, "cblas_dgemm"))};
+    if (!b.sgemm || !b.dgemm) throw std::runtime_error("fusedkd: OpenBLAS lacks cblas_sgemm / cblas_dgemm");
+    return b;
+  }();
+  return loaded;
+}
+
+CBLAS_TRANSPOSE transpose(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
 // Row-major C = alpha op(A) op(B) + beta C.
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const float* a,
           std::int64_t lda, const float* b, std::int64_t ldb, double beta, float* c, std::int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), static_cast<float>(alpha),
-              a, static_cast<blasint>(lda), b, static_cast<blasint>(ldb), static_cast<float>(beta), c,
-              static_cast<blasint>(ldc));
+  blas().sgemm(CblasRowMajor, transpose(trans_a), transpose(trans_b), detail::blas_int(m, "m"),
+               detail::blas_int(n, "n"), detail::blas_int(k, "k"), static_cast<float>(alpha), a,
+               detail::blas_int(lda, "lda"), b, detail::blas_int(ldb, "ldb"), static_cast<float>(beta), c,
+               detail::blas_int(ldc, "ldc"));
 }
 void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const double* a,
           std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c, std::int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
-              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+  blas().dgemm(CblasRowMajor, transpose(trans_a), transpose(trans_b), detail::blas_int(m, "m"),
+               detail::blas_int(n, "n"), detail::blas_int(k, "k"), alpha, a, detail::blas_int(lda, "lda"), b,
+               detail::blas_int(ldb, "ldb"), beta, c, detail::blas_int(ldc, "ldc"));
 }
 
 void zero_loss(void* loss, bool is_double) {

@@ -39,12 +39,6 @@ void check_cublas(cublasStatus_t status, const char* what) {
                              " from " + what);
 }
 
-int blas_int(std::int64_t value, const char* what) {
-  if (value > std::numeric_limits<int>::max())
-    throw std::invalid_argument(std::string("fusedkd: ") + what + " exceeds cuBLAS's 32-bit sizes");
-  return static_cast<int>(value);
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 unsigned int elementwise_grid(std::int64_t numel) {
@@ -436,11 +430,12 @@ void gemm_batched(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64
                   const T* a, std::int64_t lda, std::int64_t stride_a, const T* b, std::int64_t ldb,
                   std::int64_t stride_b, double beta, T* c, std::int64_t ldc, std::int64_t stride_c, std::int64_t batch) {
   const T al = static_cast<T>(alpha), be = static_cast<T>(beta);
+  using detail::blas_int;
+  constexpr cudaDataType_t type = BlasType<T>::kData;
   check_cublas(cublasGemmStridedBatchedEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                          blas_int(m, "m"), blas_int(n, "n"), blas_int(k, "k"), &al, a,
-                                          BlasType<T>::kData, blas_int(lda, "lda"), stride_a, b, BlasType<T>::kData,
-                                          blas_int(ldb, "ldb"), stride_b, &be, c, BlasType<T>::kData,
-                                          blas_int(ldc, "ldc"), stride_c, blas_int(batch, "batch"),
+                                          blas_int(m, "m"), blas_int(n, "n"), blas_int(k, "k"), &al, a, type,
+                                          blas_int(lda, "lda"), stride_a, b, type, blas_int(ldb, "ldb"), stride_b,
+                                          &be, c, type, blas_int(ldc, "ldc"), stride_c, blas_int(batch, "batch"),
                                           BlasType<T>::kCompute, CUBLAS_GEMM_DEFAULT),
                "cublasGemmStridedBatchedEx");
 }
