@@ -18,48 +18,80 @@ constexpr std::int64_t kChunk = 1 << 14;
 
 std::int64_t chunk_count(std::int64_t numel) { return (numel + kChunk - 1) / kChunk; }
 
+// One chunk straight from the arrays (no bias): the sum (or the elementwise loss), then the
+// gradients, reading the chunk again while it is in cache. `gs` may be `s` itself (in place).
+template <typename TS, typename TT, typename Acc>
+double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss, TS* gs, TT* gt) {
+  const auto diff = [&](std::int64_t i) { return static_cast<Acc>(load_as_acc(s[i])) - static_cast<Acc>(load_as_acc(t[i])); };
+  Acc sum = 0;
+  if (loss) {
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) loss[i] = scale * diff(i) * diff(i);
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (std::int64_t i = 0; i < n; ++i) sum += diff(i) * diff(i);
+  }
+  const Acc two_scale = Acc(2) * scale;
+  if (gt) {  // before gs, which may overwrite s
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) gt[i] = StoreFromAcc<TT>::apply(static_cast<acc_t<TT>>(-two_scale * diff(i)));
+  }
+  if (gs) {
+#pragma omp simd
+    for (std::int64_t i = 0; i < n; ++i) gs[i] = StoreFromAcc<TS>::apply(static_cast<acc_t<TS>>(two_scale * diff(i)));
+  }
+  return static_cast<double>(sum);
+}
+
+// The same with a per-channel bias on the student (the projection): through scratch rows.
+template <typename Acc>
+double mse_chunk_with_bias(const FeatureMseArgs& a, std::int64_t first, std::int64_t n, Acc* xs, Acc* xt) {
+  const Acc* bias = static_cast<const Acc*>(a.bias);
+  load_row(a.student, a.student_dtype, first, n, xs);
+  load_row(a.teacher, a.teacher_dtype, first, n, xt);
+  for (std::int64_t i = 0; i < n; ++i) xs[i] += bias[channel_of(first + i, a.bias_inner, a.bias_channels)];
+  const Acc scale = static_cast<Acc>(a.scale);
+  Acc* loss = a.elementwise_loss ? static_cast<Acc*>(a.loss) + first : nullptr;
+  const double sum = mse_chunk<Acc, Acc, Acc>(xs, xt, n, scale, loss, nullptr, nullptr);
+  if (!a.grad_student && !a.grad_teacher) return sum;
+  const Acc two_scale = Acc(2) * scale;
+#pragma omp simd
+  for (std::int64_t i = 0; i < n; ++i) {
+    const Acc g = two_scale * (xs[i] - xt[i]);
+    xs[i] = g;
+    xt[i] = -g;
+  }
+  if (a.grad_student) store_row(xs, n, a.grad_student, a.student_dtype, first);
+  if (a.grad_teacher) store_row(xt, n, a.grad_teacher, a.teacher_dtype, first);
+  return sum;
+}
+
 template <typename Acc>
 void run_feature_mse(const FeatureMseArgs& a, const CpuExecutor& executor) {
   const std::int64_t chunks = chunk_count(a.numel);
   double* partials = static_cast<double*>(a.workspace);
-  const Acc scale = static_cast<Acc>(a.scale);
-  const Acc two_scale = Acc(2) * scale;
-  const Acc* bias = static_cast<const Acc*>(a.bias);
-  executor.run(chunks, 1, [&](std::int64_t begin, std::int64_t end) {
-    Acc* xs = scratch_row<Acc>(kChunk, 0);
-    Acc* xt = scratch_row<Acc>(kChunk, 1);
-    for (std::int64_t chunk = begin; chunk < end; ++chunk) {
-      const std::int64_t first = chunk * kChunk;
-      const std::int64_t n = first + kChunk < a.numel ? kChunk : a.numel - first;
-      load_row(a.student, a.student_dtype, first, n, xs);
-      load_row(a.teacher, a.teacher_dtype, first, n, xt);
-      if (bias) {
-        for (std::int64_t i = 0; i < n; ++i) xs[i] += bias[channel_of(first + i, a.bias_inner, a.bias_channels)];
-      }
-      if (!a.elementwise_loss) {
-        Acc sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (std::int64_t i = 0; i < n; ++i) {
-          const Acc d = xs[i] - xt[i];
-          sum += d * d;
+  with_storage_type(a.student_dtype, [&](auto s_tag) {
+    with_storage_type(a.teacher_dtype, [&](auto t_tag) {
+      using TS = decltype(s_tag);
+      using TT = decltype(t_tag);
+      executor.run(chunks, 1, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t chunk = begin; chunk < end; ++chunk) {
+          const std::int64_t first = chunk * kChunk;
+          const std::int64_t n = first + kChunk < a.numel ? kChunk : a.numel - first;
+          double sum;
+          if (a.bias) {
+            sum = mse_chunk_with_bias<Acc>(a, first, n, scratch_row<Acc>(kChunk, 0), scratch_row<Acc>(kChunk, 1));
+          } else {
+            sum = mse_chunk<TS, TT, Acc>(
+                static_cast<const TS*>(a.student) + first, static_cast<const TT*>(a.teacher) + first, n,
+                static_cast<Acc>(a.scale), a.elementwise_loss ? static_cast<Acc*>(a.loss) + first : nullptr,
+                a.grad_student ? static_cast<TS*>(a.grad_student) + first : nullptr,
+                a.grad_teacher ? static_cast<TT*>(a.grad_teacher) + first : nullptr);
+          }
+          if (!a.elementwise_loss) partials[chunk] = sum;
         }
-        partials[chunk] = static_cast<double>(sum);
-      } else {
-        Acc* __restrict out = static_cast<Acc*>(a.loss) + first;
-#pragma omp simd
-        for (std::int64_t i = 0; i < n; ++i) out[i] = scale * (xs[i] - xt[i]) * (xs[i] - xt[i]);
-      }
-      if (a.grad_student || a.grad_teacher) {
-#pragma omp simd
-        for (std::int64_t i = 0; i < n; ++i) {
-          const Acc g = two_scale * (xs[i] - xt[i]);
-          xs[i] = g;
-          xt[i] = -g;
-        }
-        if (a.grad_student) store_row(xs, n, a.grad_student, a.student_dtype, first);
-        if (a.grad_teacher) store_row(xt, n, a.grad_teacher, a.teacher_dtype, first);
-      }
-    }
+      });
+    });
   });
   if (a.elementwise_loss) return;
   double total = 0;
