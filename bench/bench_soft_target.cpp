@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bench_common.h"
+#include "fusedkd/soft_target.h"
 #include "fusedkd/torch.h"
 
 namespace F = torch::nn::functional;
@@ -59,7 +60,35 @@ at::Tensor composite(Op op, const at::Tensor& s, const at::Tensor& t, const at::
   return {};
 }
 
-void run_case(benchmark::State& state, Op op, bool ours, at::ScalarType dtype, bool cuda, Shape shape) {
+// What is timed: the composite, fusedkd as users get it, or (CUDA) fusedkd with long rows forced
+// onto the three-sweep kernel, to compare it with the on-chip kernels at the same shape.
+enum class Impl { Composite, Fused, FusedStreaming };
+const char* impl_name(Impl impl) {
+  switch (impl) {
+    case Impl::Composite: return "composite";
+    case Impl::Fused: return "fusedkd";
+    case Impl::FusedStreaming: return "fusedkd-streaming";
+  }
+  return "?";
+}
+
+#if FUSEDKD_WITH_CUDA
+// Sets the CUDA long-row policy for one benchmark and restores the default after it.
+struct PolicyScope {
+  explicit PolicyScope(bool streaming_only) {
+    fusedkd::detail::CudaLongRowPolicy policy;
+    policy.streaming_only = streaming_only;
+    fusedkd::detail::set_cuda_long_row_policy(policy);
+  }
+  ~PolicyScope() { fusedkd::detail::set_cuda_long_row_policy({}); }
+};
+#endif
+
+void run_case(benchmark::State& state, Op op, Impl impl, at::ScalarType dtype, bool cuda, Shape shape) {
+  const bool ours = impl != Impl::Composite;
+#if FUSEDKD_WITH_CUDA
+  const PolicyScope policy(impl == Impl::FusedStreaming);
+#endif
   const auto device = cuda ? torch::kCUDA : torch::kCPU;
   torch::manual_seed(0);
   const at::Tensor s = (torch::randn({shape.rows, shape.cols}) * 3).to(dtype).to(device).requires_grad_(true);
@@ -83,14 +112,16 @@ void register_all() {
     for (const Shape& shape : cuda ? cuda_shapes : cpu_shapes)
       for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
         for (Op op : {Op::KdLossKl, Op::KlDiv, Op::Jsd, Op::SoftMse})
-          for (bool ours : {true, false}) {
+          for (Impl impl : {Impl::Fused, Impl::Composite, Impl::FusedStreaming}) {
             // The large CPU shape is the target case (kd_loss, kl, float32) alone: 0.5 GB a tensor.
             if (!cuda && shape.cols == 32000 && (op != Op::KdLossKl || dtype != at::kFloat)) continue;
-            const std::string name = std::string(op_name(op)) + "/fwd+bwd/" + (ours ? "fusedkd" : "composite") + "/" +
+            // The three-sweep comparison: CUDA, kd_loss, rows beyond the register tiles.
+            if (impl == Impl::FusedStreaming && (!cuda || op != Op::KdLossKl || shape.cols <= 4096)) continue;
+            const std::string name = std::string(op_name(op)) + "/fwd+bwd/" + impl_name(impl) + "/" +
                                      (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) + "/R" +
                                      std::to_string(shape.rows) + "xV" + std::to_string(shape.cols);
             fusedkd::bench::register_case(name, cuda, benchmark::kMillisecond, [=](benchmark::State& state) {
-              run_case(state, op, ours, dtype, cuda, shape);
+              run_case(state, op, impl, dtype, cuda, shape);
             });
           }
   }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "fusedkd/build_config.h"
@@ -79,6 +80,11 @@ RowResult reference_row(const double* s, const double* t, std::int64_t V, double
   return r;
 }
 
+// Which CUDA kernel takes rows beyond the register tiles (detail::CudaLongRowPolicy): the
+// launcher's own choice, the three-sweep kernel, or on-chip rows split over clusters of at least
+// 2, 4 or 16 blocks (sm_90 and later; elsewhere the launcher streams them).
+enum class Regime { Auto, Streaming, Cluster2, Cluster4, Cluster16 };
+
 struct Case {
   Backend backend;
   DType student, teacher;
@@ -88,7 +94,28 @@ struct Case {
   double temperature;
   bool labels;   // labels with some ignored rows, hard weight 0.5
   bool per_row;  // per-row losses instead of the mean
+  Regime regime = Regime::Auto;
 };
+
+#if FUSEDKD_WITH_CUDA
+// Sets the CUDA long-row policy for a regime and restores the previous one.
+class RegimeGuard {
+ public:
+  explicit RegimeGuard(Regime regime) : saved_(detail::cuda_long_row_policy()) {
+    detail::CudaLongRowPolicy policy;
+    policy.streaming_only = regime == Regime::Streaming;
+    policy.min_blocks_per_row = regime == Regime::Cluster2 ? 2 : regime == Regime::Cluster4 ? 4
+                                : regime == Regime::Cluster16 ? 16 : 1;
+    detail::set_cuda_long_row_policy(policy);
+  }
+  ~RegimeGuard() { detail::set_cuda_long_row_policy(saved_); }
+  RegimeGuard(const RegimeGuard&) = delete;
+  RegimeGuard& operator=(const RegimeGuard&) = delete;
+
+ private:
+  detail::CudaLongRowPolicy saved_;
+};
+#endif
 
 std::string name_of(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
@@ -96,7 +123,9 @@ std::string name_of(const ::testing::TestParamInfo<Case>& info) {
   std::ostringstream s;
   s << (c.backend == Backend::Cpu ? "Cpu" : "Cuda") << "_" << dtype_name(c.student) << "_" << dtype_name(c.teacher)
     << "_" << div[static_cast<int>(c.divergence)] << "_R" << c.rows << "_V" << c.cols << (c.labels ? "_labels" : "")
-    << (c.per_row ? "_per_row" : "") << "_" << info.index;
+    << (c.per_row ? "_per_row" : "");
+  const char* regime[] = {"", "_streaming", "_cluster2", "_cluster4", "_cluster16"};
+  s << regime[static_cast<int>(c.regime)] << "_" << info.index;
   return s.str();
 }
 
@@ -177,7 +206,10 @@ TEST_P(SoftTargetKernel, LossAndGradientsMatchFloat64Reference) {
                    args.workspace = ws;
                    if (c.backend == Backend::Cpu) soft_target_loss_cpu(args);
 #if FUSEDKD_WITH_CUDA
-                   else soft_target_loss_cuda(args, static_cast<CUstream_st*>(stream));
+                   else {
+                     const RegimeGuard regime(c.regime);
+                     soft_target_loss_cuda(args, static_cast<CUstream_st*>(stream));
+                   }
 #endif
                    (void)stream;
                  });
@@ -230,6 +262,86 @@ std::vector<Case> all_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, SoftTargetKernel, ::testing::ValuesIn(all_cases()), name_of);
+
+// The CUDA kernels for rows beyond the register tiles, each forced in turn: on chip in one block
+// (V = 5001: odd, so rows start at every alignment), on chip or split over a cluster (V = 33001:
+// 264 KB of float32 for the pair), over a 16-block cluster on sm_90 (V = 262147), the three-sweep
+// kernel, and clusters forced onto short rows (slices of a few hundred elements per block).
+std::vector<Case> regime_cases() {
+  const std::pair<DType, DType> pairs[] = {{DType::Float32, DType::Float32}, {DType::Float64, DType::Float64},
+                                           {DType::BFloat16, DType::BFloat16}, {DType::Float16, DType::Float16},
+                                           {DType::Float32, DType::BFloat16}, {DType::BFloat16, DType::Float32}};
+  const std::pair<Divergence, double> divs[] = {{Divergence::ForwardKL, 0}, {Divergence::ReverseKL, 0},
+                                                {Divergence::JSD, 0.3}, {Divergence::MSE, 0}};
+  struct Shape {
+    std::int64_t rows, cols;
+    Regime regime;
+  };
+  const Shape shapes[] = {{3, 5001, Regime::Auto},      {2, 33001, Regime::Auto},     {1, 262147, Regime::Auto},
+                          {3, 33001, Regime::Streaming}, {3, 5001, Regime::Cluster2}, {4, 5001, Regime::Cluster4},
+                          {3, 9001, Regime::Cluster16}};
+  const double temperatures[] = {1.0, 0.5, 4.0, 20.0};
+  std::vector<Case> cases;
+  int i = 0;
+  for (const auto& pair : pairs)
+    for (const Shape& shape : shapes) {
+      const auto& div = divs[i % 4];
+      Case c{Backend::Cuda, pair.first, pair.second, div.first, div.second, shape.rows, shape.cols,
+             temperatures[(i / 4) % 4], i % 3 != 2, i % 3 == 2, shape.regime};
+      cases.push_back(c);
+      ++i;
+    }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(CudaRegimes, SoftTargetKernel, ::testing::ValuesIn(regime_cases()), name_of);
+
+#if FUSEDKD_WITH_CUDA
+// The launcher picks the regime docs/architecture.md describes for the device it runs on.
+TEST(SoftTargetCudaPlan, RowsTakeTheDocumentedRegime) {
+  if (const char* why = missing_device(Backend::Cuda)) GTEST_SKIP() << why;
+  int device = 0, major = 0, optin = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), cudaSuccess);
+  using Kind = detail::CudaRowPlan::Kind;
+  const DType f32 = DType::Float32, bf16 = DType::BFloat16;
+  EXPECT_EQ(detail::soft_target_cuda_row_plan(f32, f32, 1).kind, Kind::RegisterTile);
+  EXPECT_EQ(detail::soft_target_cuda_row_plan(f32, f32, 4096).kind, Kind::RegisterTile);
+  EXPECT_EQ(detail::soft_target_cuda_row_plan(bf16, bf16, 4096).kind, Kind::RegisterTile);
+
+  const detail::CudaRowPlan mid = detail::soft_target_cuda_row_plan(f32, f32, 5001);  // 40 KB
+  EXPECT_EQ(mid.kind, Kind::OnChip);
+  EXPECT_EQ(mid.blocks_per_row, 1);
+  // bf16 at V = 33001: 132 KB for the pair, within one block on sm_80 (163 KB) and sm_90 (227 KB).
+  const detail::CudaRowPlan bf16_mid = detail::soft_target_cuda_row_plan(bf16, bf16, 33001);
+  if (optin >= 140 * 1024) {
+    EXPECT_EQ(bf16_mid.kind, Kind::OnChip);
+    EXPECT_EQ(bf16_mid.blocks_per_row, 1);
+  }
+  // float32 at V = 262147: 2 MB for the pair, a 16-block cluster on sm_90, streamed before.
+  const detail::CudaRowPlan llm = detail::soft_target_cuda_row_plan(f32, f32, 262147);
+  if (major >= 9) {
+    EXPECT_EQ(llm.kind, Kind::OnChip);
+    EXPECT_EQ(llm.blocks_per_row, 16);
+  } else {
+    EXPECT_EQ(llm.kind, Kind::Streaming);
+  }
+  {
+    const RegimeGuard streaming(Regime::Streaming);
+    EXPECT_EQ(detail::soft_target_cuda_row_plan(f32, f32, 5001).kind, Kind::Streaming);
+    EXPECT_EQ(detail::soft_target_cuda_row_plan(f32, f32, 4096).kind, Kind::RegisterTile);
+  }
+  {
+    const RegimeGuard cluster(Regime::Cluster4);
+    const detail::CudaRowPlan forced = detail::soft_target_cuda_row_plan(f32, f32, 5001);
+    EXPECT_EQ(forced.kind, major >= 9 ? Kind::OnChip : Kind::Streaming);
+    if (major >= 9) EXPECT_EQ(forced.blocks_per_row, 4);
+  }
+  EXPECT_EQ(detail::cuda_long_row_policy().min_blocks_per_row, 1);  // the guard restored it
+  EXPECT_THROW(detail::set_cuda_long_row_policy({false, 0}), std::invalid_argument);
+}
+#endif
 
 TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
   const std::int64_t R = 97, V = 300;

@@ -68,6 +68,34 @@ void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream);
 // The (student, teacher) dtype pairs the CUDA launcher takes; others must be converted first.
 bool soft_target_cuda_supports(DType student, DType teacher);
 
+namespace detail {
+
+// How the CUDA launcher runs one row, for tests and benchmarks that compare the regimes
+// (docs/architecture.md): in a register tile (rows up to 4096 elements), on chip (the row's
+// slice held in the shared memory of each of `blocks_per_row` blocks, a thread-block cluster when
+// more than one; sm_90 and later), or streaming (three sweeps over device memory).
+struct CudaRowPlan {
+  enum class Kind { RegisterTile, OnChip, Streaming };
+  Kind kind = Kind::RegisterTile;
+  int blocks_per_row = 1;
+};
+// The plan for rows of `cols` elements of these dtypes on the current device, under the policy.
+CudaRowPlan soft_target_cuda_row_plan(DType student, DType teacher, std::int64_t cols);
+
+// Rows beyond the register tiles: the default ({false, 1}) keeps a row on chip in the fewest
+// blocks that hold it, and streams it otherwise. `streaming_only` forces the three-sweep kernel;
+// `min_blocks_per_row` splits on-chip rows over at least that many blocks (a cluster), to
+// exercise the cluster path with short rows. Process-wide; set it only while no soft-target
+// kernel is being launched.
+struct CudaLongRowPolicy {
+  bool streaming_only = false;
+  int min_blocks_per_row = 1;
+};
+void set_cuda_long_row_policy(const CudaLongRowPolicy& policy);
+CudaLongRowPolicy cuda_long_row_policy();
+
+}  // namespace detail
+
 // grad[r, :] *= grad_output[r] (per_row) or grad_output[0], in place; rows whose factor is
 // exactly 1 are not touched. grad_output has the loss dtype (float32, or float64 for float64).
 struct ScaleRowsArgs {

@@ -1,9 +1,9 @@
 #include "cuda_utils.cuh"
 
+#include <deque>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 namespace fusedkd::cuda {
 
@@ -12,19 +12,25 @@ void throw_cuda_error(cudaError_t error, const char* what, const char* file, int
                            "' from " + what + " at " + file + ":" + std::to_string(line));
 }
 
-int multiprocessor_count() {
+const DeviceLimits& device_limits() {
   static std::mutex mutex;
-  static std::vector<int> counts;
+  static std::deque<DeviceLimits> limits;  // by device ordinal; elements never move
   int device = 0;
   FUSEDKD_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mutex);
-  if (device >= static_cast<int>(counts.size())) counts.resize(device + 1, 0);
-  if (counts[device] == 0) {
-    FUSEDKD_CUDA_CHECK(
-        cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
+  if (device >= static_cast<int>(limits.size())) limits.resize(device + 1);
+  DeviceLimits& d = limits[device];
+  if (d.multiprocessors == 0) {
+    int optin = 0;
+    FUSEDKD_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+    FUSEDKD_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    d.shared_per_block_optin = static_cast<std::size_t>(optin);
+    FUSEDKD_CUDA_CHECK(cudaDeviceGetAttribute(&d.multiprocessors, cudaDevAttrMultiProcessorCount, device));
   }
-  return counts[device];
+  return d;
 }
+
+int multiprocessor_count() { return device_limits().multiprocessors; }
 
 unsigned int grid_size(std::int64_t work_items, int items_per_block, int block_threads) {
   const std::int64_t needed = (work_items + items_per_block - 1) / items_per_block;

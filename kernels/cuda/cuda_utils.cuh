@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "fusedkd/dtype.h"
@@ -20,7 +21,15 @@ namespace fusedkd::cuda {
       ::fusedkd::cuda::throw_cuda_error(fusedkd_error_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-// Streaming multiprocessors of the current device (looked up once per device).
+// What the kernels' launch plans need to know of the current device (looked up once per device).
+struct DeviceLimits {
+  int multiprocessors = 0;
+  int major = 0;                          // compute capability
+  std::size_t shared_per_block_optin = 0;  // shared memory a block may opt in to
+};
+const DeviceLimits& device_limits();
+
+// Streaming multiprocessors of the current device.
 int multiprocessor_count();
 
 // Grid size for a kernel that strides over `work_items` items, `items_per_block` per block:

@@ -31,25 +31,38 @@ constexpr std::int64_t max_chunks_per_row(std::int64_t cols, int width) {
   return (cols + 2 * width - 2) / width;
 }
 
-// Loads chunk `c` of a row as accumulation values; elements outside the row become `fill`.
+// Loads chunk `c` of a row as stored; elements outside the row become `fill`.
 // `vector_ok`: this row's head equals the chunking head (a whole chunk is one aligned load).
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_chunk_raw(const T* row, std::int64_t cols, int head, std::int64_t c,
+                                                     bool vector_ok, bool streaming, T fill) {
+  const std::int64_t first = c * N - head;
+  if (vector_ok && first >= 0 && first + N <= cols) return load_pack<T, N>(row + first, streaming);
+  Pack<T, N> pack;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const std::int64_t e = first + k;
+    pack.v[k] = (e >= 0 && e < cols) ? row[e] : fill;
+  }
+  return pack;
+}
+
+// A chunk as accumulation values.
+template <typename T, int N, typename Acc>
+__device__ __forceinline__ void unpack_chunk(const Pack<T, N>& pack, Acc (&out)[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = static_cast<Acc>(to_acc(pack.v[k]));
+}
+
+// Loads chunk `c` of a row as accumulation values; elements outside the row become `fill`
+// (a value the element type holds exactly: 0 or -inf).
 template <typename T, int N, typename Acc>
 __device__ __forceinline__ void load_chunk(const T* row, std::int64_t cols, int head,
                                            std::int64_t c, bool vector_ok, bool streaming,
                                            Acc (&out)[N], Acc fill) {
-  constexpr int kWidth = N;
-  const std::int64_t first = c * kWidth - head;
-  if (vector_ok && first >= 0 && first + kWidth <= cols) {
-    const Pack<T, N> pack = load_pack<T, N>(row + first, streaming);
-#pragma unroll
-    for (int k = 0; k < kWidth; ++k) out[k] = static_cast<Acc>(to_acc(pack.v[k]));
-  } else {
-#pragma unroll
-    for (int k = 0; k < kWidth; ++k) {
-      const std::int64_t e = first + k;
-      out[k] = (e >= 0 && e < cols) ? static_cast<Acc>(to_acc(row[e])) : fill;
-    }
-  }
+  unpack_chunk<T, N>(load_chunk_raw<T, N>(row, cols, head, c, vector_ok, streaming,
+                                          from_acc<T>(static_cast<acc_t<T>>(fill))),
+                     out);
 }
 
 template <typename T, int N, typename Acc>

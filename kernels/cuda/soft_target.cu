@@ -12,11 +12,14 @@
 // No floating-point atomics anywhere: the result is the same run to run. A label outside
 // [0, V) that is not ignore_index makes its row's loss and gradient NaN (checking it on the
 // host would need a synchronisation).
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#include <cooperative_groups.h>
 
 #include "fusedkd/soft_target_math.h"
 #include "row_tile.cuh"
@@ -116,6 +119,24 @@ __device__ __forceinline__ void with_divergence(Divergence d, Fn&& fn) {
   }
 }
 
+// The statistics of one chunk of N student and teacher values.
+template <typename Acc, int N>
+__device__ __forceinline__ KDStats<Acc> chunk_stats(const Params<Acc>& p, const Acc (&s)[N], const Acc (&t)[N]) {
+  KDStats<Acc> chunk = kd_stats_empty<Acc>();
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    chunk.max_s = max_of(chunk.max_s, s[k]);
+    chunk.max_t = max_of(chunk.max_t, t[k]);
+  }
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    chunk.sum_s += softmax_sum_term(s[k], chunk.max_s, p.scale_log2);
+    chunk.sum_t += softmax_sum_term(t[k], chunk.max_t, p.scale_log2);
+    if (p.hard) chunk.sum_s_hard += softmax_sum_term(s[k], chunk.max_s, Acc(kLog2e));
+  }
+  return chunk;
+}
+
 // ---------------------------------------------------------------- row kernels
 
 template <typename TS, typename TT>
@@ -207,6 +228,66 @@ __global__ void __launch_bounds__(BLOCK, 1) soft_target_tile_kernel(Params<typen
   }
 }
 
+// One row of a block-per-row kernel: where its arrays lie and how they are chunked (by the
+// student's alignment; the other arrays load and store as vectors only when aligned alike).
+template <typename TS, typename TT>
+struct BlockRow {
+  using Acc = typename PairTraits<TS, TT>::Acc;
+  static constexpr int N = PairTraits<TS, TT>::kWidth;
+  const TS* s;
+  const TT* t;
+  TS* gs;
+  TT* gt;
+  int head;
+  bool t_vector_ok, gs_vector_ok, gt_vector_ok;
+  std::int64_t chunks;
+
+  __device__ __forceinline__ BlockRow(const Params<Acc>& p, std::int64_t row)
+      : s(static_cast<const TS*>(p.student) + row * p.student_row_stride),
+        t(static_cast<const TT*>(p.teacher) + row * p.teacher_row_stride),
+        gs(p.grad_student ? static_cast<TS*>(p.grad_student) + row * p.cols : nullptr),
+        gt(p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + row * p.cols : nullptr) {
+    head = chunk_head<TS, N>(s);
+    t_vector_ok = chunk_head<TT, N>(t) == head;
+    gs_vector_ok = gs && chunk_head<TS, N>(gs) == head;
+    gt_vector_ok = gt && chunk_head<TT, N>(gt) == head;
+    chunks = (p.cols + head + N - 1) / N;
+  }
+
+  __device__ __forceinline__ void load(const Params<Acc>& p, std::int64_t c, bool streaming, Acc (&xs)[N],
+                                       Acc (&xt)[N]) const {
+    load_chunk<TS, N>(s, p.cols, head, c, true, streaming, xs, neg_infinity<Acc>());
+    load_chunk<TT, N>(t, p.cols, head, c, t_vector_ok, streaming, xt, neg_infinity<Acc>());
+  }
+
+  // Zero gradients for chunk c (an ignored row).
+  __device__ __forceinline__ void store_zeros(const Params<Acc>& p, std::int64_t c) const {
+    Acc zeros[N];
+#pragma unroll
+    for (int k = 0; k < N; ++k) zeros[k] = Acc(0);
+    if (gs) store_chunk<TS, N>(gs, p.cols, head, c, gs_vector_ok, zeros);
+    if (gt) store_chunk<TT, N>(gt, p.cols, head, c, gt_vector_ok, zeros);
+  }
+
+  // The gradients of chunk c from its values (overwritten), for divergence D.
+  template <Divergence D>
+  __device__ __forceinline__ void store_gradients(const Params<Acc>& p, const KDRow<Acc>& kd, const KDSums<Acc>& sums,
+                                                  const RowLabel& y, Acc ws, Acc wh, std::int64_t c, Acc (&xs)[N],
+                                                  Acc (&xt)[N]) const {
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      Acc grad_s, grad_t;
+      kd_soft_gradients<D>(kd, sums, xs[k], xt[k], grad_s, grad_t);
+      xs[k] = student_gradient(grad_s, xs[k], c * N - head + k, kd, y, ws, wh);
+      xt[k] = ws * grad_t;
+    }
+    if (gs) store_chunk<TS, N>(gs, p.cols, head, c, gs_vector_ok, xs);
+    if (gt) store_chunk<TT, N>(gt, p.cols, head, c, gt_vector_ok, xt);
+  }
+};
+
+// Rows too long for the register tiles and for the on-chip kernel: a block per row, three
+// sweeps over device memory (statistics, sums, gradients).
 template <typename TS, typename TT, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) soft_target_streaming_kernel(Params<typename PairTraits<TS, TT>::Acc> p) {
   using Acc = typename PairTraits<TS, TT>::Acc;
@@ -219,83 +300,226 @@ __global__ void __launch_bounds__(BLOCK) soft_target_streaming_kernel(Params<typ
   const Acc weight = row_weight(p);
 
   for (std::int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
-    const TS* s_row = static_cast<const TS*>(p.student) + row * p.student_row_stride;
-    const TT* t_row = static_cast<const TT*>(p.teacher) + row * p.teacher_row_stride;
-    TS* gs_row = p.grad_student ? static_cast<TS*>(p.grad_student) + row * p.cols : nullptr;
-    TT* gt_row = p.grad_teacher ? static_cast<TT*>(p.grad_teacher) + row * p.cols : nullptr;
-    const int head = chunk_head<TS, N>(s_row);
-    const bool t_vector_ok = chunk_head<TT, N>(t_row) == head;
-    const bool gs_vector_ok = gs_row && chunk_head<TS, N>(gs_row) == head;
-    const bool gt_vector_ok = gt_row && chunk_head<TT, N>(gt_row) == head;
-    const std::int64_t chunks = (p.cols + head + N - 1) / N;
+    const BlockRow<TS, TT> r(p, row);
     const RowLabel y = row_label(p, row);
     if (!y.valid) {
-      Acc zeros[N];
-#pragma unroll
-      for (int k = 0; k < N; ++k) zeros[k] = Acc(0);
-      for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
-        if (gs_row) store_chunk<TS, N>(gs_row, p.cols, head, c, gs_vector_ok, zeros);
-        if (gt_row) store_chunk<TT, N>(gt_row, p.cols, head, c, gt_vector_ok, zeros);
-      }
+      for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) r.store_zeros(p, c);
       if (threadIdx.x == 0) p.row_losses[row] = Acc(0);
       continue;
     }
 
     KDStats<Acc> local = kd_stats_empty<Acc>();
-    for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
+    for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) {
       Acc s[N], t[N];
-      load_chunk<TS, N>(s_row, p.cols, head, c, true, /*streaming=*/false, s, neg_infinity<Acc>());
-      load_chunk<TT, N>(t_row, p.cols, head, c, t_vector_ok, /*streaming=*/false, t, neg_infinity<Acc>());
-      KDStats<Acc> chunk = kd_stats_empty<Acc>();
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        chunk.max_s = max_of(chunk.max_s, s[k]);
-        chunk.max_t = max_of(chunk.max_t, t[k]);
-      }
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        chunk.sum_s += softmax_sum_term(s[k], chunk.max_s, p.scale_log2);
-        chunk.sum_t += softmax_sum_term(t[k], chunk.max_t, p.scale_log2);
-        if (p.hard) chunk.sum_s_hard += softmax_sum_term(s[k], chunk.max_s, Acc(kLog2e));
-      }
-      local = merge(local, chunk);
+      r.load(p, c, /*streaming=*/false, s, t);
+      local = merge(local, chunk_stats(p, s, t));
     }
     const KDStats<Acc> stats = StatsReduce::run(local, merge, stats_storage, 0);
     const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.beta);
 
     KDSums<Acc> partial{Acc(0), Acc(0), Acc(0)};
     with_divergence(kd.divergence, [&](auto d) {
-      for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
+      for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) {
         Acc s[N], t[N];
-        load_chunk<TS, N>(s_row, p.cols, head, c, true, /*streaming=*/false, s, neg_infinity<Acc>());
-        load_chunk<TT, N>(t_row, p.cols, head, c, t_vector_ok, /*streaming=*/false, t, neg_infinity<Acc>());
+        r.load(p, c, /*streaming=*/false, s, t);
 #pragma unroll
         for (int k = 0; k < N; ++k) kd_accumulate<decltype(d)::value>(kd, s[k], t[k], partial);
       }
     });
     const KDSums<Acc> sums = SumsReduce::run(partial, KDSumsAdd<Acc>{}, sums_storage, 0);
 
-    if (threadIdx.x == 0) p.row_losses[row] = row_value(p, kd, sums, y, s_row);
-    if (!gs_row && !gt_row) continue;
+    if (threadIdx.x == 0) p.row_losses[row] = row_value(p, kd, sums, y, r.s);
+    if (!r.gs && !r.gt) continue;
     const Acc ws = weight * p.soft_scale;
     const Acc wh = p.hard ? weight * p.hard_scale : Acc(0);
     with_divergence(kd.divergence, [&](auto d) {
-    for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
-      Acc s[N], t[N];
-      load_chunk<TS, N>(s_row, p.cols, head, c, true, /*streaming=*/true, s, neg_infinity<Acc>());
-      load_chunk<TT, N>(t_row, p.cols, head, c, t_vector_ok, /*streaming=*/true, t, neg_infinity<Acc>());
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        Acc gs, gt;
-        kd_soft_gradients<decltype(d)::value>(kd, sums, s[k], t[k], gs, gt);
-        s[k] = student_gradient(gs, s[k], c * N - head + k, kd, y, ws, wh);
-        t[k] = ws * gt;
+      for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) {
+        Acc s[N], t[N];
+        r.load(p, c, /*streaming=*/true, s, t);
+        r.store_gradients<decltype(d)::value>(p, kd, sums, y, ws, wh, c, s, t);
       }
-      if (gs_row) store_chunk<TS, N>(gs_row, p.cols, head, c, gs_vector_ok, s);
-      if (gt_row) store_chunk<TT, N>(gt_row, p.cols, head, c, gt_vector_ok, t);
-    }
     });
   }
+}
+
+// Which part of a row a block of the on-chip kernel holds. Without clusters (or on sm_80) every
+// block is a cluster of one; on sm_90 a row may be split over a cluster of up to 16 blocks, each
+// holding a slice of `slice_chunks` chunks in its shared memory.
+struct RowSplit {
+  int rank;     // this block's slice
+  int blocks;   // blocks per row (the cluster size)
+  unsigned int cluster;
+  unsigned int clusters;
+  __device__ __forceinline__ RowSplit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+    rank = static_cast<int>(cl.block_rank());
+    blocks = static_cast<int>(cl.num_blocks());
+    cluster = static_cast<unsigned int>(cooperative_groups::grid_group::cluster_rank());
+    clusters = static_cast<unsigned int>(cooperative_groups::grid_group::num_clusters());
+#else
+    rank = 0;
+    blocks = 1;
+    cluster = blockIdx.x;
+    clusters = gridDim.x;
+#endif
+  }
+};
+
+// The row-wide value from each block's `block_value` (every thread of every block of the
+// cluster must call it, with the block's value in every thread): the cluster's blocks publish
+// their values in shared memory, and every block combines all of them in rank order, so each
+// gets the same, deterministic result. Without a cluster this is `block_value` itself.
+template <typename V, typename Op>
+__device__ __forceinline__ V combine_over_cluster(const V& block_value, Op op, const RowSplit& split,
+                                                  V& published, V& combined) {
+  if (split.blocks == 1) return block_value;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+  if (threadIdx.x == 0) published = block_value;
+  cl.sync();  // every block's value is in place and visible across the cluster
+  if (threadIdx.x < 32) {
+    // Lane r reads block r's value; a fixed tree over the lanes combines them (the same tree,
+    // the same result, in every block).
+    const int lane = static_cast<int>(threadIdx.x);
+    V v = lane < split.blocks ? *cl.map_shared_rank(&published, lane) : block_value;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const V other = cub::ShuffleDown<32>(v, offset, 31, 0xffffffffu);
+      if (lane + offset < split.blocks) v = op(v, other);
+    }
+    if (lane == 0) combined = v;
+  }
+  __syncthreads();
+  const V result = combined;
+  __syncthreads();  // `combined` is free again
+  return result;
+#else
+  (void)op;
+  (void)published;
+  (void)combined;
+  __trap();  // clusters are launched only on sm_90 and later
+  return block_value;
+#endif
+}
+
+// Bytes of dynamic shared memory the on-chip kernel holds a slice of `slice_chunks` chunks in:
+// the student's chunks as stored, then the teacher's (16-byte aligned).
+template <typename TS, typename TT>
+struct OnChipLayout {
+  static constexpr int N = PairTraits<TS, TT>::kWidth;
+  __host__ __device__ static constexpr std::size_t teacher_offset(std::int64_t slice_chunks) {
+    return (static_cast<std::size_t>(slice_chunks) * sizeof(Pack<TS, N>) + 15) / 16 * 16;
+  }
+  __host__ __device__ static constexpr std::size_t bytes(std::int64_t slice_chunks) {
+    return teacher_offset(slice_chunks) + static_cast<std::size_t>(slice_chunks) * sizeof(Pack<TT, N>);
+  }
+};
+
+// Chunks a thread of the on-chip kernel loads before it uses the first (loads in flight): 4, or 2
+// for double (4 spill on sm_90).
+template <typename Acc>
+constexpr int kOnChipLoadsInFlight = std::is_same_v<Acc, double> ? 2 : 4;
+
+// Rows that fit on chip (in one block's shared memory, or a cluster's): each block reads its
+// slice of the student and teacher rows from device memory once, as stored, into shared memory
+// (computing the statistics on the way), and the sums and gradient sweeps read the slice from
+// there: 3X bytes with a student gradient. Each thread reads back only the chunks it loaded, so
+// the slices need no synchronisation; the row statistics and sums are combined over the
+// cluster through distributed shared memory (combine_over_cluster).
+template <typename TS, typename TT, int BLOCK>
+__global__ void __launch_bounds__(BLOCK)
+    soft_target_onchip_kernel(Params<typename PairTraits<TS, TT>::Acc> p, int slice_chunks) {
+  using Acc = typename PairTraits<TS, TT>::Acc;
+  constexpr int N = PairTraits<TS, TT>::kWidth;
+  using Layout = OnChipLayout<TS, TT>;
+  using StatsReduce = RowAllReduce<KDStats<Acc>, BLOCK, BLOCK>;
+  using SumsReduce = RowAllReduce<KDSums<Acc>, BLOCK, BLOCK>;
+  extern __shared__ __align__(16) unsigned char onchip_slice[];
+  Pack<TS, N>* s_slice = reinterpret_cast<Pack<TS, N>*>(onchip_slice);
+  Pack<TT, N>* t_slice = reinterpret_cast<Pack<TT, N>*>(onchip_slice + Layout::teacher_offset(slice_chunks));
+  __shared__ typename StatsReduce::TempStorage stats_storage;
+  __shared__ typename SumsReduce::TempStorage sums_storage;
+  __shared__ KDStats<Acc> stats_published, stats_combined;
+  __shared__ KDSums<Acc> sums_published, sums_combined;
+  const KDStatsMerge<Acc> merge{p.scale_log2};
+  const Acc weight = row_weight(p);
+  const RowSplit split;
+  const TS s_fill = from_acc<TS>(neg_infinity<acc_t<TS>>());
+  const TT t_fill = from_acc<TT>(neg_infinity<acc_t<TT>>());
+
+  for (std::int64_t row = split.cluster; row < p.rows; row += split.clusters) {
+    const BlockRow<TS, TT> r(p, row);
+    const std::int64_t begin = static_cast<std::int64_t>(split.rank) * slice_chunks;
+    const std::int64_t end = begin + slice_chunks < r.chunks ? begin + slice_chunks : r.chunks;
+    const RowLabel y = row_label(p, row);  // the same in every block of the cluster
+    if (!y.valid) {
+      for (std::int64_t c = begin + threadIdx.x; c < end; c += BLOCK) r.store_zeros(p, c);
+      if (split.rank == 0 && threadIdx.x == 0) p.row_losses[row] = Acc(0);
+      continue;
+    }
+
+    // Read the slice once, keep it as stored, and gather the statistics on the way.
+    KDStats<Acc> local = kd_stats_empty<Acc>();
+    constexpr int kInFlight = kOnChipLoadsInFlight<Acc>;
+    for (std::int64_t c0 = begin + threadIdx.x; c0 < end; c0 += kInFlight * BLOCK) {
+      Pack<TS, N> s_raw[kInFlight];
+      Pack<TT, N> t_raw[kInFlight];
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        const std::int64_t c = c0 + u * BLOCK;
+        if (c < end) {
+          s_raw[u] = load_chunk_raw<TS, N>(r.s, p.cols, r.head, c, true, /*streaming=*/true, s_fill);
+          t_raw[u] = load_chunk_raw<TT, N>(r.t, p.cols, r.head, c, r.t_vector_ok, /*streaming=*/true, t_fill);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        const std::int64_t c = c0 + u * BLOCK;
+        if (c < end) {
+          s_slice[c - begin] = s_raw[u];
+          t_slice[c - begin] = t_raw[u];
+          Acc s[N], t[N];
+          unpack_chunk<TS, N>(s_raw[u], s);
+          unpack_chunk<TT, N>(t_raw[u], t);
+          local = merge(local, chunk_stats(p, s, t));
+        }
+      }
+    }
+    const KDStats<Acc> stats = combine_over_cluster(StatsReduce::run(local, merge, stats_storage, 0), merge, split,
+                                                    stats_published, stats_combined);
+    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.beta);
+
+    KDSums<Acc> partial{Acc(0), Acc(0), Acc(0)};
+    with_divergence(kd.divergence, [&](auto d) {
+      for (std::int64_t c = begin + threadIdx.x; c < end; c += BLOCK) {
+        Acc s[N], t[N];
+        unpack_chunk<TS, N>(s_slice[c - begin], s);
+        unpack_chunk<TT, N>(t_slice[c - begin], t);
+#pragma unroll
+        for (int k = 0; k < N; ++k) kd_accumulate<decltype(d)::value>(kd, s[k], t[k], partial);
+      }
+    });
+    const KDSums<Acc> sums = combine_over_cluster(SumsReduce::run(partial, KDSumsAdd<Acc>{}, sums_storage, 0),
+                                                  KDSumsAdd<Acc>{}, split, sums_published, sums_combined);
+
+    if (split.rank == 0 && threadIdx.x == 0) p.row_losses[row] = row_value(p, kd, sums, y, r.s);
+    if (!r.gs && !r.gt) continue;
+    const Acc ws = weight * p.soft_scale;
+    const Acc wh = p.hard ? weight * p.hard_scale : Acc(0);
+    with_divergence(kd.divergence, [&](auto d) {
+      for (std::int64_t c = begin + threadIdx.x; c < end; c += BLOCK) {
+        Acc s[N], t[N];
+        unpack_chunk<TS, N>(s_slice[c - begin], s);
+        unpack_chunk<TT, N>(t_slice[c - begin], t);
+        r.store_gradients<decltype(d)::value>(p, kd, sums, y, ws, wh, c, s, t);
+      }
+    });
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // No block may leave while another can still read its shared memory.
+  if (split.blocks > 1) cooperative_groups::this_cluster().sync();
+#endif
 }
 
 // ---------------------------------------------------------------- small one-block kernels
@@ -345,6 +569,80 @@ __global__ void __launch_bounds__(BLOCK) scale_rows_kernel(T* grad, std::int64_t
 
 // ---------------------------------------------------------------- dispatch
 
+// Two register tiles and this math: at 512 threads (128 registers each) ptxas spills, so the
+// tiles stop at 256 threads and rows up to 4096 elements are held in registers
+// (docs/architecture.md).
+constexpr int kMaxTileBlock = 256;
+
+std::atomic<bool> g_streaming_only{false};
+std::atomic<int> g_min_blocks_per_row{1};
+
+// How the on-chip kernel runs rows of a given length on the current device; blocks_per_row 0:
+// it cannot (the row does not fit, or the policy says streaming).
+struct OnChipPlan {
+  int blocks_per_row = 0;
+  int slice_chunks = 0;
+  std::size_t shared_bytes = 0;
+  int resident = 0;  // blocks (one cluster) or clusters that fit on the device at once
+};
+
+template <typename TS, typename TT>
+auto onchip_kernel() {
+  return soft_target_onchip_kernel<TS, TT, kStreamingBlock<typename PairTraits<TS, TT>::Acc>>;
+}
+
+// The fewest blocks per row (1, or a cluster of 2, 4, 8 or 16 on sm_90 and later) whose slices
+// fit in shared memory with at least one of them resident.
+template <typename TS, typename TT>
+OnChipPlan plan_onchip(std::int64_t cols) {
+  constexpr int kBlock = kStreamingBlock<typename PairTraits<TS, TT>::Acc>;
+  constexpr int N = PairTraits<TS, TT>::kWidth;
+  if (g_streaming_only.load()) return {};
+  const auto kernel = onchip_kernel<TS, TT>();
+  const DeviceLimits& device = device_limits();
+  cudaFuncAttributes attributes;
+  FUSEDKD_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (attributes.sharedSizeBytes >= device.shared_per_block_optin) return {};
+  const std::size_t budget = device.shared_per_block_optin - attributes.sharedSizeBytes;
+  // The same value every time (no race between threads launching with different sizes).
+  FUSEDKD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(budget)));
+  const std::int64_t chunks = max_chunks_per_row(cols, N);
+  const int max_blocks = device.major >= 9 ? 16 : 1;
+  for (int blocks = 1; blocks <= max_blocks; blocks *= 2) {
+    if (blocks < g_min_blocks_per_row.load()) continue;
+    OnChipPlan plan;
+    plan.blocks_per_row = blocks;
+    plan.slice_chunks = static_cast<int>((chunks + blocks - 1) / blocks);
+    plan.shared_bytes = OnChipLayout<TS, TT>::bytes(plan.slice_chunks);
+    if (plan.shared_bytes > budget) continue;
+    if (blocks == 1) {
+      FUSEDKD_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&plan.resident, kernel, kBlock, plan.shared_bytes));
+      plan.resident *= device.multiprocessors;
+    } else {
+      if (blocks > 8) {
+        FUSEDKD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      }
+      cudaLaunchAttribute cluster;
+      cluster.id = cudaLaunchAttributeClusterDimension;
+      cluster.val.clusterDim.x = static_cast<unsigned int>(blocks);
+      cluster.val.clusterDim.y = 1;
+      cluster.val.clusterDim.z = 1;
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned int>(blocks));
+      config.blockDim = dim3(kBlock);
+      config.dynamicSmemBytes = plan.shared_bytes;
+      config.attrs = &cluster;
+      config.numAttrs = 1;
+      if (cudaOccupancyMaxActiveClusters(&plan.resident, kernel, &config) != cudaSuccess) {
+        (void)cudaGetLastError();  // this cluster size cannot run here; try the next
+        plan.resident = 0;
+      }
+    }
+    if (plan.resident > 0) return plan;
+  }
+  return {};
+}
+
 template <typename TS, typename TT>
 struct LossLaunch {
   using Acc = typename PairTraits<TS, TT>::Acc;
@@ -355,9 +653,54 @@ struct LossLaunch {
     soft_target_tile_kernel<TS, TT, THREADS, BLOCK, ITEMS>
         <<<grid_size(p.rows, BLOCK / THREADS, BLOCK), BLOCK, 0, stream>>>(p);
   }
+  // Rows beyond the register tiles: on chip when they fit, else streaming.
   void streaming() const {
     constexpr int kBlock = kStreamingBlock<Acc>;
-    soft_target_streaming_kernel<TS, TT, kBlock><<<grid_size(p.rows, 1, kBlock), kBlock, 0, stream>>>(p);
+    const OnChipPlan plan = plan_onchip<TS, TT>(p.cols);
+    if (plan.blocks_per_row == 0) {
+      soft_target_streaming_kernel<TS, TT, kBlock><<<grid_size(p.rows, 1, kBlock), kBlock, 0, stream>>>(p);
+      return;
+    }
+    // One wave: the kernel loops over the rows, a row per block or cluster.
+    const std::int64_t units = p.rows < plan.resident ? p.rows : plan.resident;
+    const unsigned int grid = static_cast<unsigned int>(units * plan.blocks_per_row);
+    const auto kernel = onchip_kernel<TS, TT>();
+    if (plan.blocks_per_row == 1) {
+      kernel<<<grid, kBlock, plan.shared_bytes, stream>>>(p, plan.slice_chunks);
+      return;
+    }
+    cudaLaunchAttribute cluster;
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = static_cast<unsigned int>(plan.blocks_per_row);
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(grid);
+    config.blockDim = dim3(kBlock);
+    config.dynamicSmemBytes = plan.shared_bytes;
+    config.stream = stream;
+    config.attrs = &cluster;
+    config.numAttrs = 1;
+    FUSEDKD_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, plan.slice_chunks));
+  }
+};
+
+// The kernel LossLaunch would choose, without launching it.
+template <typename TS, typename TT>
+struct PlanOnly {
+  std::int64_t cols;
+  detail::CudaRowPlan* plan;
+  template <int THREADS, int BLOCK, int ITEMS>
+  void tile() const {
+    *plan = {detail::CudaRowPlan::Kind::RegisterTile, 1};
+  }
+  void streaming() const {
+    const OnChipPlan onchip = plan_onchip<TS, TT>(cols);
+    if (onchip.blocks_per_row == 0) {
+      *plan = {detail::CudaRowPlan::Kind::Streaming, 1};
+    } else {
+      *plan = {detail::CudaRowPlan::Kind::OnChip, onchip.blocks_per_row};
+    }
   }
 };
 
@@ -414,9 +757,7 @@ void launch_loss(const SoftTargetArgs& a, cudaStream_t stream) {
   p.row_losses = row_losses;
   p.grad_student = a.grad_student;
   p.grad_teacher = a.grad_teacher;
-  // Two tiles and this math: at 512 threads (128 registers each) ptxas spills, so the tiles stop
-  // at 256 threads and rows up to 4096 elements stay on chip (docs/architecture.md).
-  dispatch_row_length<N, kElementsPerThread, 256>(p.cols, LossLaunch<TS, TT>{p, stream});
+  dispatch_row_length<N, kElementsPerThread, kMaxTileBlock>(p.cols, LossLaunch<TS, TT>{p, stream});
   if (!a.per_row_loss) sum_row_losses_kernel<Acc><<<1, kReduceBlock, 0, stream>>>(p, static_cast<Acc*>(a.loss));
 }
 
@@ -433,6 +774,35 @@ bool soft_target_cuda_supports(DType student, DType teacher) {
                             !(student == DType::BFloat16 && teacher == DType::Float16);
   return wide_narrow && no_double && no_half_bf16;
 }
+
+namespace detail {
+
+CudaRowPlan soft_target_cuda_row_plan(DType student, DType teacher, std::int64_t cols) {
+  if (cols < 1 || cols > std::numeric_limits<int>::max())
+    throw std::invalid_argument("fusedkd: soft_target_cuda_row_plan: cols must be in [1, 2^31)");
+  CudaRowPlan plan;
+  cuda::dispatch_pair(student, teacher, [&](auto s_tag, auto t_tag) {
+    using TS = typename decltype(s_tag)::type;
+    using TT = typename decltype(t_tag)::type;
+    constexpr int N = cuda::PairTraits<TS, TT>::kWidth;
+    cuda::dispatch_row_length<N, cuda::kElementsPerThread, cuda::kMaxTileBlock>(
+        static_cast<int>(cols), cuda::PlanOnly<TS, TT>{cols, &plan});
+  });
+  return plan;
+}
+
+void set_cuda_long_row_policy(const CudaLongRowPolicy& policy) {
+  if (policy.min_blocks_per_row < 1)
+    throw std::invalid_argument("fusedkd: set_cuda_long_row_policy: min_blocks_per_row must be at least 1");
+  cuda::g_streaming_only.store(policy.streaming_only);
+  cuda::g_min_blocks_per_row.store(policy.min_blocks_per_row);
+}
+
+CudaLongRowPolicy cuda_long_row_policy() {
+  return {cuda::g_streaming_only.load(), cuda::g_min_blocks_per_row.load()};
+}
+
+}  // namespace detail
 
 void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream) {
   detail::validate(args);
