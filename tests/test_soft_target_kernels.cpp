@@ -13,6 +13,7 @@
 
 #include "fusedkd/build_config.h"
 #include "fusedkd/soft_target.h"
+#include "fusedkd/soft_target_math.h"
 #include "kernel_test_support.h"
 #include "reference.h"
 
@@ -342,6 +343,74 @@ TEST(SoftTargetCudaPlan, RowsTakeTheDocumentedRegime) {
   EXPECT_THROW(detail::set_cuda_long_row_policy({false, 0}), std::invalid_argument);
 }
 #endif
+
+// The KL loss gathered with the statistics (KLStats, include/fusedkd/soft_target_math.h): a row
+// cut into runs of 4 at random, each run's (statistics, C) taken relative to its own maxima, the
+// runs merged left to right and as a tree, against the float64 KL of the whole row.
+double kl_via_runs(const std::vector<float>& s, const std::vector<float>& t, double T, bool reverse, bool tree) {
+  const float inv_t = static_cast<float>(1.0 / T), scale_log2 = static_cast<float>(kLog2e / T);
+  const KLStatsMerge<float> merge{scale_log2, inv_t, reverse};
+  std::vector<KLStats<float>> runs;
+  for (std::size_t j = 0; j < s.size(); j += 4) {
+    float rs[4], rt[4];
+    for (int k = 0; k < 4; ++k) {
+      const bool in = j + k < s.size();
+      rs[k] = in ? s[j + k] : -std::numeric_limits<float>::infinity();
+      rt[k] = in ? t[j + k] : -std::numeric_limits<float>::infinity();
+    }
+    runs.push_back(kl_stats_of(rs, rt, scale_log2, inv_t, false, reverse));
+  }
+  while (runs.size() > 1) {
+    std::vector<KLStats<float>> next;
+    if (tree) {
+      for (std::size_t i = 0; i + 1 < runs.size(); i += 2) next.push_back(merge(runs[i], runs[i + 1]));
+      if (runs.size() % 2) next.push_back(runs.back());
+    } else {
+      next.push_back(merge(runs[0], runs[1]));
+      next.insert(next.end(), runs.begin() + 2, runs.end());
+    }
+    runs = next;
+  }
+  const KDRow<float> row = KDRow<float>::make(runs[0].stats, inv_t, reverse ? Divergence::ReverseKL : Divergence::ForwardKL, 0.5f);
+  return kl_from_cross(runs[0].stats, row, runs[0].cross);
+}
+
+TEST(KLStats, MergedRunsGiveTheRowsKL) {
+  for (int reverse = 0; reverse < 2; ++reverse)
+    for (double T : {0.5, 1.0, 4.0, 20.0})
+      for (std::int64_t V : {1, 5, 1000, 33001}) {
+        // Teacher and student both masked at 5% of the vocabulary; the student shifted by a large
+        // constant (a shift changes neither softmax: centred values keep every digit).
+        const std::vector<double> t64 = random_logits(1, V, 11 + V, 3.0, 0.05);
+        std::vector<double> s64 = random_logits(1, V, 12 + V, 3.0);
+        for (std::int64_t j = 0; j < V; ++j) s64[j] = std::isinf(t64[j]) ? t64[j] : s64[j] + 1000.0;
+        const std::vector<float> s(s64.begin(), s64.end()), t(t64.begin(), t64.end());
+        const std::vector<double> sv(s.begin(), s.end()), tv(t.begin(), t.end());
+        const double ref = reference_row(sv.data(), tv.data(), V, T,
+                                         reverse ? Divergence::ReverseKL : Divergence::ForwardKL, 0).loss;
+        for (bool tree : {false, true}) {
+          const double got = kl_via_runs(s, t, T, reverse, tree);
+          EXPECT_NEAR(got, ref, 2e-5 * std::max(1.0, std::abs(ref)))
+              << "reverse " << reverse << " T " << T << " V " << V << " tree " << tree;
+        }
+      }
+}
+
+TEST(KLStats, StudentMaskedWhereTheTeacherHasMassGivesInfinity) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // The student's -inf falls in a run of its own (every student value there -inf).
+  const std::vector<float> s = {1.f, 2.f, 0.5f, -1.f, -inf, -inf, -inf, -inf, 3.f};
+  const std::vector<float> t = {0.f, 1.f, 2.f, 0.f, 1.f, -inf, 2.f, 0.f, 1.f};
+  EXPECT_EQ(kl_via_runs(s, t, 2.0, false, false), inf);
+  EXPECT_EQ(kl_via_runs(s, t, 2.0, false, true), inf);
+  // The reverse KL weighs by the student: its -inf entries weigh 0, and it stays finite.
+  const double reverse = kl_via_runs(s, t, 2.0, true, true);
+  EXPECT_TRUE(std::isfinite(reverse));
+  const std::vector<double> sv(s.begin(), s.end()), tv(t.begin(), t.end());
+  EXPECT_NEAR(reverse, reference_row(sv.data(), tv.data(), 9, 2.0, Divergence::ReverseKL, 0).loss, 1e-6);
+  // Equal rows: exactly 0 however the runs merge.
+  EXPECT_EQ(kl_via_runs(t, t, 3.0, false, true), 0.0);
+}
 
 TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
   const std::int64_t R = 97, V = 300;

@@ -12,6 +12,14 @@
 #define FUSEDKD_HD inline __attribute__((always_inline))
 #endif
 
+// Unrolls the loop that follows in device code, where per-thread arrays must be indexed by
+// compile-time constants to stay in registers; nothing on the host.
+#if defined(__CUDA_ARCH__)
+#define FUSEDKD_UNROLL _Pragma("unroll")
+#else
+#define FUSEDKD_UNROLL
+#endif
+
 namespace fusedkd {
 
 // Reinterpret the bits of one trivially copyable type as another of the same size.

@@ -84,6 +84,24 @@ struct KDStatsMerge {
   }
 };
 
+// The statistics of a run of elements (a chunk of a row).
+template <typename Acc, int N>
+FUSEDKD_HD KDStats<Acc> kd_stats_of(const Acc (&s)[N], const Acc (&t)[N], Acc scale_log2, bool hard) {
+  KDStats<Acc> r = kd_stats_empty<Acc>();
+  FUSEDKD_UNROLL
+  for (int k = 0; k < N; ++k) {
+    r.max_s = max_of(r.max_s, s[k]);
+    r.max_t = max_of(r.max_t, t[k]);
+  }
+  FUSEDKD_UNROLL
+  for (int k = 0; k < N; ++k) {
+    r.sum_s += softmax_sum_term(s[k], r.max_s, scale_log2);
+    r.sum_t += softmax_sum_term(t[k], r.max_t, scale_log2);
+    if (hard) r.sum_s_hard += softmax_sum_term(s[k], r.max_s, Acc(kLog2e));
+  }
+  return r;
+}
+
 // ---------------------------------------------------------------- per-row constants
 
 template <typename Acc>
@@ -176,6 +194,81 @@ FUSEDKD_HD void kd_accumulate(const KDRow<Acc>& row, Acc s, Acc t, KDSums<Acc>& 
     sums.aux_s += g * q;
     sums.aux_t -= g * p;
   }
+}
+
+// ---------------------------------------------------------------- B'. the KL loss with the statistics
+
+// The KL divergences need no per-element logarithm (docs/math.md): with x the side whose softmax
+// weighs the sum (the teacher for the forward KL, the student for the reverse) and y the other,
+//   KL = C / Z_x + log Z_y - log Z_x,   C = sum_j exp((x_j - m_x)/T) ((x_j - m_x) - (y_j - m_y))/T,
+// so C can be gathered in the statistics sweep. C is relative to the maxima it was computed
+// with; moving it to larger maxima M is C' = r (C + Z_x D), r = exp((m_x - M_x)/T),
+// D = ((m_x - M_x) - (m_y - M_y))/T, which makes (statistics, C) an online state like
+// (max, sum). Terms with x_j = -inf weigh 0; y_j = -inf where x_j is finite makes C (and the KL)
+// +inf, as the math says.
+template <typename Acc>
+struct KLStats {
+  KDStats<Acc> stats;
+  Acc cross;  // C, relative to stats' maxima
+};
+
+// Element j's share of C given the maxima (m_x, m_y) it is taken relative to.
+template <typename Acc>
+FUSEDKD_HD Acc kl_cross_term(Acc x, Acc m_x, Acc y, Acc m_y, Acc scale_log2, Acc inv_t) {
+  if (x == neg_infinity<Acc>()) return Acc(0);
+  const Acc cx = x - m_x;
+  const Acc cy = y == neg_infinity<Acc>() ? y : y - m_y;
+  return exp2_nonpositive(cx * scale_log2) * ((cx - cy) * inv_t);
+}
+
+template <typename Acc>
+struct KLStatsMerge {
+  Acc scale_log2;  // log2(e) / T
+  Acc inv_t;
+  bool reverse;    // x is the student (reverse KL), else the teacher
+
+  // a's C moved to the maxima of `to`.
+  FUSEDKD_HD Acc moved(const KLStats<Acc>& a, const KDStats<Acc>& to) const {
+    const Acc m_x = reverse ? a.stats.max_s : a.stats.max_t;
+    const Acc z_x = reverse ? a.stats.sum_s : a.stats.sum_t;
+    const Acc m_y = reverse ? a.stats.max_t : a.stats.max_s;
+    const Acc big_x = reverse ? to.max_s : to.max_t;
+    const Acc big_y = reverse ? to.max_t : to.max_s;
+    if (z_x == Acc(0)) return Acc(0);  // no weight (empty, or every x_j = -inf)
+    // +inf: some x_j finite where y_j = -inf (then m_y may be -inf); NaN stays NaN below.
+    if (a.cross == -neg_infinity<Acc>()) return a.cross;
+    const Acc shift = ((m_x - big_x) - (m_y - big_y)) * inv_t;
+    return exp2_nonpositive((m_x - big_x) * scale_log2) * (a.cross + z_x * shift);
+  }
+  FUSEDKD_HD KLStats<Acc> operator()(const KLStats<Acc>& a, const KLStats<Acc>& b) const {
+    KLStats<Acc> r;
+    r.stats = KDStatsMerge<Acc>{scale_log2}(a.stats, b.stats);
+    r.cross = moved(a, r.stats) + moved(b, r.stats);
+    return r;
+  }
+};
+
+// The statistics and C of a run of elements, relative to that run's own maxima.
+template <typename Acc, int N>
+FUSEDKD_HD KLStats<Acc> kl_stats_of(const Acc (&s)[N], const Acc (&t)[N], Acc scale_log2, Acc inv_t, bool hard,
+                                    bool reverse) {
+  KLStats<Acc> r{kd_stats_of(s, t, scale_log2, hard), Acc(0)};
+  FUSEDKD_UNROLL
+  for (int k = 0; k < N; ++k) {
+    r.cross += reverse ? kl_cross_term(s[k], r.stats.max_s, t[k], r.stats.max_t, scale_log2, inv_t)
+                       : kl_cross_term(t[k], r.stats.max_t, s[k], r.stats.max_s, scale_log2, inv_t);
+  }
+  return r;
+}
+
+// The KL divergence of the row from its final statistics and C.
+template <typename Acc>
+FUSEDKD_HD Acc kl_from_cross(const KDStats<Acc>& stats, const KDRow<Acc>& row, Acc cross) {
+  const bool reverse = row.divergence == Divergence::ReverseKL;
+  const Acc z_x = reverse ? stats.sum_s : stats.sum_t;
+  const Acc log_z_x = reverse ? row.log_z_s : row.log_z_t;
+  const Acc log_z_y = reverse ? row.log_z_t : row.log_z_s;
+  return cross / z_x + (log_z_y - log_z_x);
 }
 
 // ---------------------------------------------------------------- C. gradients

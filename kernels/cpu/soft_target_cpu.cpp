@@ -22,6 +22,14 @@ struct RowPlan {
   bool hard;
 };
 
+// Element j's share of the KL loss sum C (relative to the row maxima), weighed by the teacher
+// (forward KL) or the student (reverse KL).
+template <Divergence D, typename Acc>
+inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, const KDStats<Acc>& st, const RowPlan<Acc>& plan) {
+  if constexpr (D == Divergence::ReverseKL) return kl_cross_term(s, st.max_s, t, st.max_t, plan.scale_log2, plan.inv_t);
+  return kl_cross_term(t, st.max_t, s, st.max_s, plan.scale_log2, plan.inv_t);
+}
+
 // One row: returns its contribution to the total (or its per-row loss) and writes gradients.
 template <Divergence D, typename Acc>
 Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r, bool valid,
@@ -41,20 +49,25 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   KDStats<Acc> st;
   st.max_s = row_max(xs, cols);
   st.max_t = row_max(xt, cols);
-  // The three sums in one sweep (the hard one only when there is a cross-entropy).
-  Acc sum_s = 0, sum_t = 0, sum_s_hard = plan.hard ? Acc(0) : Acc(1);
+  // The three sums in one sweep (the hard one only when there is a cross-entropy), and for the KL
+  // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm).
+  constexpr bool kKL = D == Divergence::ForwardKL || D == Divergence::ReverseKL;
+  const Acc sum_s_hard_empty = plan.hard ? Acc(0) : Acc(1);
+  Acc sum_s = 0, sum_t = 0, sum_s_hard = sum_s_hard_empty, cross = 0;
   if (plan.hard) {
-#pragma omp simd reduction(+ : sum_s, sum_t, sum_s_hard)
+#pragma omp simd reduction(+ : sum_s, sum_t, sum_s_hard, cross)
     for (std::int64_t j = 0; j < cols; ++j) {
       sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
       sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
       sum_s_hard += softmax_sum_term(xs[j], st.max_s, Acc(kLog2e));
+      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st, plan);
     }
   } else {
-#pragma omp simd reduction(+ : sum_s, sum_t)
+#pragma omp simd reduction(+ : sum_s, sum_t, cross)
     for (std::int64_t j = 0; j < cols; ++j) {
       sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
       sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
+      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st, plan);
     }
   }
   st.sum_s = sum_s;
@@ -62,16 +75,21 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   st.sum_s_hard = sum_s_hard;
   const KDRow<Acc> row = KDRow<Acc>::make(st, plan.inv_t, D, plan.beta);
 
-  Acc loss = 0, aux_s = 0, aux_t = 0;
+  KDSums<Acc> sums{Acc(0), Acc(0), Acc(0)};
+  if constexpr (kKL) {
+    sums.loss = kl_from_cross(st, row, cross);
+  } else {
+    Acc loss = 0, aux_s = 0, aux_t = 0;
 #pragma omp simd reduction(+ : loss, aux_s, aux_t)
-  for (std::int64_t j = 0; j < cols; ++j) {
-    KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
-    kd_accumulate<D>(row, xs[j], xt[j], e);
-    loss += e.loss;
-    aux_s += e.aux_s;
-    aux_t += e.aux_t;
+    for (std::int64_t j = 0; j < cols; ++j) {
+      KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
+      kd_accumulate<D>(row, xs[j], xt[j], e);
+      loss += e.loss;
+      aux_s += e.aux_s;
+      aux_t += e.aux_t;
+    }
+    sums = {loss, aux_s, aux_t};
   }
-  const KDSums<Acc> sums{loss, aux_s, aux_t};
   const Acc cross_entropy = plan.hard ? row.cross_entropy(xs[label]) : Acc(0);
 
   if (a.grad_student || a.grad_teacher) {

@@ -122,19 +122,7 @@ __device__ __forceinline__ void with_divergence(Divergence d, Fn&& fn) {
 // The statistics of one chunk of N student and teacher values.
 template <typename Acc, int N>
 __device__ __forceinline__ KDStats<Acc> chunk_stats(const Params<Acc>& p, const Acc (&s)[N], const Acc (&t)[N]) {
-  KDStats<Acc> chunk = kd_stats_empty<Acc>();
-#pragma unroll
-  for (int k = 0; k < N; ++k) {
-    chunk.max_s = max_of(chunk.max_s, s[k]);
-    chunk.max_t = max_of(chunk.max_t, t[k]);
-  }
-#pragma unroll
-  for (int k = 0; k < N; ++k) {
-    chunk.sum_s += softmax_sum_term(s[k], chunk.max_s, p.scale_log2);
-    chunk.sum_t += softmax_sum_term(t[k], chunk.max_t, p.scale_log2);
-    if (p.hard) chunk.sum_s_hard += softmax_sum_term(s[k], chunk.max_s, Acc(kLog2e));
-  }
-  return chunk;
+  return kd_stats_of(s, t, p.scale_log2, p.hard);
 }
 
 // ---------------------------------------------------------------- row kernels
@@ -286,17 +274,23 @@ struct BlockRow {
   }
 };
 
-// Rows too long for the register tiles and for the on-chip kernel: a block per row, three
-// sweeps over device memory (statistics, sums, gradients).
+// Rows too long for the register tiles and for the on-chip kernel: a block per row, sweeping the
+// row in device memory. The KL divergences gather their loss with the statistics
+// (KLStats, docs/math.md): two sweeps, statistics and gradients (5X bytes with a student
+// gradient). JSD and MSE need the final statistics for their sums: three sweeps (7X).
 template <typename TS, typename TT, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) soft_target_streaming_kernel(Params<typename PairTraits<TS, TT>::Acc> p) {
+__global__ void __launch_bounds__(BLOCK, 2) soft_target_streaming_kernel(Params<typename PairTraits<TS, TT>::Acc> p) {
   using Acc = typename PairTraits<TS, TT>::Acc;
   constexpr int N = PairTraits<TS, TT>::kWidth;
   using StatsReduce = RowAllReduce<KDStats<Acc>, BLOCK, BLOCK>;
+  using KLReduce = RowAllReduce<KLStats<Acc>, BLOCK, BLOCK>;
   using SumsReduce = RowAllReduce<KDSums<Acc>, BLOCK, BLOCK>;
   __shared__ typename StatsReduce::TempStorage stats_storage;
+  __shared__ typename KLReduce::TempStorage kl_storage;
   __shared__ typename SumsReduce::TempStorage sums_storage;
   const KDStatsMerge<Acc> merge{p.scale_log2};
+  const bool kl = p.divergence == Divergence::ForwardKL || p.divergence == Divergence::ReverseKL;
+  const KLStatsMerge<Acc> kl_merge{p.scale_log2, p.inv_t, p.divergence == Divergence::ReverseKL};
   const Acc weight = row_weight(p);
 
   for (std::int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
@@ -308,25 +302,44 @@ __global__ void __launch_bounds__(BLOCK) soft_target_streaming_kernel(Params<typ
       continue;
     }
 
-    KDStats<Acc> local = kd_stats_empty<Acc>();
-    for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) {
-      Acc s[N], t[N];
-      r.load(p, c, /*streaming=*/false, s, t);
-      local = merge(local, chunk_stats(p, s, t));
-    }
-    const KDStats<Acc> stats = StatsReduce::run(local, merge, stats_storage, 0);
-    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.beta);
-
-    KDSums<Acc> partial{Acc(0), Acc(0), Acc(0)};
-    with_divergence(kd.divergence, [&](auto d) {
+    KDStats<Acc> stats;
+    Acc kl_loss = Acc(0);
+    if (kl) {
+      KLStats<Acc> local{kd_stats_empty<Acc>(), Acc(0)};
       for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) {
         Acc s[N], t[N];
         r.load(p, c, /*streaming=*/false, s, t);
-#pragma unroll
-        for (int k = 0; k < N; ++k) kd_accumulate<decltype(d)::value>(kd, s[k], t[k], partial);
+        local = kl_merge(local, kl_stats_of(s, t, p.scale_log2, p.inv_t, p.hard, kl_merge.reverse));
       }
-    });
-    const KDSums<Acc> sums = SumsReduce::run(partial, KDSumsAdd<Acc>{}, sums_storage, 0);
+      const KLStats<Acc> all = KLReduce::run(local, kl_merge, kl_storage, 0);
+      stats = all.stats;
+      kl_loss = all.cross;
+    } else {
+      KDStats<Acc> local = kd_stats_empty<Acc>();
+      for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) {
+        Acc s[N], t[N];
+        r.load(p, c, /*streaming=*/false, s, t);
+        local = merge(local, chunk_stats(p, s, t));
+      }
+      stats = StatsReduce::run(local, merge, stats_storage, 0);
+    }
+    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.beta);
+
+    KDSums<Acc> sums{Acc(0), Acc(0), Acc(0)};
+    if (kl) {
+      sums.loss = kl_from_cross(stats, kd, kl_loss);
+    } else {
+      KDSums<Acc> partial{Acc(0), Acc(0), Acc(0)};
+      with_divergence(kd.divergence, [&](auto d) {
+        for (std::int64_t c = threadIdx.x; c < r.chunks; c += BLOCK) {
+          Acc s[N], t[N];
+          r.load(p, c, /*streaming=*/false, s, t);
+#pragma unroll
+          for (int k = 0; k < N; ++k) kd_accumulate<decltype(d)::value>(kd, s[k], t[k], partial);
+        }
+      });
+      sums = SumsReduce::run(partial, KDSumsAdd<Acc>{}, sums_storage, 0);
+    }
 
     if (threadIdx.x == 0) p.row_losses[row] = row_value(p, kd, sums, y, r.s);
     if (!r.gs && !r.gt) continue;
