@@ -130,6 +130,44 @@ std::string name_of(const ::testing::TestParamInfo<Case>& info) {
   return s.str();
 }
 
+// What the launcher must produce for a case, in float64: per-row losses, the total, the gradients,
+// and the weight of a valid row.
+struct Expected {
+  std::vector<double> rows, grad_s, grad_t;
+  double total = 0, weight = 1;
+};
+
+Expected expected_of(const Case& c, const std::vector<double>& sv, const std::vector<double>& tv,
+                     const std::vector<std::int64_t>& labels, double soft, double hard) {
+  const std::int64_t R = c.rows, V = c.cols;
+  Expected e;
+  e.rows.assign(static_cast<std::size_t>(R), 0.0);
+  e.grad_s.assign(sv.size(), 0.0);
+  e.grad_t.assign(sv.size(), 0.0);
+  std::int64_t valid = 0;
+  for (std::int64_t r = 0; r < R; ++r) valid += !c.labels || labels[r] != -100;
+  const double w = c.per_row ? 1.0 : (valid ? 1.0 / valid : 0.0);
+  for (std::int64_t r = 0; r < R; ++r) {
+    if (c.labels && labels[r] == -100) continue;
+    const RowResult row = reference_row(&sv[r * V], &tv[r * V], V, c.temperature, c.divergence, c.beta);
+    const double* srow = &sv[r * V];
+    double m = -std::numeric_limits<double>::infinity(), z = 0;
+    for (std::int64_t j = 0; j < V; ++j) m = std::max(m, srow[j]);
+    for (std::int64_t j = 0; j < V; ++j) z += std::exp(srow[j] - m);
+    const double ce = c.labels ? std::log(z) + m - srow[labels[r]] : 0.0;
+    e.rows[r] = soft * row.loss;
+    e.total += soft * row.loss + hard * ce;
+    for (std::int64_t j = 0; j < V; ++j) {
+      const double hard_grad = c.labels ? std::exp(srow[j] - m) / z - (j == labels[r] ? 1.0 : 0.0) : 0.0;
+      e.grad_s[r * V + j] = w * (soft * row.grad_s[j] + hard * hard_grad);
+      e.grad_t[r * V + j] = w * soft * row.grad_t[j];
+    }
+  }
+  e.total *= w;
+  e.weight = w;
+  return e;
+}
+
 class SoftTargetKernel : public ::testing::TestWithParam<Case> {};
 
 TEST_P(SoftTargetKernel, LossAndGradientsMatchFloat64Reference) {
@@ -150,29 +188,11 @@ TEST_P(SoftTargetKernel, LossAndGradientsMatchFloat64Reference) {
   const double hard = c.labels ? 0.5 : 0.0, soft = 0.8;
 
   // Reference: the rounded inputs, the spec's row formulas, the kernel's weighting.
-  const std::vector<double> sv = s.values(), tv = t.values();
-  std::vector<double> ref_gs(sv.size(), 0.0), ref_gt(sv.size(), 0.0), ref_rows(R, 0.0);
-  std::int64_t valid = 0;
-  for (std::int64_t r = 0; r < R; ++r) valid += !c.labels || labels[r] != -100;
-  const double w = c.per_row ? 1.0 : (valid ? 1.0 / valid : 0.0);
-  double ref_total = 0;
-  for (std::int64_t r = 0; r < R; ++r) {
-    if (c.labels && labels[r] == -100) continue;
-    const RowResult row = reference_row(&sv[r * V], &tv[r * V], V, c.temperature, c.divergence, c.beta);
-    const double* srow = &sv[r * V];
-    double m = -std::numeric_limits<double>::infinity(), z = 0;
-    for (std::int64_t j = 0; j < V; ++j) m = std::max(m, srow[j]);
-    for (std::int64_t j = 0; j < V; ++j) z += std::exp(srow[j] - m);
-    const double ce = c.labels ? std::log(z) + m - srow[labels[r]] : 0.0;
-    ref_rows[r] = soft * row.loss;
-    ref_total += soft * row.loss + hard * ce;
-    for (std::int64_t j = 0; j < V; ++j) {
-      const double hard_grad = c.labels ? std::exp(srow[j] - m) / z - (j == labels[r] ? 1.0 : 0.0) : 0.0;
-      ref_gs[r * V + j] = w * (soft * row.grad_s[j] + hard * hard_grad);
-      ref_gt[r * V + j] = w * soft * row.grad_t[j];
-    }
-  }
-  ref_total *= w;
+  const Expected ref = expected_of(c, s.values(), t.values(), labels, soft, hard);
+  const std::vector<double>& ref_gs = ref.grad_s;
+  const std::vector<double>& ref_gt = ref.grad_t;
+  const std::vector<double>& ref_rows = ref.rows;
+  const double ref_total = ref.total, w = ref.weight;
 
   SoftTargetArgs args;
   args.student_dtype = c.student;
@@ -189,13 +209,16 @@ TEST_P(SoftTargetKernel, LossAndGradientsMatchFloat64Reference) {
   args.per_row_loss = c.per_row;
   const bool dbl = soft_target_uses_double(args);
   Buffer loss(dbl ? DType::Float64 : DType::Float32, c.per_row ? static_cast<std::size_t>(R) : 1);
-  Buffer gs(c.student, sv.size()), gt(c.teacher, sv.size());
+  Buffer gs(c.student, ref_gs.size()), gt(c.teacher, ref_gs.size());
   loss.poison();
   gs.poison();
   gt.poison();
   std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
   Buffer label_buffer(DType::Float64, labels.size());  // 8-byte storage for the int64 labels
   std::memcpy(label_buffer.data(), labels.data(), labels.size() * 8);
+#if FUSEDKD_WITH_CUDA
+  const RegimeGuard regime(c.regime);  // the CUDA launcher's long-row kernels (CPU: no effect)
+#endif
   run_on_backend(c.backend, {&s, &t, &label_buffer}, {&loss, &gs, &gt}, workspace.size(),
                  [&](const std::vector<const void*>& in, const std::vector<void*>& out, void* ws, void* stream) {
                    args.student = in[0];
@@ -207,10 +230,7 @@ TEST_P(SoftTargetKernel, LossAndGradientsMatchFloat64Reference) {
                    args.workspace = ws;
                    if (c.backend == Backend::Cpu) soft_target_loss_cpu(args);
 #if FUSEDKD_WITH_CUDA
-                   else {
-                     const RegimeGuard regime(c.regime);
-                     soft_target_loss_cuda(args, static_cast<CUstream_st*>(stream));
-                   }
+                   else soft_target_loss_cuda(args, static_cast<CUstream_st*>(stream));
 #endif
                    (void)stream;
                  });

@@ -218,7 +218,8 @@ FUSEDKD_HD Acc kl_cross_term(Acc x, Acc m_x, Acc y, Acc m_y, Acc scale_log2, Acc
   if (x == neg_infinity<Acc>()) return Acc(0);
   const Acc cx = x - m_x;
   const Acc cy = y == neg_infinity<Acc>() ? y : y - m_y;
-  return exp2_nonpositive(cx * scale_log2) * ((cx - cy) * inv_t);
+  // A weight that underflows to 0 contributes 0, as in kd_accumulate (also when cy is -inf).
+  return weighted(exp2_nonpositive(cx * scale_log2), (cx - cy) * inv_t);
 }
 
 template <typename Acc>
@@ -235,10 +236,12 @@ struct KLStatsMerge {
     const Acc big_x = reverse ? to.max_s : to.max_t;
     const Acc big_y = reverse ? to.max_t : to.max_s;
     if (z_x == Acc(0)) return Acc(0);  // no weight (empty, or every x_j = -inf)
-    // +inf: some x_j finite where y_j = -inf (then m_y may be -inf); NaN stays NaN below.
-    if (a.cross == -neg_infinity<Acc>()) return a.cross;
+    const Acc r = exp2_nonpositive((m_x - big_x) * scale_log2);
+    // +inf: some x_j finite where y_j = -inf (then m_y may be -inf), unless a's weights underflow
+    // against the larger maximum, as that element's weight would; NaN stays NaN below.
+    if (a.cross == -neg_infinity<Acc>()) return r == Acc(0) ? Acc(0) : a.cross;
     const Acc shift = ((m_x - big_x) - (m_y - big_y)) * inv_t;
-    return exp2_nonpositive((m_x - big_x) * scale_log2) * (a.cross + z_x * shift);
+    return r * (a.cross + z_x * shift);
   }
   FUSEDKD_HD KLStats<Acc> operator()(const KLStats<Acc>& a, const KLStats<Acc>& b) const {
     KLStats<Acc> r;
