@@ -4,8 +4,10 @@
 // element the kernel fails to write shows up.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <sstream>
 #include <utility>
@@ -265,15 +267,18 @@ std::vector<Case> all_cases() {
   };
   const Div divs[] = {{Divergence::ForwardKL, 0}, {Divergence::ReverseKL, 0}, {Divergence::JSD, 0.1},
                       {Divergence::JSD, 0.5},      {Divergence::JSD, 0.9},      {Divergence::MSE, 0}};
-  // Row lengths of every CUDA regime: sub-warp, warp, block tiles, three-sweep rows.
-  const std::int64_t shapes[][2] = {{1, 1}, {5, 7}, {37, 33}, {6, 130}, {3, 1031}, {4, 4096}, {2, 5000}, {2, 33000}};
+  // Row lengths of every CUDA regime (sub-warp, warp, block tiles, on chip) and both CPU paths
+  // (rows of up to 31 elements 16 at a time, R = 37 and 20 leaving a partial group; longer rows
+  // one by one).
+  const std::int64_t shapes[][2] = {{1, 1}, {5, 7}, {37, 33}, {6, 130}, {3, 1031}, {4, 4096}, {2, 5000}, {2, 33000},
+                                    {37, 10}, {20, 31}};
   const double temperatures[] = {1.0, 0.5, 4.0, 20.0};
   std::vector<Case> cases;
   int i = 0;
   for (Backend backend : {Backend::Cpu, Backend::Cuda})
     for (const Pair& pair : pairs)
       for (const Div& div : divs) {
-        const auto& shape = shapes[i % 8];
+        const auto& shape = shapes[i % std::size(shapes)];
         cases.push_back({backend, pair.s, pair.t, div.d, div.beta, shape[0], shape[1], temperatures[i % 4],
                          i % 3 == 0, i % 5 == 2});
         if (cases.back().per_row) cases.back().labels = false;
@@ -458,6 +463,49 @@ TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
   const float one = total_with_tasks(1);
   EXPECT_EQ(one, total_with_tasks(7));
   EXPECT_EQ(one, total_with_tasks(R));
+}
+
+// Short rows go 16 at a time on the CPU: a row's loss and gradients are the same bits whichever
+// rows share its group (tasks of 1, 7 or all rows), ignored rows included: the same total (row
+// losses summed in row order) and the same gradients.
+TEST(SoftTargetLauncher, ShortRowsDoNotDependOnTheirGroup) {
+  const std::int64_t R = 45, V = 10;
+  const Buffer s = Buffer::from(DType::Float32, random_logits(R, V, 3));
+  const Buffer t = Buffer::from(DType::Float32, random_logits(R, V, 4));
+  std::vector<std::int64_t> labels(R);
+  for (std::int64_t r = 0; r < R; ++r) labels[r] = r % 5 == 2 ? -100 : r % V;
+  for (Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL, Divergence::JSD, Divergence::MSE}) {
+    auto run_with_tasks = [&](std::int64_t task_rows) {
+      SoftTargetArgs args;
+      args.student = s.bytes.data();
+      args.teacher = t.bytes.data();
+      args.student_row_stride = args.teacher_row_stride = V;
+      args.rows = R;
+      args.cols = V;
+      args.temperature = 3.0;
+      args.divergence = d;
+      args.beta = 0.3;
+      args.labels = labels.data();
+      args.hard_scale = 0.5;
+      std::vector<float> loss(1), gs(R * V), gt(R * V);  // the total: row losses summed in row order
+      std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
+      args.loss = loss.data();
+      args.grad_student = gs.data();
+      args.grad_teacher = gt.data();
+      args.workspace = workspace.data();
+      CpuExecutor executor;
+      executor.parallel_for = [&](std::int64_t n, std::int64_t, const CpuExecutor::Body& body) {
+        for (std::int64_t b = 0; b < n; b += task_rows) body(b, std::min(n, b + task_rows));
+      };
+      soft_target_loss_cpu(args, executor);
+      loss.insert(loss.end(), gs.begin(), gs.end());
+      loss.insert(loss.end(), gt.begin(), gt.end());
+      return loss;
+    };
+    const std::vector<float> whole = run_with_tasks(R);
+    EXPECT_EQ(whole, run_with_tasks(1)) << "divergence " << static_cast<int>(d);
+    EXPECT_EQ(whole, run_with_tasks(7)) << "divergence " << static_cast<int>(d);
+  }
 }
 
 TEST(SoftTargetLauncher, RejectsBadArguments) {

@@ -25,9 +25,9 @@ struct RowPlan {
 // Element j's share of the KL loss sum C (relative to the row maxima), weighed by the teacher
 // (forward KL) or the student (reverse KL).
 template <Divergence D, typename Acc>
-inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, const KDStats<Acc>& st, const RowPlan<Acc>& plan) {
-  if constexpr (D == Divergence::ReverseKL) return kl_cross_term(s, st.max_s, t, st.max_t, plan.scale_log2, plan.inv_t);
-  return kl_cross_term(t, st.max_t, s, st.max_s, plan.scale_log2, plan.inv_t);
+inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, Acc max_s, Acc max_t, const RowPlan<Acc>& plan) {
+  if constexpr (D == Divergence::ReverseKL) return kl_cross_term(s, max_s, t, max_t, plan.scale_log2, plan.inv_t);
+  return kl_cross_term(t, max_t, s, max_s, plan.scale_log2, plan.inv_t);
 }
 
 // One row: returns its contribution to the total (or its per-row loss) and writes gradients.
@@ -60,14 +60,14 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
       sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
       sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
       sum_s_hard += softmax_sum_term(xs[j], st.max_s, Acc(kLog2e));
-      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st, plan);
+      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
     }
   } else {
 #pragma omp simd reduction(+ : sum_s, sum_t, cross)
     for (std::int64_t j = 0; j < cols; ++j) {
       sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
       sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
-      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st, plan);
+      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
     }
   }
   st.sum_s = sum_s;
@@ -110,6 +110,146 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   return plan.soft_scale * sums.loss + (plan.hard ? plan.hard_scale * cross_entropy : Acc(0));
 }
 
+// Short rows (a few classes) leave the element loops of process_row too short to vectorise, so
+// they go kShortRowLanes at a time, transposed: element j of every row of the group side by side
+// (x[j * kShortRowLanes + lane]), and each sweep is a vector loop across the rows. Lanes past
+// the last row are padded with zeros and their results dropped. Every lane runs the same code,
+// so a row's result does not depend on the rows it is grouped with.
+constexpr int kShortRowLanes = 16;
+constexpr std::int64_t kShortRowMax = 31;  // longest row taken this way
+
+// kShortRowLanes as a value the compiler cannot see through. With a constant trip count of 16,
+// GCC unrolls the long lane loops (the row sums, the gradients) completely before its vectoriser
+// runs, and the unrolled body stays scalar; with this bound they stay loops and vectorise. 16 is
+// a multiple of every vector width, so every lane runs through the same vector code.
+inline int opaque_lane_count() {
+  int lanes = kShortRowLanes;
+  asm("" : "+r"(lanes));
+  return lanes;
+}
+
+template <Divergence D, typename Acc>
+void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r0, int rows,
+                        Acc* __restrict xs, Acc* __restrict xt, Acc* __restrict row_losses) {
+  constexpr int L = kShortRowLanes;
+  const int lanes = opaque_lane_count();  // L, for the loops that must not be unrolled
+  constexpr bool kKL = D == Divergence::ForwardKL || D == Divergence::ReverseKL;
+  const std::int64_t cols = a.cols;
+  Acc* tmp = scratch_row<Acc>(cols, 0);  // one row as it lies, on its way in or out
+  bool valid[L];
+  std::int64_t label[L];
+  for (int l = 0; l < L; ++l) {
+    const std::int64_t r = r0 + l;
+    label[l] = l < rows && a.labels ? a.labels[r] : 0;
+    valid[l] = l < rows && (!a.labels || label[l] != a.ignore_index);
+    if (l < rows) {
+      load_row(a.student, a.student_dtype, r * a.student_row_stride, cols, tmp);
+      for (std::int64_t j = 0; j < cols; ++j) xs[j * L + l] = tmp[j];
+      load_row(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, tmp);
+      for (std::int64_t j = 0; j < cols; ++j) xt[j * L + l] = tmp[j];
+    } else {
+      for (std::int64_t j = 0; j < cols; ++j) xs[j * L + l] = xt[j * L + l] = Acc(0);
+    }
+  }
+
+  // Statistics (and the KL loss sum), as process_row computes them, lane by lane.
+  alignas(64) Acc max_s[L], max_t[L], sum_s[L], sum_t[L], sum_h[L], cross[L];
+#pragma omp simd
+  for (int l = 0; l < L; ++l) {
+    max_s[l] = max_t[l] = neg_infinity<Acc>();
+    sum_s[l] = sum_t[l] = cross[l] = Acc(0);
+    sum_h[l] = plan.hard ? Acc(0) : Acc(1);
+  }
+  for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+    for (int l = 0; l < L; ++l) {
+      max_s[l] = max_of(max_s[l], xs[j * L + l]);
+      max_t[l] = max_of(max_t[l], xt[j * L + l]);
+    }
+  for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+    for (int l = 0; l < L; ++l) {
+      const Acc sv = xs[j * L + l], tv = xt[j * L + l];
+      sum_s[l] += softmax_sum_term(sv, max_s[l], plan.scale_log2);
+      sum_t[l] += softmax_sum_term(tv, max_t[l], plan.scale_log2);
+      if (plan.hard) sum_h[l] += softmax_sum_term(sv, max_s[l], Acc(kLog2e));
+      if constexpr (kKL) cross[l] += kl_cross<D>(sv, tv, max_s[l], max_t[l], plan);
+    }
+
+  // Per-lane row constants (the logarithms), kept as arrays so the sweeps below vectorise.
+  const KDRow<Acc> base = KDRow<Acc>::make(KDStats<Acc>{Acc(0), Acc(1), Acc(1), Acc(0), Acc(1)}, plan.inv_t, D, plan.beta);
+  alignas(64) Acc log_z_s[L], log_z_t[L], log_z_h[L];
+  for (int l = 0; l < L; ++l) {
+    log_z_s[l] = std::log(sum_s[l]);
+    log_z_t[l] = std::log(sum_t[l]);
+    log_z_h[l] = std::log(sum_h[l]);
+  }
+  auto lane_row = [&](int l) __attribute__((always_inline)) {
+    KDRow<Acc> row = base;
+    row.max_s = max_s[l];
+    row.max_t = max_t[l];
+    row.log_z_s = log_z_s[l];
+    row.log_z_t = log_z_t[l];
+    row.log_z_s_hard = log_z_h[l];
+    return row;
+  };
+
+  alignas(64) Acc loss[L], aux_s[L], aux_t[L];
+  if constexpr (kKL) {
+    for (int l = 0; l < L; ++l) {
+      const KDStats<Acc> st{max_s[l], sum_s[l], sum_h[l], max_t[l], sum_t[l]};
+      loss[l] = kl_from_cross(st, lane_row(l), cross[l]);
+      aux_s[l] = aux_t[l] = Acc(0);
+    }
+  } else {
+#pragma omp simd
+    for (int l = 0; l < L; ++l) loss[l] = aux_s[l] = aux_t[l] = Acc(0);
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l) {
+        KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
+        kd_accumulate<D>(lane_row(l), xs[j * L + l], xt[j * L + l], e);
+        loss[l] += e.loss;
+        aux_s[l] += e.aux_s;
+        aux_t[l] += e.aux_t;
+      }
+  }
+  for (int l = 0; l < rows; ++l) {
+    const Acc ce = plan.hard && valid[l] ? lane_row(l).cross_entropy(xs[label[l] * L + l]) : Acc(0);
+    row_losses[r0 + l] = valid[l] ? plan.soft_scale * loss[l] + (plan.hard ? plan.hard_scale * ce : Acc(0)) : Acc(0);
+  }
+
+  if (!a.grad_student && !a.grad_teacher) return;
+  const Acc ws = plan.weight * plan.soft_scale;
+  const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
+  alignas(64) Acc keep[L];  // 1 for a valid row, 0 for an ignored one (zero gradients)
+  for (int l = 0; l < L; ++l) keep[l] = valid[l] ? Acc(1) : Acc(0);
+  for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+    for (int l = 0; l < lanes; ++l) {
+      const KDRow<Acc> row = lane_row(l);
+      const KDSums<Acc> sums{loss[l], aux_s[l], aux_t[l]};
+      const Acc sv = xs[j * L + l], tv = xt[j * L + l];
+      Acc gs, gt;
+      kd_soft_gradients<D>(row, sums, sv, tv, gs, gt);
+      const Acc hard = wh == Acc(0) ? Acc(0) : wh * (row.hard_prob(sv) - (j == label[l] ? Acc(1) : Acc(0)));
+      // A select, not a product: an ignored row's gradient is exactly 0 even where its math is not finite.
+      xs[j * L + l] = keep[l] != Acc(0) ? ws * gs + hard : Acc(0);
+      xt[j * L + l] = keep[l] != Acc(0) ? ws * gt : Acc(0);
+    }
+  for (int l = 0; l < rows; ++l) {
+    const std::int64_t r = r0 + l;
+    if (a.grad_student) {
+      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = xs[j * L + l];
+      store_row(tmp, cols, a.grad_student, a.student_dtype, r * cols);
+    }
+    if (a.grad_teacher) {
+      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = xt[j * L + l];
+      store_row(tmp, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+    }
+  }
+}
+
 template <typename Acc>
 void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
   // Valid rows; the launcher has already checked every label.
@@ -129,7 +269,22 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
   plan.hard = a.labels != nullptr && a.hard_scale != 0.0;
 
   Acc* row_losses = a.per_row_loss ? static_cast<Acc*>(a.loss) : static_cast<Acc*>(a.workspace);
+  const bool short_rows = a.cols <= kShortRowMax;
   executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
+    if (short_rows) {
+      Acc* xs = scratch_row<Acc>(2 * a.cols * kShortRowLanes, 1);  // slot 0: process_short_rows' row
+      Acc* xt = xs + a.cols * kShortRowLanes;
+      for (std::int64_t r = begin; r < end; r += kShortRowLanes) {
+        const int rows = static_cast<int>(end - r < kShortRowLanes ? end - r : kShortRowLanes);
+        switch (a.divergence) {
+          case Divergence::ForwardKL: process_short_rows<Divergence::ForwardKL>(a, plan, r, rows, xs, xt, row_losses); break;
+          case Divergence::ReverseKL: process_short_rows<Divergence::ReverseKL>(a, plan, r, rows, xs, xt, row_losses); break;
+          case Divergence::JSD: process_short_rows<Divergence::JSD>(a, plan, r, rows, xs, xt, row_losses); break;
+          case Divergence::MSE: process_short_rows<Divergence::MSE>(a, plan, r, rows, xs, xt, row_losses); break;
+        }
+      }
+      return;
+    }
     Acc* xs = scratch_row<Acc>(a.cols, 0);
     Acc* xt = scratch_row<Acc>(a.cols, 1);
     for (std::int64_t r = begin; r < end; ++r) {
