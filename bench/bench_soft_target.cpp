@@ -61,7 +61,7 @@ at::Tensor composite(Op op, const at::Tensor& s, const at::Tensor& t, const at::
 }
 
 // What is timed: the composite, fusedkd as users get it, or (CUDA) fusedkd with long rows forced
-// onto the three-sweep kernel, to compare it with the on-chip kernels at the same shape.
+// onto the streaming kernel, to compare it with the on-chip kernels at the same shape.
 enum class Impl { Composite, Fused, FusedStreaming };
 const char* impl_name(Impl impl) {
   switch (impl) {
@@ -115,7 +115,7 @@ void register_all() {
           for (Impl impl : {Impl::Fused, Impl::Composite, Impl::FusedStreaming}) {
             // The large CPU shape is the target case (kd_loss, kl, float32) alone: 0.5 GB a tensor.
             if (!cuda && shape.cols == 32000 && (op != Op::KdLossKl || dtype != at::kFloat)) continue;
-            // The three-sweep comparison: CUDA, kd_loss, rows beyond the register tiles.
+            // The streaming comparison: CUDA, kd_loss, rows beyond the register tiles.
             if (impl == Impl::FusedStreaming && (!cuda || op != Op::KdLossKl || shape.cols <= 4096)) continue;
             const std::string name = std::string(op_name(op)) + "/fwd+bwd/" + impl_name(impl) + "/" +
                                      (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) + "/R" +

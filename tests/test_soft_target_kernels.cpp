@@ -84,7 +84,7 @@ RowResult reference_row(const double* s, const double* t, std::int64_t V, double
 }
 
 // Which CUDA kernel takes rows beyond the register tiles (detail::CudaLongRowPolicy): the
-// launcher's own choice, the three-sweep kernel, or on-chip rows split over clusters of at least
+// launcher's own choice, the streaming kernel, or on-chip rows split over clusters of at least
 // 2, 4 or 16 blocks (sm_90 and later; elsewhere the launcher streams them).
 enum class Regime { Auto, Streaming, Cluster2, Cluster4, Cluster16 };
 
@@ -291,7 +291,7 @@ INSTANTIATE_TEST_SUITE_P(All, SoftTargetKernel, ::testing::ValuesIn(all_cases())
 
 // The CUDA kernels for rows beyond the register tiles, each forced in turn: on chip in one block
 // (V = 5001: odd, so rows start at every alignment), on chip or split over a cluster (V = 33001:
-// 264 KB of float32 for the pair), over a 16-block cluster on sm_90 (V = 262147), the three-sweep
+// 264 KB of float32 for the pair), over a 16-block cluster on sm_90 (V = 262147), the streaming
 // kernel, and clusters forced onto short rows (slices of a few hundred elements per block).
 std::vector<Case> regime_cases() {
   const std::pair<DType, DType> pairs[] = {{DType::Float32, DType::Float32}, {DType::Float64, DType::Float64},

@@ -73,7 +73,8 @@ namespace detail {
 // How the CUDA launcher runs one row, for tests and benchmarks that compare the regimes
 // (docs/architecture.md): in a register tile (rows up to 4096 elements), on chip (the row's
 // slice held in the shared memory of each of `blocks_per_row` blocks, a thread-block cluster when
-// more than one; sm_90 and later), or streaming (three sweeps over device memory).
+// more than one; sm_90 and later), or streaming (two sweeps over device memory for KL, three
+// for JSD and soft MSE).
 struct CudaRowPlan {
   enum class Kind { RegisterTile, OnChip, Streaming };
   Kind kind = Kind::RegisterTile;
@@ -83,7 +84,7 @@ struct CudaRowPlan {
 CudaRowPlan soft_target_cuda_row_plan(DType student, DType teacher, std::int64_t cols);
 
 // Rows beyond the register tiles: the default ({false, 1}) keeps a row on chip in the fewest
-// blocks that hold it, and streams it otherwise. `streaming_only` forces the three-sweep kernel;
+// blocks that hold it, and streams it otherwise. `streaming_only` forces the streaming kernel;
 // `min_blocks_per_row` splits on-chip rows over at least that many blocks (a cluster), to
 // exercise the cluster path with short rows. Process-wide; set it only while no soft-target
 // kernel is being launched.

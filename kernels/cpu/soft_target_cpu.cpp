@@ -130,7 +130,8 @@ inline int opaque_lane_count() {
 
 template <Divergence D, typename Acc>
 void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r0, int rows,
-                        Acc* __restrict xs, Acc* __restrict xt, Acc* __restrict row_losses) {
+                        Acc* __restrict xs, Acc* __restrict xt, Acc* __restrict grad_s, Acc* __restrict grad_t,
+                        Acc* __restrict row_losses) {
   constexpr int L = kShortRowLanes;
   const int lanes = opaque_lane_count();  // L, for the loops that must not be unrolled
   constexpr bool kKL = D == Divergence::ForwardKL || D == Divergence::ReverseKL;
@@ -184,8 +185,17 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
     log_z_t[l] = std::log(sum_t[l]);
     log_z_h[l] = std::log(sum_h[l]);
   }
+  // Built field by field from scalars: a copy of `base` inside the lane loops is a memory copy
+  // that keeps GCC from vectorising them.
+  const Acc inv_t = base.inv_t, beta = base.beta, log_beta = base.log_beta,
+            log_one_minus_beta = base.log_one_minus_beta;
   auto lane_row = [&](int l) __attribute__((always_inline)) {
-    KDRow<Acc> row = base;
+    KDRow<Acc> row;
+    row.inv_t = inv_t;
+    row.divergence = D;
+    row.beta = beta;
+    row.log_beta = log_beta;
+    row.log_one_minus_beta = log_one_minus_beta;
     row.max_s = max_s[l];
     row.max_t = max_t[l];
     row.log_z_s = log_z_s[l];
@@ -234,17 +244,17 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
       kd_soft_gradients<D>(row, sums, sv, tv, gs, gt);
       const Acc hard = wh == Acc(0) ? Acc(0) : wh * (row.hard_prob(sv) - (j == label[l] ? Acc(1) : Acc(0)));
       // A select, not a product: an ignored row's gradient is exactly 0 even where its math is not finite.
-      xs[j * L + l] = keep[l] != Acc(0) ? ws * gs + hard : Acc(0);
-      xt[j * L + l] = keep[l] != Acc(0) ? ws * gt : Acc(0);
+      grad_s[j * L + l] = keep[l] != Acc(0) ? ws * gs + hard : Acc(0);
+      grad_t[j * L + l] = keep[l] != Acc(0) ? ws * gt : Acc(0);
     }
   for (int l = 0; l < rows; ++l) {
     const std::int64_t r = r0 + l;
     if (a.grad_student) {
-      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = xs[j * L + l];
+      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = grad_s[j * L + l];
       store_row(tmp, cols, a.grad_student, a.student_dtype, r * cols);
     }
     if (a.grad_teacher) {
-      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = xt[j * L + l];
+      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = grad_t[j * L + l];
       store_row(tmp, cols, a.grad_teacher, a.teacher_dtype, r * cols);
     }
   }
@@ -272,15 +282,19 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
   const bool short_rows = a.cols <= kShortRowMax;
   executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
     if (short_rows) {
-      Acc* xs = scratch_row<Acc>(2 * a.cols * kShortRowLanes, 1);  // slot 0: process_short_rows' row
-      Acc* xt = xs + a.cols * kShortRowLanes;
+      // The rows, then their gradients, transposed; slot 0 is process_short_rows' own row.
+      const std::int64_t group = a.cols * kShortRowLanes;
+      Acc* xs = scratch_row<Acc>(4 * group, 1);
+      Acc* xt = xs + group;
+      Acc* gs = xt + group;
+      Acc* gt = gs + group;
       for (std::int64_t r = begin; r < end; r += kShortRowLanes) {
         const int rows = static_cast<int>(end - r < kShortRowLanes ? end - r : kShortRowLanes);
         switch (a.divergence) {
-          case Divergence::ForwardKL: process_short_rows<Divergence::ForwardKL>(a, plan, r, rows, xs, xt, row_losses); break;
-          case Divergence::ReverseKL: process_short_rows<Divergence::ReverseKL>(a, plan, r, rows, xs, xt, row_losses); break;
-          case Divergence::JSD: process_short_rows<Divergence::JSD>(a, plan, r, rows, xs, xt, row_losses); break;
-          case Divergence::MSE: process_short_rows<Divergence::MSE>(a, plan, r, rows, xs, xt, row_losses); break;
+          case Divergence::ForwardKL: process_short_rows<Divergence::ForwardKL>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
+          case Divergence::ReverseKL: process_short_rows<Divergence::ReverseKL>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
+          case Divergence::JSD: process_short_rows<Divergence::JSD>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
+          case Divergence::MSE: process_short_rows<Divergence::MSE>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
         }
       }
       return;
