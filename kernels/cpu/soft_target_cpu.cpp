@@ -4,8 +4,10 @@
 // Per row: both rows are converted once into scratch rows of the accumulation type; the
 // statistics, the row sums and the gradients are `omp simd` sweeps over them (the divergence is
 // a template parameter, so each sweep is one straight loop); gradients go back in place and are
-// converted once on store. Row losses land in a per-row buffer that is summed afterwards in row
-// order, so the total does not depend on how rows were split across threads.
+// converted once on store (process_row). Rows of up to 31 elements go 16 at a time, transposed,
+// so that the same sweeps vectorise across rows (process_short_rows). Row losses land in a
+// per-row buffer that is summed afterwards in row order, so the total does not depend on how rows
+// were split across threads.
 #include <cmath>
 
 #include "cpu_kernels.h"
