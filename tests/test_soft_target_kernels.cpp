@@ -437,32 +437,46 @@ TEST(KLStats, StudentMaskedWhereTheTeacherHasMassGivesInfinity) {
   EXPECT_EQ(kl_via_runs(t, t, 3.0, false, true), 0.0);
 }
 
+// Runs the CPU launcher (float32 inputs, the total loss) with tasks of `task_rows` rows handed out
+// last to first; returns the loss, then the student and teacher gradients when `gradients`.
+std::vector<float> run_in_tasks(SoftTargetArgs args, std::int64_t task_rows, bool gradients) {
+  const std::int64_t n = args.rows * args.cols;
+  std::vector<float> loss(1), gs(gradients ? n : 0), gt(gradients ? n : 0);
+  std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
+  args.loss = loss.data();
+  args.grad_student = gradients ? gs.data() : nullptr;
+  args.grad_teacher = gradients ? gt.data() : nullptr;
+  args.workspace = workspace.data();
+  CpuExecutor executor;
+  executor.parallel_for = [&](std::int64_t rows, std::int64_t, const CpuExecutor::Body& body) {
+    for (std::int64_t b = rows; b > 0; b -= task_rows) body(std::max<std::int64_t>(0, b - task_rows), b);
+  };
+  soft_target_loss_cpu(args, executor);
+  loss.insert(loss.end(), gs.begin(), gs.end());
+  loss.insert(loss.end(), gt.begin(), gt.end());
+  return loss;
+}
+
+// Launcher arguments for contiguous float32 [R, V] student and teacher buffers.
+SoftTargetArgs contiguous_args(const Buffer& s, const Buffer& t, std::int64_t R, std::int64_t V, double T) {
+  SoftTargetArgs args;
+  args.student = s.bytes.data();
+  args.teacher = t.bytes.data();
+  args.student_row_stride = args.teacher_row_stride = V;
+  args.rows = R;
+  args.cols = V;
+  args.temperature = T;
+  return args;
+}
+
 TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
   const std::int64_t R = 97, V = 300;
   const Buffer s = Buffer::from(DType::Float32, random_logits(R, V, 1));
   const Buffer t = Buffer::from(DType::Float32, random_logits(R, V, 2));
-  auto total_with_tasks = [&](std::int64_t task_rows) {
-    SoftTargetArgs args;
-    args.student = s.bytes.data();
-    args.teacher = t.bytes.data();
-    args.student_row_stride = args.teacher_row_stride = V;
-    args.rows = R;
-    args.cols = V;
-    args.temperature = 2.0;
-    float loss = 0;
-    std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
-    args.loss = &loss;
-    args.workspace = workspace.data();
-    CpuExecutor executor;
-    executor.parallel_for = [&](std::int64_t n, std::int64_t, const CpuExecutor::Body& body) {
-      for (std::int64_t b = n; b > 0; b -= task_rows) body(std::max<std::int64_t>(0, b - task_rows), b);  // backwards
-    };
-    soft_target_loss_cpu(args, executor);
-    return loss;
-  };
-  const float one = total_with_tasks(1);
-  EXPECT_EQ(one, total_with_tasks(7));
-  EXPECT_EQ(one, total_with_tasks(R));
+  const SoftTargetArgs args = contiguous_args(s, t, R, V, 2.0);
+  const std::vector<float> one = run_in_tasks(args, 1, false);
+  EXPECT_EQ(one, run_in_tasks(args, 7, false));
+  EXPECT_EQ(one, run_in_tasks(args, R, false));
 }
 
 // Short rows go 16 at a time on the CPU: a row's loss and gradients are the same bits whichever
@@ -475,36 +489,14 @@ TEST(SoftTargetLauncher, ShortRowsDoNotDependOnTheirGroup) {
   std::vector<std::int64_t> labels(R);
   for (std::int64_t r = 0; r < R; ++r) labels[r] = r % 5 == 2 ? -100 : r % V;
   for (Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL, Divergence::JSD, Divergence::MSE}) {
-    auto run_with_tasks = [&](std::int64_t task_rows) {
-      SoftTargetArgs args;
-      args.student = s.bytes.data();
-      args.teacher = t.bytes.data();
-      args.student_row_stride = args.teacher_row_stride = V;
-      args.rows = R;
-      args.cols = V;
-      args.temperature = 3.0;
-      args.divergence = d;
-      args.beta = 0.3;
-      args.labels = labels.data();
-      args.hard_scale = 0.5;
-      std::vector<float> loss(1), gs(R * V), gt(R * V);  // the total: row losses summed in row order
-      std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
-      args.loss = loss.data();
-      args.grad_student = gs.data();
-      args.grad_teacher = gt.data();
-      args.workspace = workspace.data();
-      CpuExecutor executor;
-      executor.parallel_for = [&](std::int64_t n, std::int64_t, const CpuExecutor::Body& body) {
-        for (std::int64_t b = 0; b < n; b += task_rows) body(b, std::min(n, b + task_rows));
-      };
-      soft_target_loss_cpu(args, executor);
-      loss.insert(loss.end(), gs.begin(), gs.end());
-      loss.insert(loss.end(), gt.begin(), gt.end());
-      return loss;
-    };
-    const std::vector<float> whole = run_with_tasks(R);
-    EXPECT_EQ(whole, run_with_tasks(1)) << "divergence " << static_cast<int>(d);
-    EXPECT_EQ(whole, run_with_tasks(7)) << "divergence " << static_cast<int>(d);
+    SoftTargetArgs args = contiguous_args(s, t, R, V, 3.0);
+    args.divergence = d;
+    args.beta = 0.3;
+    args.labels = labels.data();
+    args.hard_scale = 0.5;
+    const std::vector<float> whole = run_in_tasks(args, R, true);
+    EXPECT_EQ(whole, run_in_tasks(args, 1, true)) << "divergence " << static_cast<int>(d);
+    EXPECT_EQ(whole, run_in_tasks(args, 7, true)) << "divergence " << static_cast<int>(d);
   }
 }
 
