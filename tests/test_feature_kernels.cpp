@@ -9,6 +9,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fusedkd/feature.h"
@@ -372,94 +373,101 @@ TEST_P(FeatureKernel, SimilarityPreservingMatchesReference) {
 
 TEST_P(FeatureKernel, ProjectionMatchesReference) {
   const Backend backend = GetParam();
-  const std::int64_t batch = 3, cs = 5, ct = 4, spatial = 6;
-  for (const bool channels_last : {false, true}) {
-    for (const bool with_bias : {false, true}) {
-      const std::int64_t nx = batch * cs * spatial, ny = batch * ct * spatial;
-      const Buffer x = Buffer::from(DType::Float64, random_values(nx, 31));
-      const Buffer w = Buffer::from(DType::Float64, random_values(ct * cs, 32));
-      const Buffer b = Buffer::from(DType::Float64, random_values(ct, 33));
-      const Buffer t = Buffer::from(DType::Float64, random_values(ny, 34));
-      const double scale = 1.0 / ny;
-      ProjectionShape shape;
-      shape.batch = batch;
-      shape.in_channels = cs;
-      shape.out_channels = ct;
-      shape.spatial = spatial;
-      shape.channels_last = channels_last;
-      shape.channel_stride = channels_last ? 1 : spatial;
-      shape.spatial_stride = channels_last ? cs : 1;
-      shape.batch_stride = cs * spatial;
-      shape.is_double = true;
-      Buffer loss(DType::Float64, 1), projection(DType::Float64, ny), gt(DType::Float64, ny);
-      Buffer gx(DType::Float64, nx), gw(DType::Float64, ct * cs), gb(DType::Float64, ct);
-      gx.poison();
-      gw.poison();
-      gb.poison();
-      ProjectedFeatureMseArgs args;
-      args.shape = shape;
-      args.teacher_dtype = DType::Float64;
-      args.scale = scale;
-      run_on_backend(backend, {&x, &w, &b, &t}, {&loss, &projection, &gt, &gx, &gw, &gb},
-                     projected_feature_mse_workspace_bytes(args),
-                     [&](const auto& in, const auto& out, void* workspace, void*) {
-                       ProjectedFeatureMseArgs a = args;
-                       a.shape.student = in[0];
-                       a.shape.weight = in[1];
-                       a.bias = with_bias ? in[2] : nullptr;
-                       a.teacher = in[3];
-                       a.loss = out[0];
-                       a.projection = out[1];
-                       a.grad_teacher = out[2];
-                       a.workspace = workspace;
-                       ProjectionBackwardArgs back;
-                       back.shape = a.shape;
-                       back.grad_projection = out[1];
-                       back.grad_student = out[3];
-                       back.grad_weight = out[4];
-                       back.grad_bias = out[5];
-                       if (backend == Backend::Cpu) {
-                         projected_feature_mse_cpu(a);
-                         projection_backward_cpu(back);
-                       } else {
-#if FUSEDKD_WITH_CUDA
-                         Cublas blas;
-                         projected_feature_mse_cuda(a, blas.handle);
-                         projection_backward_cuda(back, blas.handle);
-#endif
-                       }
-                     });
-      // y[n, o, k] = sum_c W[o, c] x[n, c, k] + b[o], in each side's layout.
-      const auto reference = [&](const std::vector<double>& xv, const std::vector<double>& wv,
-                                 const std::vector<double>& bv, const std::vector<double>& tv) {
-        double sum = 0;
-        for (std::int64_t n = 0; n < batch; ++n)
-          for (std::int64_t o = 0; o < ct; ++o)
-            for (std::int64_t k = 0; k < spatial; ++k) {
-              double y = with_bias ? bv[o] : 0.0;
-              for (std::int64_t c = 0; c < cs; ++c) y += wv[o * cs + c] * element(xv, cs, spatial, channels_last, n, c, k);
-              const double d = y - element(tv, ct, spatial, channels_last, n, o, k);
-              sum += d * d * scale;
-            }
-        return sum;
-      };
-      const std::vector<double> xv = x.values(), wv = w.values(), bv = b.values(), tv = t.values();
-      std::ostringstream where;
-      where << "channels_last " << channels_last << " bias " << with_bias;
-      EXPECT_NEAR(loss.get(0), reference(xv, wv, bv, tv), 1e-12) << where.str();
-      EXPECT_LT(rel_diff(gx.values(), numeric_gradient(xv, [&](const auto& v) { return reference(v, wv, bv, tv); })),
-                1e-6)
-          << where.str();
-      EXPECT_LT(rel_diff(gw.values(), numeric_gradient(wv, [&](const auto& v) { return reference(xv, v, bv, tv); })),
-                1e-6)
-          << where.str();
-      EXPECT_LT(rel_diff(gt.values(), numeric_gradient(tv, [&](const auto& v) { return reference(xv, wv, bv, v); })),
-                1e-6)
-          << where.str();
-      if (with_bias) {
-        EXPECT_LT(rel_diff(gb.values(), numeric_gradient(bv, [&](const auto& v) { return reference(xv, wv, v, tv); })),
+  const std::int64_t cs = 5, ct = 4;
+  // (batch, spatial): on the CPU, channels-first samples of small spatial size are multiplied in
+  // groups (6 at S = 100: a full group and a partial one); larger S one sample at a time.
+  const std::pair<std::int64_t, std::int64_t> sizes[] = {{3, 6}, {7, 100}, {2, 600}};
+  for (const auto& size : sizes) {
+    const std::int64_t batch = size.first, spatial = size.second;  // named: lambdas capture them
+    for (const bool channels_last : {false, true}) {
+      for (const bool with_bias : {false, true}) {
+        const std::int64_t nx = batch * cs * spatial, ny = batch * ct * spatial;
+        const Buffer x = Buffer::from(DType::Float64, random_values(nx, 31));
+        const Buffer w = Buffer::from(DType::Float64, random_values(ct * cs, 32));
+        const Buffer b = Buffer::from(DType::Float64, random_values(ct, 33));
+        const Buffer t = Buffer::from(DType::Float64, random_values(ny, 34));
+        const double scale = 1.0 / ny;
+        ProjectionShape shape;
+        shape.batch = batch;
+        shape.in_channels = cs;
+        shape.out_channels = ct;
+        shape.spatial = spatial;
+        shape.channels_last = channels_last;
+        shape.channel_stride = channels_last ? 1 : spatial;
+        shape.spatial_stride = channels_last ? cs : 1;
+        shape.batch_stride = cs * spatial;
+        shape.is_double = true;
+        Buffer loss(DType::Float64, 1), projection(DType::Float64, ny), gt(DType::Float64, ny);
+        Buffer gx(DType::Float64, nx), gw(DType::Float64, ct * cs), gb(DType::Float64, ct);
+        gx.poison();
+        gw.poison();
+        gb.poison();
+        ProjectedFeatureMseArgs args;
+        args.shape = shape;
+        args.teacher_dtype = DType::Float64;
+        args.scale = scale;
+        run_on_backend(backend, {&x, &w, &b, &t}, {&loss, &projection, &gt, &gx, &gw, &gb},
+                       projected_feature_mse_workspace_bytes(args),
+                       [&](const auto& in, const auto& out, void* workspace, void*) {
+                         ProjectedFeatureMseArgs a = args;
+                         a.shape.student = in[0];
+                         a.shape.weight = in[1];
+                         a.bias = with_bias ? in[2] : nullptr;
+                         a.teacher = in[3];
+                         a.loss = out[0];
+                         a.projection = out[1];
+                         a.grad_teacher = out[2];
+                         a.workspace = workspace;
+                         ProjectionBackwardArgs back;
+                         back.shape = a.shape;
+                         back.grad_projection = out[1];
+                         back.grad_student = out[3];
+                         back.grad_weight = out[4];
+                         back.grad_bias = out[5];
+                         if (backend == Backend::Cpu) {
+                           projected_feature_mse_cpu(a);
+                           projection_backward_cpu(back);
+                         } else {
+  #if FUSEDKD_WITH_CUDA
+                           Cublas blas;
+                           projected_feature_mse_cuda(a, blas.handle);
+                           projection_backward_cuda(back, blas.handle);
+  #endif
+                         }
+                       });
+        // y[n, o, k] = sum_c W[o, c] x[n, c, k] + b[o], in each side's layout.
+        const auto reference = [&](const std::vector<double>& xv, const std::vector<double>& wv,
+                                   const std::vector<double>& bv, const std::vector<double>& tv) {
+          double sum = 0;
+          for (std::int64_t n = 0; n < batch; ++n)
+            for (std::int64_t o = 0; o < ct; ++o)
+              for (std::int64_t k = 0; k < spatial; ++k) {
+                double y = with_bias ? bv[o] : 0.0;
+                for (std::int64_t c = 0; c < cs; ++c) y += wv[o * cs + c] * element(xv, cs, spatial, channels_last, n, c, k);
+                const double d = y - element(tv, ct, spatial, channels_last, n, o, k);
+                sum += d * d * scale;
+              }
+          return sum;
+        };
+        const std::vector<double> xv = x.values(), wv = w.values(), bv = b.values(), tv = t.values();
+        std::ostringstream where;
+        where << "batch " << batch << " spatial " << spatial << " channels_last " << channels_last << " bias "
+              << with_bias;
+        EXPECT_NEAR(loss.get(0), reference(xv, wv, bv, tv), 1e-12) << where.str();
+        EXPECT_LT(rel_diff(gx.values(), numeric_gradient(xv, [&](const auto& v) { return reference(v, wv, bv, tv); })),
                   1e-6)
             << where.str();
+        EXPECT_LT(rel_diff(gw.values(), numeric_gradient(wv, [&](const auto& v) { return reference(xv, v, bv, tv); })),
+                  1e-6)
+            << where.str();
+        EXPECT_LT(rel_diff(gt.values(), numeric_gradient(tv, [&](const auto& v) { return reference(xv, wv, bv, v); })),
+                  1e-6)
+            << where.str();
+        if (with_bias) {
+          EXPECT_LT(rel_diff(gb.values(), numeric_gradient(bv, [&](const auto& v) { return reference(xv, wv, v, tv); })),
+                    1e-6)
+              << where.str();
+        }
       }
     }
   }

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cpu_kernels.h"
 #include "../validate.h"
@@ -103,17 +104,59 @@ void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExe
   if (a.grad_teacher) feature_gradient(d_t, ft, a.teacher_cols, a.teacher_row_stride, a.grad_teacher);
 }
 
+// Channels-first maps with a small spatial size make one GEMM per sample only S columns wide,
+// where OpenBLAS runs far below its peak (and its threads mostly wait): samples go in groups of
+// `group` instead, repacked into a [C, group * S] scratch matrix while they are in cache, so each
+// GEMM is at least kGroupColumns wide. Large S keeps one GEMM per sample, with no copies.
+constexpr std::int64_t kGroupColumns = 512;
+
+std::int64_t samples_per_gemm(const ProjectionShape& s) {
+  if (s.channels_last || s.spatial >= kGroupColumns) return 1;
+  const std::int64_t group = (kGroupColumns + s.spatial - 1) / s.spatial;
+  return group < s.batch ? group : (s.batch > 0 ? s.batch : 1);
+}
+
+// packed[c, i * S + k] = src[(b0 + i) * batch_stride + c * channel_stride + k] for `count` samples.
+template <typename Acc>
+void pack_samples(const Acc* src, std::int64_t b0, std::int64_t count, std::int64_t channels, std::int64_t spatial,
+                  std::int64_t batch_stride, std::int64_t channel_stride, Acc* packed) {
+  for (std::int64_t c = 0; c < channels; ++c)
+    for (std::int64_t i = 0; i < count; ++i)
+      std::memcpy(packed + (c * count + i) * spatial, src + (b0 + i) * batch_stride + c * channel_stride,
+                  sizeof(Acc) * spatial);
+}
+
+// The inverse, into a contiguous [N, C, S] array.
+template <typename Acc>
+void unpack_samples(const Acc* packed, std::int64_t b0, std::int64_t count, std::int64_t channels,
+                    std::int64_t spatial, Acc* dst) {
+  for (std::int64_t c = 0; c < channels; ++c)
+    for (std::int64_t i = 0; i < count; ++i)
+      std::memcpy(dst + ((b0 + i) * channels + c) * spatial, packed + (c * count + i) * spatial,
+                  sizeof(Acc) * spatial);
+}
+
 template <typename Acc>
 void project(const ProjectionShape& s, Acc* y) {
   const Acc* x = static_cast<const Acc*>(s.student);
   const Acc* w = static_cast<const Acc*>(s.weight);
+  const std::int64_t cs = s.in_channels, ct = s.out_channels, sp = s.spatial;
   if (s.channels_last) {  // Y[N*S, Ct] = X[N*S, Cs] W^T
-    gemm(false, true, s.batch * s.spatial, s.out_channels, s.in_channels, 1.0, x, s.spatial_stride, w, s.in_channels,
-         0.0, y, s.out_channels);
-  } else {  // Y_n[Ct, S] = W X_n[Cs, S]
+    gemm(false, true, s.batch * sp, ct, cs, 1.0, x, s.spatial_stride, w, cs, 0.0, y, ct);
+    return;
+  }
+  const std::int64_t group = samples_per_gemm(s);
+  if (group == 1) {  // Y_n[Ct, S] = W X_n[Cs, S]
     for (std::int64_t b = 0; b < s.batch; ++b)
-      gemm(false, false, s.out_channels, s.spatial, s.in_channels, 1.0, w, s.in_channels, x + b * s.batch_stride,
-           s.channel_stride, 0.0, y + b * s.out_channels * s.spatial, s.spatial);
+      gemm(false, false, ct, sp, cs, 1.0, w, cs, x + b * s.batch_stride, s.channel_stride, 0.0, y + b * ct * sp, sp);
+    return;
+  }
+  std::vector<Acc> xg(static_cast<std::size_t>(cs * group * sp)), yg(static_cast<std::size_t>(ct * group * sp));
+  for (std::int64_t b0 = 0; b0 < s.batch; b0 += group) {  // Y_g[Ct, g*S] = W X_g[Cs, g*S]
+    const std::int64_t count = s.batch - b0 < group ? s.batch - b0 : group;
+    pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
+    gemm(false, false, ct, count * sp, cs, 1.0, w, cs, xg.data(), count * sp, 0.0, yg.data(), count * sp);
+    unpack_samples(yg.data(), b0, count, ct, sp, y);
   }
 }
 
@@ -123,21 +166,38 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
   const Acc* x = static_cast<const Acc*>(s.student);
   const Acc* w = static_cast<const Acc*>(s.weight);
   const Acc* g = static_cast<const Acc*>(a.grad_projection);
+  Acc* gx = static_cast<Acc*>(a.grad_student);
+  Acc* gw = static_cast<Acc*>(a.grad_weight);
   const std::int64_t cs = s.in_channels, ct = s.out_channels, sp = s.spatial;
+  const std::int64_t group = samples_per_gemm(s);
   if (s.channels_last) {
-    if (a.grad_student)  // dX[N*S, Cs] = G[N*S, Ct] W
-      gemm(false, false, s.batch * sp, cs, ct, 1.0, g, ct, w, cs, 0.0, static_cast<Acc*>(a.grad_student), cs);
-    if (a.grad_weight)  // dW[Ct, Cs] = G^T X
-      gemm(true, false, ct, cs, s.batch * sp, 1.0, g, ct, x, s.spatial_stride, 0.0, static_cast<Acc*>(a.grad_weight),
-           cs);
-  } else {
+    if (gx)  // dX[N*S, Cs] = G[N*S, Ct] W
+      gemm(false, false, s.batch * sp, cs, ct, 1.0, g, ct, w, cs, 0.0, gx, cs);
+    if (gw)  // dW[Ct, Cs] = G^T X
+      gemm(true, false, ct, cs, s.batch * sp, 1.0, g, ct, x, s.spatial_stride, 0.0, gw, cs);
+  } else if (group == 1) {
     for (std::int64_t b = 0; b < s.batch; ++b) {
       const Acc* gb = g + b * ct * sp;
-      if (a.grad_student)  // dX_n[Cs, S] = W^T G_n
-        gemm(true, false, cs, sp, ct, 1.0, w, cs, gb, sp, 0.0, static_cast<Acc*>(a.grad_student) + b * cs * sp, sp);
-      if (a.grad_weight)  // dW += G_n X_n^T, batch by batch (a fixed order)
-        gemm(false, true, ct, cs, sp, 1.0, gb, sp, x + b * s.batch_stride, s.channel_stride, b == 0 ? 0.0 : 1.0,
-             static_cast<Acc*>(a.grad_weight), cs);
+      if (gx)  // dX_n[Cs, S] = W^T G_n
+        gemm(true, false, cs, sp, ct, 1.0, w, cs, gb, sp, 0.0, gx + b * cs * sp, sp);
+      if (gw)  // dW += G_n X_n^T, batch by batch (a fixed order)
+        gemm(false, true, ct, cs, sp, 1.0, gb, sp, x + b * s.batch_stride, s.channel_stride, b == 0 ? 0.0 : 1.0, gw,
+             cs);
+    }
+  } else {
+    const std::size_t n = static_cast<std::size_t>(group * sp);
+    std::vector<Acc> gg(ct * n), xg(gw ? cs * n : 0), dxg(gx ? cs * n : 0);
+    for (std::int64_t b0 = 0; b0 < s.batch; b0 += group) {
+      const std::int64_t count = s.batch - b0 < group ? s.batch - b0 : group, cols = count * sp;
+      pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
+      if (gx) {  // dX_g[Cs, g*S] = W^T G_g
+        gemm(true, false, cs, cols, ct, 1.0, w, cs, gg.data(), cols, 0.0, dxg.data(), cols);
+        unpack_samples(dxg.data(), b0, count, cs, sp, gx);
+      }
+      if (gw) {  // dW += G_g X_g^T, group by group (a fixed order)
+        pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
+        gemm(false, true, ct, cs, cols, 1.0, gg.data(), cols, xg.data(), cols, b0 == 0 ? 0.0 : 1.0, gw, cs);
+      }
     }
   }
   if (a.grad_weight && s.batch == 0) std::memset(a.grad_weight, 0, sizeof(Acc) * ct * cs);
