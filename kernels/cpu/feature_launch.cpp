@@ -24,6 +24,8 @@ namespace {
 struct Blas {
   decltype(&cblas_sgemm) sgemm;
   decltype(&cblas_dgemm) dgemm;
+  decltype(&cblas_ssyrk) ssyrk;
+  decltype(&cblas_dsyrk) dsyrk;
 };
 
 const Blas& blas() {
@@ -41,8 +43,11 @@ const Blas& blas() {
       throw std::runtime_error(std::string("fusedkd: cannot load OpenBLAS (" FUSEDKD_CBLAS_LIBRARY_PATH
                                            " or libopenblas.so.0): ") + dlerror());
     Blas b{reinterpret_cast<decltype(&cblas_sgemm)>(dlsym(library, "cblas_sgemm")),
-           reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(library, "cblas_dgemm"))};
-    if (!b.sgemm || !b.dgemm) throw std::runtime_error("fusedkd: OpenBLAS lacks cblas_sgemm / cblas_dgemm");
+           reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(library, "cblas_dgemm")),
+           reinterpret_cast<decltype(&cblas_ssyrk)>(dlsym(library, "cblas_ssyrk")),
+           reinterpret_cast<decltype(&cblas_dsyrk)>(dlsym(library, "cblas_dsyrk"))};
+    if (!b.sgemm || !b.dgemm || !b.ssyrk || !b.dsyrk)
+      throw std::runtime_error("fusedkd: OpenBLAS lacks cblas_sgemm / cblas_dgemm / cblas_ssyrk / cblas_dsyrk");
     return b;
   }();
   return loaded;
@@ -65,6 +70,20 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
                detail::blas_int(ldb, "ldb"), beta, c, detail::blas_int(ldc, "ldc"));
 }
 
+// The Gram matrix G[n, n] = F F^T of F[n, k] (rows `ld` apart): SYRK computes the upper triangle
+// (half a GEMM's work), which is then mirrored.
+template <typename Acc>
+void gram(std::int64_t n, std::int64_t k, const Acc* f, std::int64_t ld, Acc* g) {
+  const int ni = detail::blas_int(n, "n"), ki = detail::blas_int(k, "k"), ldi = detail::blas_int(ld, "lda");
+  if constexpr (std::is_same_v<Acc, double>) {
+    blas().dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, ki, 1.0, f, ldi, 0.0, g, ni);
+  } else {
+    blas().ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, ki, 1.0f, f, ldi, 0.0f, g, ni);
+  }
+  for (std::int64_t r = 1; r < n; ++r)
+    for (std::int64_t c = 0; c < r; ++c) g[r * n + c] = g[c * n + r];
+}
+
 void zero_loss(void* loss, bool is_double) {
   if (is_double) *static_cast<double*>(loss) = 0.0;
   else *static_cast<float*>(loss) = 0.0f;
@@ -78,8 +97,8 @@ void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExe
   const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, n, n);
   Acc *gram_s = workspace.a_s, *gram_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
   Acc* row_loss = workspace.row_loss;
-  gemm(false, true, n, n, a.student_cols, 1.0, fs, a.student_row_stride, fs, a.student_row_stride, 0.0, gram_s, n);
-  gemm(false, true, n, n, a.teacher_cols, 1.0, ft, a.teacher_row_stride, ft, a.teacher_row_stride, 0.0, gram_t, n);
+  gram(n, a.student_cols, fs, a.student_row_stride, gram_s);
+  gram(n, a.teacher_cols, ft, a.teacher_row_stride, gram_t);
   cpu::NormalizedRowsArgs rows;
   rows.a_s = gram_s;
   rows.a_t = gram_t;
@@ -94,11 +113,12 @@ void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExe
   Acc total = 0;  // in row order
   for (std::int64_t r = 0; r < n; ++r) total += row_loss[r];
   *static_cast<Acc*>(a.loss) = total;
-  // G = F F^T, so dL/dF = (D + D^T) F for D = dL/dG.
-  const auto feature_gradient = [&](const Acc* d, const Acc* f, std::int64_t cols, std::int64_t ld, void* grad) {
-    Acc* g = static_cast<Acc*>(grad);
-    gemm(false, false, n, cols, n, 1.0, d, n, f, ld, 0.0, g, cols);
-    gemm(true, false, n, cols, n, 1.0, d, n, f, ld, 1.0, g, cols);
+  // G = F F^T, so dL/dF = (D + D^T) F for D = dL/dG: D + D^T formed in place (D is not needed
+  // after), then one GEMM.
+  const auto feature_gradient = [&](Acc* d, const Acc* f, std::int64_t cols, std::int64_t ld, void* grad) {
+    for (std::int64_t r = 0; r < n; ++r)
+      for (std::int64_t c = r; c < n; ++c) d[r * n + c] = d[c * n + r] = d[r * n + c] + d[c * n + r];
+    gemm(false, false, n, cols, n, 1.0, d, n, f, ld, 0.0, static_cast<Acc*>(grad), cols);
   };
   if (a.grad_student) feature_gradient(d_s, fs, a.student_cols, a.student_row_stride, a.grad_student);
   if (a.grad_teacher) feature_gradient(d_t, ft, a.teacher_cols, a.teacher_row_stride, a.grad_teacher);
