@@ -110,6 +110,53 @@ TEST_P(SoftTargetOps, KlDivMatchesCompositeForEveryReductionAndDirection) {
       }
 }
 
+// The spec's temperature range: from 0.05 (logits / T up to ~250: one-hot softmaxes) to 100
+// (nearly uniform ones), float32 against float64 composites, every divergence, short rows (the
+// CPU's lane layout), medium and long ones: loss and gradients finite, and accurate to float32
+// resolution at the scale of the math. Errors are absolute here: at T = 0.05 saturated rows have
+// gradients of 1e-16 in float64 (float32 gives ~1e-8, noise on a scale of 1/T), and at T = 100
+// the losses are ~1e-3, differences of logarithms of order 10.
+TEST_P(SoftTargetOps, TemperatureExtremesStayFiniteAndAccurate) {
+  const int64_t R = 5;
+  int seed = 100;
+  for (double T : {0.05, 100.0})
+    for (const std::string divergence : {"kl", "reverse_kl", "jsd", "mse"})
+      for (int64_t V : {10, 300, 5000}) {
+        const std::string what = divergence + " T=" + std::to_string(T) + " V=" + std::to_string(V);
+        const at::Tensor s0 = logits({R, V}, at::kFloat, device(), ++seed);
+        const at::Tensor t0 = logits({R, V}, at::kFloat, device(), ++seed);
+        const std::string reduction = divergence == "mse" ? "mean" : "batchmean";
+        auto ours = [&](const at::Tensor& a, const at::Tensor& b) {
+          if (divergence == "kl" || divergence == "reverse_kl")
+            return fusedkd::kl_div(a, b, T, reduction, divergence == "reverse_kl");
+          if (divergence == "jsd") return fusedkd::jsd(a, b, T, 0.5, reduction);
+          return fusedkd::soft_mse(a, b, T, reduction);
+        };
+        const at::Tensor s = s0.clone().requires_grad_(true), t = t0.clone().requires_grad_(true);
+        const at::Tensor s64 = s0.cpu().to(at::kDouble).requires_grad_(true);
+        const at::Tensor t64 = t0.cpu().to(at::kDouble).requires_grad_(true);
+        const at::Tensor loss = ours(s, t);
+        const at::Tensor rows = composite_rows(s64, t64, T, divergence, 0.5);
+        const at::Tensor ref = reduce(rows, reduction, V);
+        const auto grads = torch::autograd::grad({loss}, {s, t});
+        const auto grads64 = torch::autograd::grad({ref}, {s64, t64});
+        const double l = loss.item<double>(), r = ref.item<double>();
+        ASSERT_TRUE(std::isfinite(l)) << what;
+        EXPECT_LT(std::abs(l - r), 1e-5 * std::max(1.0, std::abs(r))) << what << " loss " << l << " ref " << r;
+        // Measured against the largest gradient element, and at least (row weight) / T times the
+        // largest row divergence (the size of the log-ratios the gradients take differences of).
+        const double weight = reduction == "mean" ? 1.0 / (R * V) : 1.0 / R;
+        const double log_ratio = std::max(1.0, rows.abs().max().item<double>());
+        for (int i = 0; i < 2; ++i) {
+          const at::Tensor g = grads[i].cpu().to(at::kDouble);
+          ASSERT_TRUE(g.isfinite().all().item<bool>()) << what;
+          const double scale = std::max(grads64[i].abs().max().item<double>(), weight / T * log_ratio);
+          EXPECT_LT((g - grads64[i]).abs().max().item<double>(), 1e-5 * scale)
+              << what << (i == 0 ? " student" : " teacher") << " gradient";
+        }
+      }
+}
+
 TEST_P(SoftTargetOps, JsdMatchesCompositeForEveryBeta) {
   int seed = 100;
   for (double beta : {0.0, 0.1, 0.5, 0.9, 1.0})
