@@ -132,6 +132,8 @@ struct KDRow {
   FUSEDKD_HD Acc log_p(Acc t) const { return (t - max_t) * inv_t - log_z_t; }
   // softmax(s)_j at temperature 1.
   FUSEDKD_HD Acc hard_prob(Acc s) const { return exp_nonpositive((s - max_s) - log_z_s_hard); }
+  // d CE / d s_j: softmax(s)_j at temperature 1, less 1 at the label.
+  FUSEDKD_HD Acc hard_gradient(Acc s, bool is_label) const { return hard_prob(s) - (is_label ? Acc(1) : Acc(0)); }
   // Cross-entropy of the row given its label's logit.
   FUSEDKD_HD Acc cross_entropy(Acc label_logit) const {
     return log_z_s_hard + (max_s - label_logit);
@@ -197,6 +199,12 @@ FUSEDKD_HD void kd_accumulate(const KDRow<Acc>& row, Acc s, Acc t, KDSums<Acc>& 
 }
 
 // ---------------------------------------------------------------- B'. the KL loss with the statistics
+
+// The divergences whose loss is gathered with the statistics (kl_cross_term), needing no sweep
+// for their row sums.
+FUSEDKD_HD constexpr bool is_kl(Divergence d) {
+  return d == Divergence::ForwardKL || d == Divergence::ReverseKL;
+}
 
 // The KL divergences need no per-element logarithm (docs/math.md): with x the side whose softmax
 // weighs the sum (the teacher for the forward KL, the student for the reverse) and y the other,

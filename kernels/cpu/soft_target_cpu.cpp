@@ -53,7 +53,7 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   st.max_t = row_max(xt, cols);
   // The three sums in one sweep (the hard one only when there is a cross-entropy), and for the KL
   // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm).
-  constexpr bool kKL = D == Divergence::ForwardKL || D == Divergence::ReverseKL;
+  constexpr bool kKL = is_kl(D);
   const Acc sum_s_hard_empty = plan.hard ? Acc(0) : Acc(1);
   Acc sum_s = 0, sum_t = 0, sum_s_hard = sum_s_hard_empty, cross = 0;
   if (plan.hard) {
@@ -101,11 +101,10 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
     for (std::int64_t j = 0; j < cols; ++j) {
       Acc gs, gt;
       kd_soft_gradients<D>(row, sums, xs[j], xt[j], gs, gt);
-      const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_prob(xs[j]);
+      const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_gradient(xs[j], j == label);
       xs[j] = ws * gs + hard;
       xt[j] = ws * gt;
     }
-    if (wh != Acc(0)) xs[label] -= wh;  // d CE / d s_y has the extra -1
     if (a.grad_student) store_row(xs, cols, a.grad_student, a.student_dtype, r * cols);
     if (a.grad_teacher) store_row(xt, cols, a.grad_teacher, a.teacher_dtype, r * cols);
   }
@@ -136,7 +135,7 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
                         Acc* __restrict row_losses) {
   constexpr int L = kShortRowLanes;
   const int lanes = opaque_lane_count();  // L, for the loops that must not be unrolled
-  constexpr bool kKL = D == Divergence::ForwardKL || D == Divergence::ReverseKL;
+  constexpr bool kKL = is_kl(D);
   const std::int64_t cols = a.cols;
   Acc* tmp = scratch_row<Acc>(cols, 0);  // one row as it lies, on its way in or out
   bool valid[L];
@@ -244,7 +243,7 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
       const Acc sv = xs[j * L + l], tv = xt[j * L + l];
       Acc gs, gt;
       kd_soft_gradients<D>(row, sums, sv, tv, gs, gt);
-      const Acc hard = wh == Acc(0) ? Acc(0) : wh * (row.hard_prob(sv) - (j == label[l] ? Acc(1) : Acc(0)));
+      const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_gradient(sv, j == label[l]);
       // A select, not a product: an ignored row's gradient is exactly 0 even where its math is not finite.
       grad_s[j * L + l] = keep[l] != Acc(0) ? ws * gs + hard : Acc(0);
       grad_t[j * L + l] = keep[l] != Acc(0) ? ws * gt : Acc(0);

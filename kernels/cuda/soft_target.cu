@@ -13,6 +13,9 @@
 // [0, V) that is not ignore_index makes its row's loss and gradient NaN (checking it on the
 // host would need a synchronisation).
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -104,7 +107,7 @@ __device__ __forceinline__ Acc student_gradient(Acc soft_gradient, Acc s, std::i
                                                 const RowLabel& y, Acc ws, Acc wh) {
   if (wh == Acc(0)) return ws * soft_gradient;
   if (y.bad) return quiet_nan<Acc>();
-  return ws * soft_gradient + wh * (kd.hard_prob(s) - (j == y.label ? Acc(1) : Acc(0)));
+  return ws * soft_gradient + wh * kd.hard_gradient(s, j == y.label);
 }
 
 // Calls fn(std::integral_constant<Divergence, D>{}) for the row's divergence, so that each
@@ -289,7 +292,7 @@ __global__ void __launch_bounds__(BLOCK, 2) soft_target_streaming_kernel(Params<
   __shared__ typename KLReduce::TempStorage kl_storage;
   __shared__ typename SumsReduce::TempStorage sums_storage;
   const KDStatsMerge<Acc> merge{p.scale_log2};
-  const bool kl = p.divergence == Divergence::ForwardKL || p.divergence == Divergence::ReverseKL;
+  const bool kl = is_kl(p.divergence);
   const KLStatsMerge<Acc> kl_merge{p.scale_log2, p.inv_t, p.divergence == Divergence::ReverseKL};
   const Acc weight = row_weight(p);
 
@@ -605,12 +608,11 @@ auto onchip_kernel() {
 }
 
 // The fewest blocks per row (1, or a cluster of 2, 4, 8 or 16 on sm_90 and later) whose slices
-// fit in shared memory with at least one of them resident.
+// fit in shared memory with at least one of them resident, at least `min_blocks` of them.
 template <typename TS, typename TT>
-OnChipPlan plan_onchip(std::int64_t cols) {
+OnChipPlan compute_onchip_plan(std::int64_t cols, int min_blocks) {
   constexpr int kBlock = kStreamingBlock<typename PairTraits<TS, TT>::Acc>;
   constexpr int N = PairTraits<TS, TT>::kWidth;
-  if (g_streaming_only.load()) return {};
   const auto kernel = onchip_kernel<TS, TT>();
   const DeviceLimits& device = device_limits();
   cudaFuncAttributes attributes;
@@ -622,7 +624,7 @@ OnChipPlan plan_onchip(std::int64_t cols) {
   const std::int64_t chunks = max_chunks_per_row(cols, N);
   const int max_blocks = device.major >= 9 ? 16 : 1;
   for (int blocks = 1; blocks <= max_blocks; blocks *= 2) {
-    if (blocks < g_min_blocks_per_row.load()) continue;
+    if (blocks < min_blocks) continue;
     OnChipPlan plan;
     plan.blocks_per_row = blocks;
     plan.slice_chunks = static_cast<int>((chunks + blocks - 1) / blocks);
@@ -654,6 +656,25 @@ OnChipPlan plan_onchip(std::int64_t cols) {
     if (plan.resident > 0) return plan;
   }
   return {};
+}
+
+// compute_onchip_plan under the current policy, remembered per device, row length and policy: its
+// driver queries (function attributes, occupancy) run once, not on every launch.
+template <typename TS, typename TT>
+OnChipPlan plan_onchip(std::int64_t cols) {
+  if (g_streaming_only.load()) return {};
+  const int min_blocks = g_min_blocks_per_row.load();
+  int device = 0;
+  FUSEDKD_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::tuple<int, std::int64_t, int>, OnChipPlan> plans;
+  const auto key = std::make_tuple(device, cols, min_blocks);
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = plans.find(key);
+  if (found != plans.end()) return found->second;
+  const OnChipPlan plan = compute_onchip_plan<TS, TT>(cols, min_blocks);
+  plans.emplace(key, plan);
+  return plan;
 }
 
 template <typename TS, typename TT>
