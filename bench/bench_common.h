@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "cuda_memory.h"  // tests/: peak CUDA memory, counted as the op tests count it
 #include "fusedkd/build_config.h"
 
 #if FUSEDKD_WITH_CUDA
@@ -41,6 +42,16 @@ void time_loop(benchmark::State& state, bool cuda, Body&& body) {
   (void)cuda;
   for (auto _ : state) body();
 }
+
+// Normal random values times `scale`, drawn on `device` itself and then cast to `dtype` (drawing a
+// billion values on the host for a CUDA case would take longer than timing it).
+inline at::Tensor random_normal(at::IntArrayRef sizes, at::ScalarType dtype, const at::Device& device,
+                                double scale = 1.0) {
+  at::Tensor x = torch::randn(sizes, torch::TensorOptions().dtype(at::kFloat).device(device));
+  if (scale != 1.0) x.mul_(scale);
+  return x.to(dtype);
+}
+
 
 // Registers one case; CUDA cases report the CUDA-event time of time_loop.
 template <typename Fn>

@@ -13,6 +13,7 @@ namespace F = torch::nn::functional;
 
 namespace {
 
+using fusedkd::bench::random_normal;
 using fusedkd::bench::time_loop;
 
 struct Shape {
@@ -59,9 +60,9 @@ void run_case(benchmark::State& state, Op op, bool ours, at::ScalarType dtype, b
   torch::manual_seed(0);
   const int64_t teacher_channels = op == Op::Projected ? shape.channels * 2 : shape.channels;
   const at::Tensor s =
-      torch::randn({shape.batch, shape.channels, shape.side, shape.side}).to(dtype).to(device).requires_grad_(true);
-  const at::Tensor t = torch::randn({shape.batch, teacher_channels, shape.side, shape.side}).to(dtype).to(device);
-  const at::Tensor w = (torch::randn({teacher_channels, shape.channels}) * 0.1).to(dtype).to(device).requires_grad_(true);
+      random_normal({shape.batch, shape.channels, shape.side, shape.side}, dtype, device).requires_grad_(true);
+  const at::Tensor t = random_normal({shape.batch, teacher_channels, shape.side, shape.side}, dtype, device);
+  const at::Tensor w = random_normal({teacher_channels, shape.channels}, dtype, device, 0.1).requires_grad_(true);
   std::vector<at::Tensor> inputs = {s};
   if (op == Op::Projected) inputs.push_back(w);
   time_loop(state, cuda, [&] {

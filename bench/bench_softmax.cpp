@@ -11,6 +11,7 @@
 
 namespace {
 
+using fusedkd::bench::random_normal;
 using fusedkd::bench::time_loop;
 
 struct Shape {
@@ -30,8 +31,8 @@ void run_case(benchmark::State& state, Impl impl, bool log, bool backward, at::S
   const auto device = cuda ? torch::kCUDA : torch::kCPU;
   const double temperature = 2.0;
   torch::manual_seed(0);
-  const at::Tensor x0 = (torch::randn({shape.rows, shape.cols}) * 3).to(dtype).to(device);
-  const at::Tensor upstream = torch::randn({shape.rows, shape.cols}).to(dtype).to(device);
+  const at::Tensor x0 = random_normal({shape.rows, shape.cols}, dtype, device, 3.0);
+  const at::Tensor upstream = random_normal({shape.rows, shape.cols}, dtype, device);
   if (!backward) {
     torch::NoGradGuard no_grad;
     time_loop(state, cuda, [&] { benchmark::DoNotOptimize(forward(impl, log, x0, temperature)); });

@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """Google Benchmark JSON (bench_softmax, bench_soft_target, bench_feature) -> Markdown tables: each
 fusedkd case beside the LibTorch composite it replaces, with GB/s over the minimal traffic and the
-speedup; then any fusedkd variant (a kernel forced by policy) beside the default fusedkd run."""
+speedup; then any fusedkd variant (a kernel forced by policy) beside the default fusedkd run.
+
+    bench_table.py RESULTS.json [--copy-gbs GBS]
+
+--copy-gbs: the device's measured copy bandwidth (bytes read + written per second, in GB/s);
+fusedkd's GB/s is then also given as a share of it. Where the runs carry the `extra_per_grad`
+counter (CUDA soft-target cases: peak memory a fwd+bwd allocates, in [R x V] gradient buffers),
+it is printed for fusedkd and for the composite."""
+import argparse
 import json
-import sys
 
 
 def microseconds(run):
@@ -15,7 +22,7 @@ def gbs(run):
     return run.get("bytes_per_second", 0) / 1e9
 
 
-def main(path):
+def main(path, copy_gbs=None):
     with open(path) as f:
         text = f.read()
     if not text.strip():
@@ -36,8 +43,16 @@ def main(path):
     print(f"Host: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs, "
           f"torch {ctx.get('torch', '?')} ({ctx.get('torch_threads', '?')} threads), "
           f"CUDA device: {ctx.get('cuda_device', '?')}, date {ctx.get('date', '?')}\n")
-    print("| op | pass | device | dtype | shape | fusedkd (us) | GB/s | composite (us) | GB/s | speedup |")
-    print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
+    memory = any("extra_per_grad" in r for r in runs.values())
+    head = "| op | pass | device | dtype | shape | fusedkd (us) | GB/s |"
+    rule = "|---|---|---|---|---|---:|---:|"
+    if copy_gbs:
+        head, rule = head + f" % of copy ({copy_gbs:.0f} GB/s) |", rule + "---:|"
+    head, rule = head + " composite (us) | GB/s | speedup |", rule + "---:|---:|---:|"
+    if memory:
+        head, rule = head + " extra memory, fusedkd (x grad) | composite (x grad) |", rule + "---:|---:|"
+    print(head)
+    print(rule)
     for key in sorted(k for k in runs if k[-1] == "fusedkd"):
         ours = runs[key]
         other = runs.get(key[:-1] + ("composite",))
@@ -45,8 +60,13 @@ def main(path):
             continue
         t_ours, t_other = microseconds(ours), microseconds(other)
         op, phase, device, dtype, shape, _ = key
-        print(f"| {op} | {phase} | {device} | {dtype} | {shape} | {t_ours:.1f} | {gbs(ours):.1f} | "
-              f"{t_other:.1f} | {gbs(other):.1f} | {t_other / t_ours:.2f}x |")
+        line = f"| {op} | {phase} | {device} | {dtype} | {shape} | {t_ours:.1f} | {gbs(ours):.1f} |"
+        if copy_gbs:
+            line += f" {100 * gbs(ours) / copy_gbs:.0f}% |" if device == "cuda" else " |"
+        line += f" {t_other:.1f} | {gbs(other):.1f} | {t_other / t_ours:.2f}x |"
+        if memory:
+            line += "".join(f" {r['extra_per_grad']:.2f} |" if "extra_per_grad" in r else " |" for r in (ours, other))
+        print(line)
     # Variants of fusedkd itself (impl "fusedkd-<variant>", e.g. a kernel forced by policy) beside
     # the default fusedkd run of the same case.
     variants = sorted(k for k in runs if k[-1].startswith("fusedkd-") and k[:-1] + ("fusedkd",) in runs)
@@ -62,4 +82,8 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results")
+    parser.add_argument("--copy-gbs", type=float, default=None)
+    args = parser.parse_args()
+    main(args.results, args.copy_gbs)

@@ -7,9 +7,19 @@
 # assumed), runs every test including the CUDA ones, runs compute-sanitizer (memcheck, racecheck)
 # on the CUDA kernel tests, runs the benchmarks, and writes logs, JSON and summary.md to OUT_DIR.
 # No network: DEPS_DIR (default .gpu-deps, made by scripts/prepare_gpu_deps.sh) holds GoogleTest's
-# sources, Google Benchmark, OpenBLAS (used when the machine has none) and the Fashion-MNIST files. OUT_DIR gets few files (a device
-# machine may return only a handful): summary.md, the benchmark JSON, and logs.tar.gz with every
-# log and the per-test JSON.
+# sources, Google Benchmark, OpenBLAS (used when the machine has none) and the Fashion-MNIST files.
+#
+# Device time is scarce (a lent machine's session has minutes, not hours), so:
+#   - the CUDA code is built for the GPU in the machine alone (its compute capability, e.g. 90),
+#     unless FUSEDKD_GPU_ARCHS says otherwise;
+#   - the steps run most valuable first (CUDA tests, CUDA benchmarks of the soft-target losses,
+#     compute-sanitizer, the other benchmarks, the whole suite), each under `timeout` within
+#     GPU_CHECK_BUDGET seconds from the start (default 540); a step that would start with less
+#     than a minute left is skipped and says so;
+#   - OUT_DIR always holds what has been done so far: summary.md (a line per step, with its
+#     seconds), the benchmark JSON, and logs.tar.gz with every log and per-test JSON, refreshed
+#     after each step (a device machine may return only a handful of files, and a run killed at
+#     its limit still returns what is there).
 #
 # Status: NOT YET RUN ON A GPU. Until a run's results are recorded in docs/, the CUDA kernels are
 # compiled (sm_80, sm_90, no spills), not verified.
@@ -18,83 +28,168 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR [DEPS_DIR]}" && cd "$1" && pwd)
 DEPS=$(cd "${2:-$ROOT/.gpu-deps}" && pwd)
 PYTHON="${PYTHON:-python3}"
+BUDGET="${GPU_CHECK_BUDGET:-540}"
 BUILD=/tmp/fusedkd-gpu-build
 LOG=$(mktemp -d)/logs
 mkdir -p "$LOG"
 JOBS=$(nproc)
+START=$SECONDS
 status=0
-step() { echo "== $*" | tee -a "$OUT/summary.md"; }
-record() {  # record NAME EXIT_CODE
-  echo "- $1: $([ "$2" -eq 0 ] && echo ok || echo "FAILED ($2)")" | tee -a "$OUT/summary.md"
-  [ "$2" -eq 0 ] || status=1
+
+say() { echo "$*" | tee -a "$OUT/summary.md"; }
+left() { echo $((BUDGET - (SECONDS - START))); }
+save_logs() { tar czf "$OUT/logs.tar.gz" -C "$(dirname "$LOG")" logs 2>/dev/null; }
+# step NAME CAP_SECONDS FUNCTION: runs the (exported) shell function under timeout, limited to CAP
+# or to what is left of the budget, whichever is less; records ok / FAILED / TIMED OUT / skipped
+# with its seconds, then whatever the function wrote to $LOG/FUNCTION.report; saves the logs.
+step() {
+  local name=$1 cap=$2 fn=$3 remaining t0 rc
+  remaining=$(left)
+  if [ "$remaining" -lt 60 ]; then
+    say "- $name: skipped (${remaining} s of the budget left)"
+    status=1
+    return 1
+  fi
+  [ "$cap" -lt "$remaining" ] || cap=$remaining
+  t0=$SECONDS
+  timeout --kill-after=10 "$cap" bash -c "$fn" > "$LOG/$fn.out" 2>&1
+  rc=$?
+  case $rc in
+    0) say "- $name: ok ($((SECONDS - t0)) s)" ;;
+    124 | 137) say "- $name: TIMED OUT after $((SECONDS - t0)) s (limit $cap s)"; status=1 ;;
+    *) say "- $name: FAILED ($rc) after $((SECONDS - t0)) s"; status=1 ;;
+  esac
+  [ -s "$LOG/$fn.out" ] && sed 's/^/    /' "$LOG/$fn.out" | tail -n 60 | tee -a "$OUT/summary.md"
+  save_logs
+  return $rc
 }
 
 : > "$OUT/summary.md"
-{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } 2>&1 | tee -a "$OUT/summary.md"
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader; } 2>&1 |
+  tee -a "$OUT/summary.md"
+say "budget: ${BUDGET} s, ${JOBS} CPUs, $("$PYTHON" -c 'import torch; print("torch", torch.__version__)' 2>&1)"
 
-step "GoogleTest from source"
-cmake -S "$DEPS/googletest" -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_INSTALL_PREFIX=/tmp/gtest-prefix -DBUILD_GMOCK=OFF > "$LOG/gtest_build.log" 2>&1 &&
-  cmake --build /tmp/gtest-build -j "$JOBS" >> "$LOG/gtest_build.log" 2>&1 &&
-  cmake --install /tmp/gtest-build >> "$LOG/gtest_build.log" 2>&1
-record "googletest build" $?
-
-step "configure + build"
-torch_prefix=$("$PYTHON" -c "import torch; print(torch.utils.cmake_prefix_path)")
-bench_prefix="$DEPS/benchmark/usr;$DEPS/benchmark/usr/lib/x86_64-linux-gnu/cmake"
-blas=()
+# --- build
+ARCHS="${FUSEDKD_GPU_ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')}"
+ARCHS="${ARCHS:-80;90}"
+say "CUDA architectures built: $ARCHS"
+TORCH_PREFIX=$("$PYTHON" -c "import torch; print(torch.utils.cmake_prefix_path)")
+BENCH_PREFIX="$DEPS/benchmark/usr;$DEPS/benchmark/usr/lib/x86_64-linux-gnu/cmake"
+BLAS_FLAGS=""
 if [ ! -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] && [ ! -e /usr/include/cblas.h ]; then
   blas_root="$DEPS/openblas/usr"
-  blas=(-DFUSEDKD_CBLAS_INCLUDE_DIR="$blas_root/include/x86_64-linux-gnu/openblas-pthread"
-        -DFUSEDKD_CBLAS_LIBRARY="$blas_root/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so")
+  BLAS_FLAGS="-DFUSEDKD_CBLAS_INCLUDE_DIR=$blas_root/include/x86_64-linux-gnu/openblas-pthread"
+  BLAS_FLAGS+=" -DFUSEDKD_CBLAS_LIBRARY=$blas_root/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so"
   export LD_LIBRARY_PATH="$blas_root/lib/x86_64-linux-gnu/openblas-pthread:$blas_root/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 fi
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON "${blas[@]}" \
-  -DCMAKE_PREFIX_PATH="$torch_prefix;/tmp/gtest-prefix;$bench_prefix" > "$LOG/build.log" 2>&1 &&
-  cmake --build "$BUILD" -j "$JOBS" >> "$LOG/build.log" 2>&1
-record "build (sm_80;sm_90)" $?
+LAUNCHER=""  # ccache where there is one (not on the lent machines; a dry run elsewhere)
+if command -v ccache > /dev/null 2>&1; then
+  LAUNCHER="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"
+  export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
+fi
+SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+export ROOT OUT DEPS PYTHON BUILD LOG JOBS ARCHS TORCH_PREFIX BENCH_PREFIX BLAS_FLAGS LAUNCHER SANITIZER
 
-step "tests"
-(cd "$BUILD" && ctest --output-on-failure -j 8 > "$LOG/ctest.log" 2>&1)
-record "ctest" $?
-tail -n 3 "$LOG/ctest.log" >> "$OUT/summary.md"
-"$BUILD/tests/test_softmax_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$LOG/kernels_cuda.json" > /dev/null 2>&1
-"$BUILD/tests/test_softmax_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/ops_cuda.json" > /dev/null 2>&1
-"$BUILD/tests/test_soft_target_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$LOG/soft_target_kernels_cuda.json" > /dev/null 2>&1
-"$BUILD/tests/test_soft_target_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/soft_target_ops_cuda.json" > /dev/null 2>&1
-"$BUILD/tests/test_feature_kernels" --gtest_filter='*Cuda*' --gtest_output=json:"$LOG/feature_kernels_cuda.json" > /dev/null 2>&1
-"$BUILD/tests/test_feature_ops" --gtest_filter='*cuda*' --gtest_output=json:"$LOG/feature_ops_cuda.json" > /dev/null 2>&1
-FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" "$PYTHON" -m pytest -q "$ROOT/python/tests" > "$LOG/pytest.log" 2>&1
-record "pytest" $?
-
-step "compute-sanitizer"
-for tool in memcheck racecheck; do
-  compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_softmax_kernels" \
-    --gtest_filter='*Cuda*R5_V3*:*Cuda*V1031*:*Cuda*V5000*:*Cuda*V20000*' > "$LOG/sanitizer_${tool}_softmax.log" 2>&1
-  record "compute-sanitizer $tool (softmax)" $?
-  compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_soft_target_kernels" \
-    --gtest_filter='*Cuda_float32_float32*:*Cuda_bfloat16_float32*' > "$LOG/sanitizer_${tool}_soft_target.log" 2>&1
-  record "compute-sanitizer $tool (soft targets)" $?
-  compute-sanitizer --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_feature_kernels" \
-    --gtest_filter='*Cuda*' > "$LOG/sanitizer_${tool}_feature.log" 2>&1
-  record "compute-sanitizer $tool (feature maps)" $?
-done
-
-step "benchmarks"
-for bench in bench_soft_target bench_softmax bench_feature; do
-  "$BUILD/bench/$bench" --benchmark_filter=cuda --benchmark_min_time=0.2 \
-    --benchmark_out="$OUT/$bench.json" --benchmark_out_format=json > "$LOG/$bench.log" 2>&1
-  record "$bench" $?
-  "$PYTHON" "$ROOT/scripts/bench_table.py" "$OUT/$bench.json" >> "$OUT/summary.md" 2>&1
-done
-# Measured copy bandwidth: the yardstick for the kernels' bytes/s.
-"$PYTHON" - >> "$OUT/summary.md" 2>&1 <<'PY'
+build_gtest() {
+  { cmake -S "$DEPS/googletest" -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_INSTALL_PREFIX=/tmp/gtest-prefix -DBUILD_GMOCK=OFF &&
+      cmake --build /tmp/gtest-build -j "$JOBS" && cmake --install /tmp/gtest-build; } > "$LOG/gtest_build.log" 2>&1
+}
+build_fusedkd() {
+  # shellcheck disable=SC2086  # BLAS_FLAGS, LAUNCHER: words without spaces inside them
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" $BLAS_FLAGS $LAUNCHER \
+    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/gtest-prefix;$BENCH_PREFIX" > "$LOG/build.log" 2>&1 &&
+    cmake --build "$BUILD" -j "$JOBS" >> "$LOG/build.log" 2>&1 || { tail -n 40 "$LOG/build.log"; return 1; }
+}
+# Every GoogleTest case with CUDA in its name (all of test_large_index), a JSON report per executable.
+cuda_tests() {
+  local rc=0 t filter
+  for t in softmax_kernels softmax_ops soft_target_kernels soft_target_ops feature_kernels feature_ops large_index; do
+    case $t in *kernels) filter='*Cuda*' ;; large_index) filter='*' ;; *) filter='*cuda*:*Cuda*' ;; esac
+    "$BUILD/tests/test_$t" --gtest_filter="$filter" --gtest_output=json:"$LOG/${t}_cuda.json" \
+      > "$LOG/${t}_cuda.log" 2>&1 || rc=1
+    echo "test_$t: $(grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test' "$LOG/${t}_cuda.log" | tr -s ' \n' ' ')"
+    grep -E '^\[  FAILED  \] [A-Za-z]' "$LOG/${t}_cuda.log" | head -n 20
+  done
+  return $rc
+}
+# compute-sanitizer TOOL over the CUDA kernel tests (small shapes; every kernel and row regime).
+sanitize() {
+  local rc=0 tool=$1
+  "$SANITIZER" --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_softmax_kernels" \
+    --gtest_filter='*Cuda*R5_V3*:*Cuda*V1031*:*Cuda*V5000*:*Cuda*V20000*' > "$LOG/sanitizer_${tool}_softmax.log" 2>&1 || rc=1
+  "$SANITIZER" --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_soft_target_kernels" \
+    --gtest_filter='*Cuda_float32_float32*:*Cuda_bfloat16_float32*' > "$LOG/sanitizer_${tool}_soft_target.log" 2>&1 || rc=1
+  "$SANITIZER" --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_feature_kernels" \
+    --gtest_filter='*Cuda*' > "$LOG/sanitizer_${tool}_feature.log" 2>&1 || rc=1
+  local log
+  for log in "$LOG"/sanitizer_"${tool}"_*.log; do
+    echo "$(basename "$log"): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test' "$log" |
+      tr -s ' \n' ' ')"
+    grep -q 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log" || tail -n 3 "$log"
+  done
+  return $rc
+}
+memcheck() { sanitize memcheck; }
+racecheck() { sanitize racecheck; }
+bench() {  # bench NAME: the CUDA cases of bench/NAME
+  "$BUILD/bench/$1" --benchmark_filter=cuda --benchmark_min_time=0.2 \
+    --benchmark_out="$OUT/$1.json" --benchmark_out_format=json > "$LOG/$1.log" 2>&1
+  local rc=$?
+  "$PYTHON" "$ROOT/scripts/bench_table.py" "$OUT/$1.json" ${COPY_GBS:+--copy-gbs "$COPY_GBS"}
+  return $rc
+}
+bench_soft_target() { bench bench_soft_target; }
+bench_feature() { bench bench_feature; }
+bench_softmax() { bench bench_softmax; }
+ctest_all() {
+  cd "$BUILD" && ctest --output-on-failure -j 8 > "$LOG/ctest.log" 2>&1
+  local rc=$?
+  grep -E 'tests passed|Total Test time|\((Failed|Timeout|SEGFAULT|Subprocess aborted)\)' "$LOG/ctest.log" | head -n 30
+  return $rc
+}
+pytest_all() {
+  FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" "$PYTHON" -m pytest -q "$ROOT/python/tests" \
+    > "$LOG/pytest.log" 2>&1
+  local rc=$?
+  tail -n 3 "$LOG/pytest.log"
+  return $rc
+}
+# Device-to-device copy bandwidth (bytes read + written): the yardstick for the kernels' GB/s.
+copy_bandwidth() {
+  "$PYTHON" - <<'PY'
 import torch
 x = torch.empty(2**30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
 for _ in range(3): y.copy_(x)
 s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize()
-print(f"device-to-device copy: {2 * 20 * x.numel() / (s.elapsed_time(e) / 1e3) / 1e9:.0f} GB/s (read + write)")
+print(f"{2 * 20 * x.numel() / (s.elapsed_time(e) / 1e3) / 1e9:.0f}")
 PY
-tar czf "$OUT/logs.tar.gz" -C "$(dirname "$LOG")" logs
+}
+export -f build_gtest build_fusedkd cuda_tests sanitize memcheck racecheck bench bench_soft_target bench_feature \
+  bench_softmax ctest_all pytest_all copy_bandwidth
+
+step "googletest build" 120 build_gtest
+if ! step "build (sm_$ARCHS)" 480 build_fusedkd; then
+  say "build failed: nothing else can run"
+  exit 1
+fi
+# Most valuable first: CUDA correctness, the soft-target benchmarks (the issue's CUDA targets),
+# memory and race checks, the other benchmarks, then the whole suite.
+step "CUDA tests (GoogleTest)" 240 cuda_tests
+step "copy bandwidth" 60 copy_bandwidth
+COPY_GBS=$(tail -n 1 "$LOG/copy_bandwidth.out" | grep -E '^[0-9]+$')
+export COPY_GBS
+say "device-to-device copy: ${COPY_GBS:-?} GB/s (bytes read + written; 1 GiB buffers, 20 copies)"
+step "bench_soft_target (CUDA)" 240 bench_soft_target
+step "compute-sanitizer memcheck" 180 memcheck
+step "compute-sanitizer racecheck" 180 racecheck
+step "bench_feature (CUDA)" 120 bench_feature
+step "bench_softmax (CUDA)" 120 bench_softmax
+step "ctest (every test)" 240 ctest_all
+step "pytest" 180 pytest_all
+
+say "total: $((SECONDS - START)) s"
+save_logs
 exit $status

@@ -12,6 +12,7 @@
 
 #include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
+#include "cuda_memory.h"
 #include "op_test_support.h"
 
 namespace F = torch::nn::functional;
@@ -341,6 +342,51 @@ TEST_P(SoftTargetOps, GradOutputScalingRetainGraphAndNoGrad) {
   // A teacher that does not require grad gets none.
   const at::Tensor ls = fusedkd::kd_loss(s, t);
   EXPECT_TRUE(ls.requires_grad());
+}
+
+// The memory contract: a forward that needs no gradient allocates no [R x V] buffer, one that
+// needs the student's allocates that one buffer (the backward scales it in place), and the
+// teacher's only when the teacher requires grad. Read from the CUDA caching allocator (the CPU
+// allocator keeps no such count).
+TEST_P(SoftTargetOps, AllocatesAGradientBufferOnlyForInputsThatNeedOne) {
+#if FUSEDKD_WITH_CUDA
+  if (!device().is_cuda()) GTEST_SKIP() << "allocator statistics are read on CUDA only";
+  using fusedkd::testing::cuda_peak_extra_bytes;
+  const int64_t rows = 64;
+  const int64_t small = 64 * 1024;  // the loss, the per-row workspace, grad_output
+  for (int64_t cols : {1000, 40000}) {  // a register-tile row and a long row
+    SCOPED_TRACE("V = " + std::to_string(cols));
+    const at::Tensor s = logits({rows, cols}, at::kFloat, device(), 900).requires_grad_(true);
+    const at::Tensor t = logits({rows, cols}, at::kBFloat16, device(), 901);
+    const at::Tensor t_grad = t.clone().requires_grad_(true);
+    const at::Tensor y = torch::randint(0, cols, {rows}, torch::TensorOptions(torch::kLong).device(device()));
+    const int64_t grad_s = rows * cols * 4;
+    const int64_t grad_t = rows * cols * 2;
+    const int64_t no_grad = cuda_peak_extra_bytes([&] {
+      torch::NoGradGuard guard;
+      fusedkd::kd_loss(s, t, y, 2.0, 0.5, 1.0, "kl");
+    });
+    EXPECT_LT(no_grad, small);
+    const int64_t student = cuda_peak_extra_bytes([&] {
+      torch::autograd::grad({fusedkd::kd_loss(s, t, y, 2.0, 0.5, 1.0, "kl")}, {s});
+    });
+    EXPECT_GE(student, grad_s);
+    EXPECT_LT(student, grad_s + small);
+    const int64_t both = cuda_peak_extra_bytes([&] {
+      torch::autograd::grad({fusedkd::kl_div(s, t_grad, 2.0)}, {s, t_grad});
+    });
+    EXPECT_GE(both, grad_s + grad_t);
+    EXPECT_LT(both, grad_s + grad_t + small);
+    const at::Tensor upstream = torch::rand({rows}, torch::TensorOptions(torch::kFloat).device(device()));
+    const int64_t per_row = cuda_peak_extra_bytes([&] {
+      torch::autograd::grad({fusedkd::jsd(s, t, 2.0, 0.5, "none")}, {s}, {upstream});
+    });
+    EXPECT_GE(per_row, grad_s);
+    EXPECT_LT(per_row, grad_s + small);
+  }
+#else
+  GTEST_SKIP() << "built without CUDA";
+#endif
 }
 
 TEST_P(SoftTargetOps, MaskedLogitsGiveFiniteLossesAndGradients) {
