@@ -3,6 +3,7 @@
 // entries, temperatures from 0.05 to 100; outputs are poisoned with NaN before each launch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -145,12 +146,14 @@ std::vector<Case> all_cases() {
     std::int64_t rows, cols, pad, offset;
     double masked;
   };
-  // Every row-length regime of the CUDA dispatch (sub-warp, warp, block tiles, two-read rows)
-  // and the CPU kernels' scalar tails.
+  // Every row-length regime of the CUDA dispatch (sub-warp, warp, block tiles, two-read rows),
+  // the CPU kernels' scalar tails and their short rows (up to 31 elements, 16 rows at a time:
+  // full and partial groups, strided, misaligned, masked).
   const Shape shapes[] = {{0, 5, 0, 0, 0},       {1, 1, 0, 0, 0},      {5, 3, 2, 1, 0},
                           {37, 7, 0, 0, 0},      {8, 33, 1, 0, 0},     {6, 130, 0, 3, 0.2},
                           {4, 1031, 0, 0, 0},    {3, 4096, 4, 0, 0},   {2, 5000, 0, 1, 0},
-                          {2, 16384, 0, 0, 0.1}, {2, 20000, 3, 0, 0},  {1, 131072, 0, 0, 0}};
+                          {2, 16384, 0, 0, 0.1}, {2, 20000, 3, 0, 0},  {1, 131072, 0, 0, 0},
+                          {17, 16, 0, 0, 0},     {20, 31, 1, 2, 0.2}};
   const double temperatures[] = {1.0, 0.05, 0.5, 4.0, 20.0, 100.0};
   const DType dtypes[] = {DType::Float32, DType::Float64, DType::Float16, DType::BFloat16};
   std::vector<Case> cases;
@@ -297,6 +300,48 @@ TEST(CpuExecutor, CustomParallelForCoversEveryRowOnce) {
   for (int v : visits) EXPECT_EQ(v, 1);
   EXPECT_LT(relative_error(output.values(), softmax_reference(input.values(), rows, cols, 2.0, false)),
             5e-6);
+}
+
+// Short rows go 16 at a time on the CPU: a row's output is the same bits whichever rows share its
+// group (tasks of 1, 7 or all rows handed out last to first), forward and backward, both kinds.
+TEST(CpuExecutor, ShortRowsDoNotDependOnTheirGroup) {
+  const std::int64_t rows = 45, cols = 10;
+  const Buffer input = Buffer::from(DType::Float32, random_logits(rows, cols, 6));
+  const Buffer upstream = Buffer::from(DType::Float32, random_logits(rows, cols, 7));
+  for (SoftmaxKind kind : {SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax}) {
+    // Forward, then backward from that output, with tasks of `task_rows` rows.
+    auto run = [&](std::int64_t task_rows) {
+      CpuExecutor executor;
+      executor.parallel_for = [&](std::int64_t n, std::int64_t, const CpuExecutor::Body& body) {
+        for (std::int64_t b = n; b > 0; b -= task_rows) body(std::max<std::int64_t>(0, b - task_rows), b);
+      };
+      std::vector<float> output(rows * cols), grad(rows * cols);
+      SoftmaxForwardArgs forward;
+      forward.input = input.bytes.data();
+      forward.output = output.data();
+      forward.rows = rows;
+      forward.cols = cols;
+      forward.input_row_stride = cols;
+      forward.temperature = 3.0;
+      forward.kind = kind;
+      softmax_forward_cpu(forward, executor);
+      SoftmaxBackwardArgs backward;
+      backward.grad_output = upstream.bytes.data();
+      backward.output = output.data();
+      backward.grad_input = grad.data();
+      backward.rows = rows;
+      backward.cols = cols;
+      backward.grad_output_row_stride = backward.output_row_stride = cols;
+      backward.temperature = 3.0;
+      backward.kind = kind;
+      softmax_backward_cpu(backward, executor);
+      output.insert(output.end(), grad.begin(), grad.end());
+      return output;
+    };
+    const std::vector<float> whole = run(rows);
+    EXPECT_EQ(whole, run(1));
+    EXPECT_EQ(whole, run(7));
+  }
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Row helpers of the CPU kernels: per-thread scratch rows, conversion of a row from and to its
-// storage type, the row maximum. Included by each kernel file, so compiled per instruction set.
+// storage type, the row maximum, short rows across the vector lanes. Included by each kernel
+// file, so compiled per instruction set.
 #pragma once
 
 #include <cstdint>
@@ -66,6 +67,65 @@ Acc row_max(const Acc* __restrict x, std::int64_t cols) {
 #pragma omp simd reduction(max : m)
   for (std::int64_t j = 0; j < cols; ++j) m = x[j] > m ? x[j] : m;
   return m;
+}
+
+// ---------------------------------------------------------------- short rows across the lanes
+
+// Short rows (a few classes) leave a row's element loops too short to vectorise, so the kernels
+// take them kShortRowLanes at a time, transposed: element j of every row of a group side by side
+// (x[j * kShortRowLanes + lane]), and each sweep is a vector loop across the rows. Lanes past the
+// last row are padded with zeros and their results dropped. Every lane runs the same code, so a
+// row's result does not depend on the rows it is grouped with.
+constexpr int kShortRowLanes = 16;
+constexpr std::int64_t kShortRowMax = 31;  // longest row taken this way
+
+// kShortRowLanes as a value the compiler cannot see through. With a constant trip count of 16,
+// GCC unrolls the long lane loops completely before its vectoriser runs, and the unrolled body
+// stays scalar; with this bound they stay loops and vectorise. 16 is a multiple of every vector
+// width, so every lane runs through the same vector code.
+inline int opaque_lane_count() {
+  int lanes = kShortRowLanes;
+  asm("" : "+r"(lanes));
+  return lanes;
+}
+
+// Rows 0..rows-1 of `src` (row stride `stride`) into dst[j * kShortRowLanes + row]; the lanes past
+// `rows` are zero.
+template <typename T, typename Acc>
+void load_rows_transposed(const T* __restrict src, std::int64_t stride, int rows, std::int64_t cols,
+                          Acc* __restrict dst) {
+  constexpr int L = kShortRowLanes;
+  for (int l = 0; l < L; ++l)
+    for (std::int64_t j = 0; j < cols; ++j)
+      dst[j * L + l] = l < rows ? static_cast<Acc>(load_as_acc(src[l * stride + j])) : Acc(0);
+}
+
+// Lanes 0..rows-1 of a transposed group back into `rows` contiguous rows at `dst`.
+template <typename T, typename Acc>
+void store_rows_transposed(const Acc* __restrict src, int rows, std::int64_t cols, T* __restrict dst) {
+  constexpr int L = kShortRowLanes;
+  for (int l = 0; l < rows; ++l)
+    for (std::int64_t j = 0; j < cols; ++j)
+      dst[l * cols + j] = StoreFromAcc<T>::apply(static_cast<acc_t<T>>(src[j * L + l]));
+}
+
+// The same, for a dtype known at run time; `offset` in elements from `base`.
+template <typename Acc>
+void load_rows_transposed(const void* base, DType dtype, std::int64_t offset, std::int64_t stride, int rows,
+                          std::int64_t cols, Acc* dst) {
+  with_storage_type(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    load_rows_transposed(static_cast<const T*>(base) + offset, stride, rows, cols, dst);
+  });
+}
+
+template <typename Acc>
+void store_rows_transposed(const Acc* src, int rows, std::int64_t cols, void* base, DType dtype,
+                           std::int64_t offset) {
+  with_storage_type(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    store_rows_transposed(src, rows, cols, static_cast<T*>(base) + offset);
+  });
 }
 
 }  // namespace

@@ -111,24 +111,8 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   return plan.soft_scale * sums.loss + (plan.hard ? plan.hard_scale * cross_entropy : Acc(0));
 }
 
-// Short rows (a few classes) leave the element loops of process_row too short to vectorise, so
-// they go kShortRowLanes at a time, transposed: element j of every row of the group side by side
-// (x[j * kShortRowLanes + lane]), and each sweep is a vector loop across the rows. Lanes past
-// the last row are padded with zeros and their results dropped. Every lane runs the same code,
-// so a row's result does not depend on the rows it is grouped with.
-constexpr int kShortRowLanes = 16;
-constexpr std::int64_t kShortRowMax = 31;  // longest row taken this way
-
-// kShortRowLanes as a value the compiler cannot see through. With a constant trip count of 16,
-// GCC unrolls the long lane loops (the row sums, the gradients) completely before its vectoriser
-// runs, and the unrolled body stays scalar; with this bound they stay loops and vectorise. 16 is
-// a multiple of every vector width, so every lane runs through the same vector code.
-inline int opaque_lane_count() {
-  int lanes = kShortRowLanes;
-  asm("" : "+r"(lanes));
-  return lanes;
-}
-
+// Rows of up to kShortRowMax elements, kShortRowLanes at a time across the vector lanes
+// (row_buffers.h): process_row's sweeps, each a vector loop over the group's rows.
 template <Divergence D, typename Acc>
 void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r0, int rows,
                         Acc* __restrict xs, Acc* __restrict xt, Acc* __restrict grad_s, Acc* __restrict grad_t,
@@ -137,22 +121,14 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
   const int lanes = opaque_lane_count();  // L, for the loops that must not be unrolled
   constexpr bool kKL = is_kl(D);
   const std::int64_t cols = a.cols;
-  Acc* tmp = scratch_row<Acc>(cols, 0);  // one row as it lies, on its way in or out
   bool valid[L];
   std::int64_t label[L];
   for (int l = 0; l < L; ++l) {
-    const std::int64_t r = r0 + l;
-    label[l] = l < rows && a.labels ? a.labels[r] : 0;
+    label[l] = l < rows && a.labels ? a.labels[r0 + l] : 0;
     valid[l] = l < rows && (!a.labels || label[l] != a.ignore_index);
-    if (l < rows) {
-      load_row(a.student, a.student_dtype, r * a.student_row_stride, cols, tmp);
-      for (std::int64_t j = 0; j < cols; ++j) xs[j * L + l] = tmp[j];
-      load_row(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, tmp);
-      for (std::int64_t j = 0; j < cols; ++j) xt[j * L + l] = tmp[j];
-    } else {
-      for (std::int64_t j = 0; j < cols; ++j) xs[j * L + l] = xt[j * L + l] = Acc(0);
-    }
   }
+  load_rows_transposed(a.student, a.student_dtype, r0 * a.student_row_stride, a.student_row_stride, rows, cols, xs);
+  load_rows_transposed(a.teacher, a.teacher_dtype, r0 * a.teacher_row_stride, a.teacher_row_stride, rows, cols, xt);
 
   // Statistics (and the KL loss sum), as process_row computes them, lane by lane.
   alignas(64) Acc max_s[L], max_t[L], sum_s[L], sum_t[L], sum_h[L], cross[L];
@@ -248,17 +224,8 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
       grad_s[j * L + l] = keep[l] != Acc(0) ? ws * gs + hard : Acc(0);
       grad_t[j * L + l] = keep[l] != Acc(0) ? ws * gt : Acc(0);
     }
-  for (int l = 0; l < rows; ++l) {
-    const std::int64_t r = r0 + l;
-    if (a.grad_student) {
-      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = grad_s[j * L + l];
-      store_row(tmp, cols, a.grad_student, a.student_dtype, r * cols);
-    }
-    if (a.grad_teacher) {
-      for (std::int64_t j = 0; j < cols; ++j) tmp[j] = grad_t[j * L + l];
-      store_row(tmp, cols, a.grad_teacher, a.teacher_dtype, r * cols);
-    }
-  }
+  if (a.grad_student) store_rows_transposed(grad_s, rows, cols, a.grad_student, a.student_dtype, r0 * cols);
+  if (a.grad_teacher) store_rows_transposed(grad_t, rows, cols, a.grad_teacher, a.teacher_dtype, r0 * cols);
 }
 
 template <typename Acc>
@@ -283,9 +250,9 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
   const bool short_rows = a.cols <= kShortRowMax;
   executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
     if (short_rows) {
-      // The rows, then their gradients, transposed; slot 0 is process_short_rows' own row.
+      // The rows, then their gradients, transposed.
       const std::int64_t group = a.cols * kShortRowLanes;
-      Acc* xs = scratch_row<Acc>(4 * group, 1);
+      Acc* xs = scratch_row<Acc>(4 * group, 0);
       Acc* xt = xs + group;
       Acc* gs = xt + group;
       Acc* gt = gs + group;

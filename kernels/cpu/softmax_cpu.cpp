@@ -4,7 +4,8 @@
 // the namespace of each copy and kernels/cpu/dispatch.cpp picks one at run time. Rows are split
 // across threads; each row is converted once into a float scratch row that stays in L1/L2 while
 // the max, the sum and the output sweeps run over it; the sweeps are `omp simd` loops built from
-// the shared math in include/fusedkd/math.h.
+// the shared math in include/fusedkd/math.h. Rows of up to 31 elements go 16 at a time,
+// transposed, so that the same sweeps vectorise across rows (*_short_rows, row_buffers.h).
 #include <cmath>
 
 #include "cpu_kernels.h"
@@ -80,21 +81,131 @@ void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_
   }
 }
 
+// forward_rows for the `rows` (at most kShortRowLanes) rows from r0, across the vector lanes.
+template <typename T>
+void forward_short_rows(const SoftmaxForwardArgs& a, std::int64_t r0, int rows, acc_t<T>* __restrict x) {
+  using Acc = acc_t<T>;
+  constexpr int L = kShortRowLanes;
+  const int lanes = opaque_lane_count();
+  const std::int64_t cols = a.cols;
+  const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
+  const Acc scale_log2 = static_cast<Acc>(kLog2e / a.temperature);
+  load_rows_transposed(static_cast<const T*>(a.input) + r0 * a.input_row_stride, a.input_row_stride, rows, cols, x);
+  alignas(64) Acc m[L], sum[L], row_constant[L];
+#pragma omp simd
+  for (int l = 0; l < L; ++l) {
+    m[l] = neg_infinity<Acc>();
+    sum[l] = Acc(0);
+  }
+  for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+    for (int l = 0; l < L; ++l) m[l] = x[j * L + l] > m[l] ? x[j * L + l] : m[l];  // as row_max
+  if (a.kind == SoftmaxKind::Softmax) {
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l) {
+        x[j * L + l] = softmax_numerator(x[j * L + l], m[l], scale_log2);
+        sum[l] += x[j * L + l];
+      }
+#pragma omp simd
+    for (int l = 0; l < L; ++l) row_constant[l] = Acc(1) / sum[l];
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) x[j * L + l] *= row_constant[l];
+  } else {
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l) sum[l] += softmax_sum_term(x[j * L + l], m[l], scale_log2);
+    for (int l = 0; l < L; ++l) row_constant[l] = std::log(sum[l]);
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l)
+        x[j * L + l] = log_softmax_value(x[j * L + l], m[l], inv_temperature, row_constant[l]);
+  }
+  store_rows_transposed(x, rows, cols, static_cast<T*>(a.output) + r0 * cols);
+}
+
+// backward_rows for the `rows` (at most kShortRowLanes) rows from r0, across the vector lanes.
+template <typename T>
+void backward_short_rows(const SoftmaxBackwardArgs& a, std::int64_t r0, int rows, acc_t<T>* __restrict dy,
+                         acc_t<T>* __restrict y) {
+  using Acc = acc_t<T>;
+  constexpr int L = kShortRowLanes;
+  const int lanes = opaque_lane_count();
+  const std::int64_t cols = a.cols;
+  const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
+  load_rows_transposed(static_cast<const T*>(a.grad_output) + r0 * a.grad_output_row_stride,
+                       a.grad_output_row_stride, rows, cols, dy);
+  load_rows_transposed(static_cast<const T*>(a.output) + r0 * a.output_row_stride, a.output_row_stride, rows, cols, y);
+  if (a.kind == SoftmaxKind::Softmax) {
+    alignas(64) double dot[L];
+    alignas(64) Acc hi[L], lo[L];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) dot[l] = 0;
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l)  // products of two floats are exact in double
+        dot[l] += static_cast<double>(dy[j * L + l]) * static_cast<double>(y[j * L + l]);
+    for (int l = 0; l < L; ++l) {
+      const SplitSum<Acc> split = split_sum<Acc>(dot[l]);
+      hi[l] = split.hi;
+      lo[l] = split.lo;
+    }
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l)
+        dy[j * L + l] = softmax_backward_value(dy[j * L + l], y[j * L + l], hi[l], lo[l], inv_temperature);
+  } else {
+    alignas(64) Acc sum_dy[L];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) sum_dy[l] = Acc(0);
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) sum_dy[l] += dy[j * L + l];
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l)
+        dy[j * L + l] = log_softmax_backward_value(dy[j * L + l], y[j * L + l], sum_dy[l], inv_temperature);
+  }
+  store_rows_transposed(dy, rows, cols, static_cast<T*>(a.grad_input) + r0 * cols);
+}
+
+// Calls short_rows(r, n, ...) on each group of up to kShortRowLanes rows of [begin, end) with
+// `buffers` transposed scratch groups, when rows are short; else rows(begin, end).
+template <typename Acc, typename Short, typename Rows>
+void by_row_length(std::int64_t cols, std::int64_t begin, std::int64_t end, Short&& short_rows, Rows&& rows) {
+  if (cols > kShortRowMax) return rows(begin, end);
+  const std::int64_t group = cols * kShortRowLanes;
+  Acc* buffer = scratch_row<Acc>(2 * group, 0);
+  for (std::int64_t r = begin; r < end; r += kShortRowLanes)
+    short_rows(r, static_cast<int>(end - r < kShortRowLanes ? end - r : kShortRowLanes), buffer, buffer + group);
+}
+
 }  // namespace
 
 void softmax_forward(const SoftmaxForwardArgs& args, const CpuExecutor& executor) {
   with_storage_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
-    executor.run(args.rows, detail::rows_per_task(args.cols),
-                 [&](std::int64_t begin, std::int64_t end) { forward_rows<T>(args, begin, end); });
+    using Acc = acc_t<T>;
+    executor.run(args.rows, detail::rows_per_task(args.cols), [&](std::int64_t begin, std::int64_t end) {
+      by_row_length<Acc>(
+          args.cols, begin, end,
+          [&](std::int64_t r, int n, Acc* x, Acc*) { forward_short_rows<T>(args, r, n, x); },
+          [&](std::int64_t b, std::int64_t e) { forward_rows<T>(args, b, e); });
+    });
   });
 }
 
 void softmax_backward(const SoftmaxBackwardArgs& args, const CpuExecutor& executor) {
   with_storage_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
-    executor.run(args.rows, detail::rows_per_task(args.cols),
-                 [&](std::int64_t begin, std::int64_t end) { backward_rows<T>(args, begin, end); });
+    using Acc = acc_t<T>;
+    executor.run(args.rows, detail::rows_per_task(args.cols), [&](std::int64_t begin, std::int64_t end) {
+      by_row_length<Acc>(
+          args.cols, begin, end,
+          [&](std::int64_t r, int n, Acc* dy, Acc* y) { backward_short_rows<T>(args, r, n, dy, y); },
+          [&](std::int64_t b, std::int64_t e) { backward_rows<T>(args, b, e); });
+    });
   });
 }
 
