@@ -223,11 +223,13 @@ struct KLStats {
 // Element j's share of C given the maxima (m_x, m_y) it is taken relative to.
 template <typename Acc>
 FUSEDKD_HD Acc kl_cross_term(Acc x, Acc m_x, Acc y, Acc m_y, Acc scale_log2, Acc inv_t) {
-  if (x == neg_infinity<Acc>()) return Acc(0);
   const Acc cx = x - m_x;
   const Acc cy = y == neg_infinity<Acc>() ? y : y - m_y;
   // A weight that underflows to 0 contributes 0, as in kd_accumulate (also when cy is -inf).
-  return weighted(exp2_nonpositive(cx * scale_log2), (cx - cy) * inv_t);
+  const Acc term = weighted(exp2_nonpositive(cx * scale_log2), (cx - cy) * inv_t);
+  // Selected last, not returned early: an early return becomes a branch that keeps the CPU
+  // loops around this from vectorising.
+  return x == neg_infinity<Acc>() ? Acc(0) : term;
 }
 
 template <typename Acc>

@@ -146,13 +146,18 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
     }
   for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
-    for (int l = 0; l < L; ++l) {
+    for (int l = 0; l < lanes; ++l) {
       const Acc sv = xs[j * L + l], tv = xt[j * L + l];
       sum_s[l] += softmax_sum_term(sv, max_s[l], plan.scale_log2);
       sum_t[l] += softmax_sum_term(tv, max_t[l], plan.scale_log2);
       if (plan.hard) sum_h[l] += softmax_sum_term(sv, max_s[l], Acc(kLog2e));
-      if constexpr (kKL) cross[l] += kl_cross<D>(sv, tv, max_s[l], max_t[l], plan);
     }
+  // The KL loss sum in a loop of its own: in the loop above, GCC turns the -inf tests it shares
+  // with the sums into branches for the forward KL, and the loop stays scalar.
+  if constexpr (kKL)
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l) cross[l] += kl_cross<D>(xs[j * L + l], xt[j * L + l], max_s[l], max_t[l], plan);
 
   // Per-lane row constants (the logarithms), kept as arrays so the sweeps below vectorise.
   const KDRow<Acc> base = KDRow<Acc>::make(KDStats<Acc>{Acc(0), Acc(1), Acc(1), Acc(0), Acc(1)}, plan.inv_t, D, plan.beta);
