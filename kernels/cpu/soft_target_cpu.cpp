@@ -152,8 +152,8 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
       sum_t[l] += softmax_sum_term(tv, max_t[l], plan.scale_log2);
       if (plan.hard) sum_h[l] += softmax_sum_term(sv, max_s[l], Acc(kLog2e));
     }
-  // The KL loss sum in a loop of its own: in the loop above, GCC turns the -inf tests it shares
-  // with the sums into branches for the forward KL, and the loop stays scalar.
+  // The KL loss sum in a loop of its own: merged into the loop above, the forward KL's loop is
+  // left scalar by GCC 12 ("control flow in loop": some of the -inf tests become branches).
   if constexpr (kKL)
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
