@@ -50,9 +50,13 @@ Isa selected_isa();
 }  // namespace fusedkd::cpu
 
 // Calls the copy of `fn` for the selected instruction set.
+#if defined(FUSEDKD_CPU_X86_COPIES)
 #define FUSEDKD_CPU_DISPATCH(fn, args, executor)                         \
   switch (::fusedkd::cpu::selected_isa()) {                              \
     case ::fusedkd::cpu::Isa::Avx512: return ::fusedkd::cpu::avx512::fn(args, executor);     \
     case ::fusedkd::cpu::Isa::Avx2: return ::fusedkd::cpu::avx2::fn(args, executor);         \
     case ::fusedkd::cpu::Isa::Baseline: return ::fusedkd::cpu::baseline::fn(args, executor); \
   }
+#else  // one copy (not x86-64: kernels/CMakeLists.txt)
+#define FUSEDKD_CPU_DISPATCH(fn, args, executor) return ::fusedkd::cpu::baseline::fn(args, executor);
+#endif
