@@ -271,6 +271,20 @@ TEST(Launchers, RejectBadArguments) {
   EXPECT_NO_THROW(softmax_forward_cpu(bad));  // an empty batch needs no memory
 }
 
+// Forward arguments for `rows` contiguous float32 rows of `cols` at temperature T.
+SoftmaxForwardArgs contiguous_forward_args(const void* input, void* output, std::int64_t rows, std::int64_t cols,
+                                           double T, SoftmaxKind kind = SoftmaxKind::Softmax) {
+  SoftmaxForwardArgs args;
+  args.input = input;
+  args.output = output;
+  args.rows = rows;
+  args.cols = cols;
+  args.input_row_stride = cols;
+  args.temperature = T;
+  args.kind = kind;
+  return args;
+}
+
 // A caller's own parallel_for (as the LibTorch ops pass in) gets every row exactly once.
 // (The CPU cases above run once per instruction set: tests/CMakeLists.txt sets FUSEDKD_CPU_ISA.)
 TEST(CpuExecutor, CustomParallelForCoversEveryRowOnce) {
@@ -289,14 +303,7 @@ TEST(CpuExecutor, CustomParallelForCoversEveryRowOnce) {
     }
     (void)grain;
   };
-  SoftmaxForwardArgs args;
-  args.input = input.bytes.data();
-  args.output = output.data();
-  args.rows = rows;
-  args.cols = cols;
-  args.input_row_stride = cols;
-  args.temperature = 2.0;
-  softmax_forward_cpu(args, executor);
+  softmax_forward_cpu(contiguous_forward_args(input.bytes.data(), output.data(), rows, cols, 2.0), executor);
   for (int v : visits) EXPECT_EQ(v, 1);
   EXPECT_LT(relative_error(output.values(), softmax_reference(input.values(), rows, cols, 2.0, false)),
             5e-6);
@@ -316,15 +323,7 @@ TEST(CpuExecutor, ShortRowsDoNotDependOnTheirGroup) {
         for (std::int64_t b = n; b > 0; b -= task_rows) body(std::max<std::int64_t>(0, b - task_rows), b);
       };
       std::vector<float> output(rows * cols), grad(rows * cols);
-      SoftmaxForwardArgs forward;
-      forward.input = input.bytes.data();
-      forward.output = output.data();
-      forward.rows = rows;
-      forward.cols = cols;
-      forward.input_row_stride = cols;
-      forward.temperature = 3.0;
-      forward.kind = kind;
-      softmax_forward_cpu(forward, executor);
+      softmax_forward_cpu(contiguous_forward_args(input.bytes.data(), output.data(), rows, cols, 3.0, kind), executor);
       SoftmaxBackwardArgs backward;
       backward.grad_output = upstream.bytes.data();
       backward.output = output.data();

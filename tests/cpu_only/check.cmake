@@ -4,18 +4,8 @@
 # the CUDA build cannot see. Inputs: SOURCE_DIR, WORK_DIR, GENERATOR, CBLAS_INCLUDE_DIR,
 # CBLAS_LIBRARY, PREFIX_PATH (the main build's CMAKE_PREFIX_PATH, '|' for ';').
 file(REMOVE_RECURSE "${WORK_DIR}")
-function(run)
-  execute_process(COMMAND ${ARGV} RESULT_VARIABLE result)
-  if(NOT result EQUAL 0)
-    message(FATAL_ERROR "failed (${result}): ${ARGV}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/../check_common.cmake)
 string(REPLACE "|" ";" prefix_path "${PREFIX_PATH}")
-set(launcher)
-find_program(CCACHE ccache)
-if(CCACHE)
-  set(launcher -DCMAKE_CXX_COMPILER_LAUNCHER=${CCACHE})
-endif()
 run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}" -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=Release
     -DFUSEDKD_CUDA=OFF -DFUSEDKD_BUILD_TORCH=OFF -DFUSEDKD_BUILD_BENCHMARKS=OFF
     -DFUSEDKD_CBLAS_INCLUDE_DIR=${CBLAS_INCLUDE_DIR} -DFUSEDKD_CBLAS_LIBRARY=${CBLAS_LIBRARY}

@@ -1,18 +1,8 @@
 # CTest driver: install the build tree into a scratch prefix, then configure, build and run the
 # consumer project against it. Inputs: BUILD_DIR, SOURCE_DIR, WORK_DIR, Torch_DIR, GENERATOR.
 file(REMOVE_RECURSE "${WORK_DIR}")
-function(run)
-  execute_process(COMMAND ${ARGV} RESULT_VARIABLE result)
-  if(NOT result EQUAL 0)
-    message(FATAL_ERROR "failed (${result}): ${ARGV}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/../check_common.cmake)
 run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
-set(launcher)
-find_program(CCACHE ccache)
-if(CCACHE)
-  set(launcher -DCMAKE_CXX_COMPILER_LAUNCHER=${CCACHE})
-endif()
 run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -G "${GENERATOR}"
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DTorch_DIR=${Torch_DIR}
     ${launcher})
