@@ -52,7 +52,6 @@ inline at::Tensor random_normal(at::IntArrayRef sizes, at::ScalarType dtype, con
   return x.to(dtype);
 }
 
-
 // Registers one case; CUDA cases report the CUDA-event time of time_loop.
 template <typename Fn>
 void register_case(const std::string& name, bool cuda, benchmark::TimeUnit unit, Fn fn) {

@@ -170,8 +170,8 @@ void backward_short_rows(const SoftmaxBackwardArgs& a, std::int64_t r0, int rows
   store_rows_transposed(dy, rows, cols, static_cast<T*>(a.grad_input) + r0 * cols);
 }
 
-// Calls short_rows(r, n, ...) on each group of up to kShortRowLanes rows of [begin, end) with
-// `buffers` transposed scratch groups, when rows are short; else rows(begin, end).
+// Short rows: calls short_rows(r, n, group0, group1) on each group of up to kShortRowLanes rows
+// of [begin, end), with two transposed scratch groups of this thread; else rows(begin, end).
 template <typename Acc, typename Short, typename Rows>
 void by_row_length(std::int64_t cols, std::int64_t begin, std::int64_t end, Short&& short_rows, Rows&& rows) {
   if (cols > kShortRowMax) return rows(begin, end);
