@@ -7,6 +7,7 @@
 // the shared math in include/fusedkd/math.h. Rows of up to 31 elements go 16 at a time,
 // transposed, so that the same sweeps vectorise across rows (*_short_rows, row_buffers.h).
 #include <cmath>
+#include <type_traits>
 
 #include "cpu_kernels.h"
 #include "row_buffers.h"
@@ -17,50 +18,80 @@
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
+// Rows stored in the accumulation type (float, double) are swept where they lie: the maximum and
+// the sums read the input, the output sweep writes the output (then scaled in place). Narrower
+// rows (half, bfloat16) are converted once into a scratch row that the sweeps read and overwrite,
+// and converted back on store. The sweeps read and write through one index, so `src` and `dst`
+// may be the same row.
 template <typename T>
 void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t end) {
   using Acc = acc_t<T>;
+  constexpr bool kThroughScratch = !std::is_same_v<T, Acc>;
   const std::int64_t cols = a.cols;
   const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
   const Acc scale_log2 = static_cast<Acc>(kLog2e / a.temperature);
-  Acc* __restrict x = scratch_row<Acc>(cols, 0);
+  Acc* scratch = kThroughScratch ? scratch_row<Acc>(cols, 0) : nullptr;
   for (std::int64_t r = begin; r < end; ++r) {
     const T* in = static_cast<const T*>(a.input) + r * a.input_row_stride;
     T* out = static_cast<T*>(a.output) + r * cols;
-    load_row(in, cols, x);
-    const Acc m = row_max(x, cols);
+    const Acc* src;
+    Acc* dst;
+    if constexpr (kThroughScratch) {
+      load_row(in, cols, scratch);
+      src = dst = scratch;
+    } else {
+      src = in;
+      dst = out;
+    }
+    const Acc m = row_max(src, cols);
     Acc sum = 0;
     if (a.kind == SoftmaxKind::Softmax) {
 #pragma omp simd reduction(+ : sum)
       for (std::int64_t j = 0; j < cols; ++j) {
-        x[j] = softmax_numerator(x[j], m, scale_log2);
-        sum += x[j];
+        dst[j] = softmax_numerator(src[j], m, scale_log2);
+        sum += dst[j];
       }
       const Acc inv_sum = Acc(1) / sum;
 #pragma omp simd
-      for (std::int64_t j = 0; j < cols; ++j) x[j] *= inv_sum;
+      for (std::int64_t j = 0; j < cols; ++j) dst[j] *= inv_sum;
     } else {
 #pragma omp simd reduction(+ : sum)
-      for (std::int64_t j = 0; j < cols; ++j) sum += softmax_sum_term(x[j], m, scale_log2);
+      for (std::int64_t j = 0; j < cols; ++j) sum += softmax_sum_term(src[j], m, scale_log2);
       const Acc log_sum = std::log(sum);
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j)
-        x[j] = log_softmax_value(x[j], m, inv_temperature, log_sum);
+        dst[j] = log_softmax_value(src[j], m, inv_temperature, log_sum);
     }
-    store_row(x, cols, out);
+    if constexpr (kThroughScratch) store_row(scratch, cols, out);
   }
 }
 
+// As forward_rows: rows in the accumulation type are read and written where they lie.
 template <typename T>
 void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_t end) {
   using Acc = acc_t<T>;
+  constexpr bool kThroughScratch = !std::is_same_v<T, Acc>;
   const std::int64_t cols = a.cols;
   const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
-  Acc* __restrict dy = scratch_row<Acc>(cols, 0);
-  Acc* __restrict y = scratch_row<Acc>(cols, 1);
+  Acc* dy_scratch = kThroughScratch ? scratch_row<Acc>(cols, 0) : nullptr;
+  Acc* y_scratch = kThroughScratch ? scratch_row<Acc>(cols, 1) : nullptr;
   for (std::int64_t r = begin; r < end; ++r) {
-    load_row(static_cast<const T*>(a.grad_output) + r * a.grad_output_row_stride, cols, dy);
-    load_row(static_cast<const T*>(a.output) + r * a.output_row_stride, cols, y);
+    const T* dy_row = static_cast<const T*>(a.grad_output) + r * a.grad_output_row_stride;
+    const T* y_row = static_cast<const T*>(a.output) + r * a.output_row_stride;
+    T* dx_row = static_cast<T*>(a.grad_input) + r * cols;
+    const Acc* dy;
+    const Acc* y;
+    Acc* dx;
+    if constexpr (kThroughScratch) {
+      load_row(dy_row, cols, dy_scratch);
+      load_row(y_row, cols, y_scratch);
+      dy = dx = dy_scratch;
+      y = y_scratch;
+    } else {
+      dy = dy_row;
+      y = y_row;
+      dx = dx_row;
+    }
     if (a.kind == SoftmaxKind::Softmax) {
       double dot = 0;  // products of two floats are exact in double
 #pragma omp simd reduction(+ : dot)
@@ -68,16 +99,16 @@ void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_
       const SplitSum<Acc> s = split_sum<Acc>(dot);
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j)
-        dy[j] = softmax_backward_value(dy[j], y[j], s.hi, s.lo, inv_temperature);
+        dx[j] = softmax_backward_value(dy[j], y[j], s.hi, s.lo, inv_temperature);
     } else {
       Acc sum_dy = 0;
 #pragma omp simd reduction(+ : sum_dy)
       for (std::int64_t j = 0; j < cols; ++j) sum_dy += dy[j];
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j)
-        dy[j] = log_softmax_backward_value(dy[j], y[j], sum_dy, inv_temperature);
+        dx[j] = log_softmax_backward_value(dy[j], y[j], sum_dy, inv_temperature);
     }
-    store_row(dy, cols, static_cast<T*>(a.grad_input) + r * cols);
+    if constexpr (kThroughScratch) store_row(dy_scratch, cols, dx_row);
   }
 }
 
