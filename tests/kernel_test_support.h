@@ -84,6 +84,14 @@ inline const char* missing_device(Backend backend) {
 #endif
 }
 
+// A test run once per backend (CPU, CUDA); skipped where the backend cannot run.
+class BackendTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  void SetUp() override {
+    if (const char* why = missing_device(GetParam())) GTEST_SKIP() << why;
+  }
+};
+
 using LaunchBody = std::function<void(const std::vector<const void*>& inputs, const std::vector<void*>& outputs,
                                       void* workspace, void* stream)>;
 
@@ -125,3 +133,28 @@ inline void run_on_backend(Backend backend, const std::vector<const Buffer*>& in
 }
 
 }  // namespace fusedkd::testing
+
+// Inside a run_on_backend body: `cpu_call` on the CPU backend, else `cuda_call`, which is compiled
+// only where CUDA is (the CUDA launchers do not exist in a CPU-only build). `stream` is the body's
+// stream argument (`void*`); `cuda_call` may use FUSEDKD_TEST_STREAM(stream) for the typed one.
+#if FUSEDKD_WITH_CUDA
+#define FUSEDKD_ON_BACKEND(backend, stream, cpu_call, cuda_call) \
+  do {                                                            \
+    if ((backend) == ::fusedkd::testing::Backend::Cpu) {          \
+      cpu_call;                                                   \
+    } else {                                                      \
+      cuda_call;                                                  \
+    }                                                             \
+    (void)(stream);                                               \
+  } while (0)
+#else
+#define FUSEDKD_ON_BACKEND(backend, stream, cpu_call, cuda_call) \
+  do {                                                            \
+    if ((backend) == ::fusedkd::testing::Backend::Cpu) {          \
+      cpu_call;                                                   \
+    }                                                             \
+    (void)(stream);                                               \
+  } while (0)
+#endif
+#define FUSEDKD_TEST_STREAM(stream) static_cast<CUstream_st*>(stream)
+

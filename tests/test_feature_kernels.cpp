@@ -58,12 +58,7 @@ std::vector<double> numeric_gradient(std::vector<double> x, const std::function<
 
 std::string backend_name(Backend b) { return b == Backend::Cpu ? "Cpu" : "Cuda"; }
 
-class FeatureKernel : public ::testing::TestWithParam<Backend> {
- protected:
-  void SetUp() override {
-    if (const char* why = missing_device(GetParam())) GTEST_SKIP() << why;
-  }
-};
+class FeatureKernel : public BackendTest {};
 
 // ---------------------------------------------------------------- feature_mse
 
@@ -101,11 +96,8 @@ TEST_P(FeatureKernel, FeatureMseMatchesReference) {
                          a.grad_student = out[1];
                          a.grad_teacher = out[2];
                          a.workspace = workspace;
-                         if (backend == Backend::Cpu) feature_mse_cpu(a);
-#if FUSEDKD_WITH_CUDA
-                         else feature_mse_cuda(a, static_cast<CUstream_st*>(stream));
-#endif
-                         (void)stream;
+                         FUSEDKD_ON_BACKEND(backend, stream, feature_mse_cpu(a),
+                                            feature_mse_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                        });
         std::vector<double> ref_loss(elementwise ? numel : 1, 0.0), ref_gs(numel), ref_gt(numel);
         for (std::int64_t i = 0; i < numel; ++i) {
@@ -144,11 +136,8 @@ TEST_P(FeatureKernel, FeatureMseTotalIsTheSameEveryRun) {
                      a.teacher = in[1];
                      a.loss = out[0];
                      a.workspace = workspace;
-                     if (backend == Backend::Cpu) feature_mse_cpu(a);
-#if FUSEDKD_WITH_CUDA
-                     else feature_mse_cuda(a, static_cast<CUstream_st*>(stream));
-#endif
-                     (void)stream;
+                     FUSEDKD_ON_BACKEND(backend, stream, feature_mse_cpu(a),
+                                        feature_mse_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                    });
     totals.push_back(loss.get(0));
   }
@@ -175,11 +164,8 @@ TEST_P(FeatureKernel, ScaleElementsEveryMode) {
         a.factors = in[0];
         a.factors_are_double = is_double;
         a.factor_group = group;
-        if (backend == Backend::Cpu) scale_elements_cpu(a);
-#if FUSEDKD_WITH_CUDA
-        else scale_elements_cuda(a, static_cast<CUstream_st*>(stream));
-#endif
-        (void)stream;
+        FUSEDKD_ON_BACKEND(backend, stream, scale_elements_cpu(a),
+                           scale_elements_cuda(a, FUSEDKD_TEST_STREAM(stream)));
       });
       std::vector<double> ref(numel);
       const Buffer rounded = Buffer::from(dtype, values);
@@ -263,11 +249,8 @@ TEST_P(FeatureKernel, AttentionTransferMatchesReference) {
                            a.grad_student = out[1];
                            a.grad_teacher = out[2];
                            a.workspace = workspace;
-                           if (backend == Backend::Cpu) attention_transfer_cpu(a);
-#if FUSEDKD_WITH_CUDA
-                           else attention_transfer_cuda(a, static_cast<CUstream_st*>(stream));
-#endif
-                           (void)stream;
+                           FUSEDKD_ON_BACKEND(backend, stream, attention_transfer_cpu(a),
+                                              attention_transfer_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                          });
           const std::vector<double> sv = s.values(), tv = t.values();
           const auto total = [&](const std::vector<double>& x, const std::vector<double>& y) {

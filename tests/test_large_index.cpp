@@ -72,12 +72,7 @@ std::vector<double> float_logits(std::int64_t cols, std::uint64_t seed) {
 
 std::vector<float> as_float(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
 
-class LargeIndex : public ::testing::TestWithParam<Backend> {
- protected:
-  void SetUp() override {
-    if (const char* why = missing_device(GetParam())) GTEST_SKIP() << why;
-  }
-};
+class LargeIndex : public BackendTest {};
 
 // R * V = 2^31 + 3 * 2^15 elements per input; rows 0 and the last three are filled, the others are
 // zero (uniform distributions for both models: a per-row KL of exactly 0).
@@ -111,11 +106,8 @@ TEST_P(LargeIndex, SoftTargetRowsBeyond2To31) {
                    a.teacher = t.data();
                    a.loss = out[0];
                    a.workspace = workspace;
-                   if (backend == Backend::Cpu) soft_target_loss_cpu(a);
-#if FUSEDKD_WITH_CUDA
-                   else soft_target_loss_cuda(a, static_cast<CUstream_st*>(stream));
-#endif
-                   (void)stream;
+                   FUSEDKD_ON_BACKEND(backend, stream, soft_target_loss_cpu(a),
+                                      soft_target_loss_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                  });
   for (std::size_t i = 0; i < filled.size(); ++i) {
     const std::vector<double> lq = softmax_reference(rows_s[i], 1, V, 2.0, true);
@@ -150,11 +142,8 @@ TEST_P(LargeIndex, FeatureMseBeyond2To31) {
                    a.teacher = t.data();
                    a.loss = out[0];
                    a.workspace = workspace;
-                   if (backend == Backend::Cpu) feature_mse_cpu(a);
-#if FUSEDKD_WITH_CUDA
-                   else feature_mse_cuda(a, static_cast<CUstream_st*>(stream));
-#endif
-                   (void)stream;
+                   FUSEDKD_ON_BACKEND(backend, stream, feature_mse_cpu(a),
+                                      feature_mse_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                  });
   EXPECT_NEAR(loss.get(0), expected, 1e-6 * expected);
 }

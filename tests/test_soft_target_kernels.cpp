@@ -230,11 +230,8 @@ TEST_P(SoftTargetKernel, LossAndGradientsMatchFloat64Reference) {
                    args.grad_student = out[1];
                    args.grad_teacher = out[2];
                    args.workspace = ws;
-                   if (c.backend == Backend::Cpu) soft_target_loss_cpu(args);
-#if FUSEDKD_WITH_CUDA
-                   else soft_target_loss_cuda(args, static_cast<CUstream_st*>(stream));
-#endif
-                   (void)stream;
+                   FUSEDKD_ON_BACKEND(c.backend, stream, soft_target_loss_cpu(args),
+                                      soft_target_loss_cuda(args, FUSEDKD_TEST_STREAM(stream)));
                  });
   const double tol = std::max(tolerance(c.student), tolerance(c.teacher)) * (dbl ? 1.0 : 2.0);
   // Saturated rows (outliers at low T make both softmaxes one-hot) and V = 1 have losses and

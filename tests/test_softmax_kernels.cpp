@@ -85,11 +85,8 @@ TEST_P(SoftmaxKernel, ForwardMatchesFloat64Reference) {
                  [&](const std::vector<const void*>& in, const std::vector<void*>& out, void*, void* stream) {
                    args.input = static_cast<const unsigned char*>(in[0]) + offset_bytes;
                    args.output = out[0];
-                   if (c.backend == Backend::Cpu) softmax_forward_cpu(args);
-#if FUSEDKD_WITH_CUDA
-                   else softmax_forward_cuda(args, static_cast<CUstream_st*>(stream));
-#endif
-                   (void)stream;
+                   FUSEDKD_ON_BACKEND(c.backend, stream, softmax_forward_cpu(args),
+                                      softmax_forward_cuda(args, FUSEDKD_TEST_STREAM(stream)));
                  });
   const double error = relative_error(output.values(), ref, resolution_floor(c.dtype));
   EXPECT_LT(error, tolerance(c.dtype)) << case_name({c, 0});
@@ -131,11 +128,8 @@ TEST_P(SoftmaxKernel, BackwardMatchesFloat64Reference) {
                    args.grad_output = static_cast<const unsigned char*>(in[0]) + offset_bytes;
                    args.output = static_cast<const unsigned char*>(in[1]) + offset_bytes;
                    args.grad_input = out[0];
-                   if (c.backend == Backend::Cpu) softmax_backward_cpu(args);
-#if FUSEDKD_WITH_CUDA
-                   else softmax_backward_cuda(args, static_cast<CUstream_st*>(stream));
-#endif
-                   (void)stream;
+                   FUSEDKD_ON_BACKEND(c.backend, stream, softmax_backward_cpu(args),
+                                      softmax_backward_cuda(args, FUSEDKD_TEST_STREAM(stream)));
                  });
   const double error = relative_error(grad_input.values(), ref, resolution_floor(c.dtype));
   EXPECT_LT(error, tolerance(c.dtype)) << case_name({c, 0});
