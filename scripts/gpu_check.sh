@@ -7,7 +7,8 @@
 # assumed), runs every test including the CUDA ones, runs compute-sanitizer (memcheck, racecheck)
 # on the CUDA kernel tests, runs the benchmarks, and writes logs, JSON and summary.md to OUT_DIR.
 # No network: DEPS_DIR (default .gpu-deps, made by scripts/prepare_gpu_deps.sh) holds GoogleTest's
-# sources, Google Benchmark, OpenBLAS (used when the machine has none) and the Fashion-MNIST files.
+# sources, Google Benchmark, OpenBLAS (used when the machine has none), zlib's headers (likewise) and
+# the Fashion-MNIST files (for the demo and its tests).
 #
 # Device time is scarce (a lent machine's session has minutes, not hours), so:
 #   - the CUDA code is built for the GPU in the machine alone (its compute capability, e.g. 90),
@@ -75,20 +76,25 @@ ARCHS="${ARCHS:-80;90}"
 say "CUDA architectures built: $ARCHS"
 TORCH_PREFIX=$("$PYTHON" -c "import torch; print(torch.utils.cmake_prefix_path)")
 BENCH_PREFIX="$DEPS/benchmark/usr;$DEPS/benchmark/usr/lib/x86_64-linux-gnu/cmake"
-BLAS_FLAGS=""
+DEP_FLAGS=""
 if [ ! -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] && [ ! -e /usr/include/cblas.h ]; then
   blas_root="$DEPS/openblas/usr"
-  BLAS_FLAGS="-DFUSEDKD_CBLAS_INCLUDE_DIR=$blas_root/include/x86_64-linux-gnu/openblas-pthread"
-  BLAS_FLAGS+=" -DFUSEDKD_CBLAS_LIBRARY=$blas_root/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so"
+  DEP_FLAGS="-DFUSEDKD_CBLAS_INCLUDE_DIR=$blas_root/include/x86_64-linux-gnu/openblas-pthread"
+  DEP_FLAGS+=" -DFUSEDKD_CBLAS_LIBRARY=$blas_root/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so"
   export LD_LIBRARY_PATH="$blas_root/lib/x86_64-linux-gnu/openblas-pthread:$blas_root/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 fi
+if [ ! -e /usr/include/zlib.h ] && [ -e "$DEPS/zlib/usr/include/zlib.h" ]; then
+  libz=$(ldconfig -p 2>/dev/null | awk '/libz\.so\.1 .*x86-64/ {print $NF; exit}')
+  [ -n "$libz" ] && DEP_FLAGS+=" -DZLIB_INCLUDE_DIR=$DEPS/zlib/usr/include -DZLIB_LIBRARY=$libz"
+fi
+[ -d "$DEPS/fashion-mnist" ] && export FUSEDKD_FASHION_MNIST="$DEPS/fashion-mnist"
 LAUNCHER=""  # ccache where there is one (not on the lent machines; a dry run elsewhere)
 if command -v ccache > /dev/null 2>&1; then
   LAUNCHER="-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"
   export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
 fi
 SANITIZER=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-export ROOT OUT DEPS PYTHON BUILD LOG JOBS ARCHS TORCH_PREFIX BENCH_PREFIX BLAS_FLAGS LAUNCHER SANITIZER
+export ROOT OUT DEPS PYTHON BUILD LOG JOBS ARCHS TORCH_PREFIX BENCH_PREFIX DEP_FLAGS LAUNCHER SANITIZER
 
 build_gtest() {
   { cmake -S "$DEPS/googletest" -B /tmp/gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -96,9 +102,9 @@ build_gtest() {
       cmake --build /tmp/gtest-build -j "$JOBS" && cmake --install /tmp/gtest-build; } > "$LOG/gtest_build.log" 2>&1
 }
 build_fusedkd() {
-  # shellcheck disable=SC2086  # BLAS_FLAGS, LAUNCHER: words without spaces inside them
+  # shellcheck disable=SC2086  # DEP_FLAGS, LAUNCHER: words without spaces inside them
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" $BLAS_FLAGS $LAUNCHER \
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" $DEP_FLAGS $LAUNCHER \
     -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/gtest-prefix;$BENCH_PREFIX" > "$LOG/build.log" 2>&1 &&
     cmake --build "$BUILD" -j "$JOBS" >> "$LOG/build.log" 2>&1 || { tail -n 40 "$LOG/build.log"; return 1; }
 }
@@ -157,6 +163,14 @@ pytest_all() {
   tail -n 3 "$LOG/pytest.log"
   return $rc
 }
+# The Fashion-MNIST demo on the GPU: the fused losses inside real training (a short run).
+demo_cuda() {
+  "$BUILD/driver/fusedkd_demo" --device cuda --teacher-epochs 3 --epochs 3 --seeds 1 --out "$OUT/demo" \
+    > "$LOG/demo.log" 2>&1
+  local rc=$?
+  tail -n 25 "$LOG/demo.log"
+  return $rc
+}
 # Device-to-device copy bandwidth (bytes read + written): the yardstick for the kernels' GB/s.
 copy_bandwidth() {
   "$PYTHON" - <<'PY'
@@ -169,7 +183,7 @@ print(f"{2 * 20 * x.numel() / (s.elapsed_time(e) / 1e3) / 1e9:.0f}")
 PY
 }
 export -f build_gtest build_fusedkd cuda_tests sanitize memcheck racecheck bench bench_soft_target bench_feature \
-  bench_softmax ctest_all pytest_all copy_bandwidth
+  bench_softmax ctest_all pytest_all copy_bandwidth demo_cuda
 
 step "googletest build" 120 build_gtest
 if ! step "build (sm_$ARCHS)" 480 build_fusedkd; then
@@ -190,6 +204,7 @@ step "bench_feature (CUDA)" 120 bench_feature
 step "bench_softmax (CUDA)" 120 bench_softmax
 step "ctest (every test)" 240 ctest_all
 step "pytest" 180 pytest_all
+step "demo on the GPU" 150 demo_cuda
 
 say "total: $((SECONDS - START)) s"
 save_logs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything fusedkd needs on Debian 12, and only what is missing (safe to run again):
-# build tools, GoogleTest, Google Benchmark, the Fashion-MNIST files, and a project-local Python
+# build tools, GoogleTest, Google Benchmark, OpenBLAS, zlib, the Fashion-MNIST files, and a project-local Python
 # virtual environment (.venv) with torch==2.11.0 (its LibTorch is what the C++ code builds against).
 # The CUDA toolkit is not installed here: with nvcc present (PATH or /usr/local/cuda) the CUDA
 # kernels are built, without it the build is CPU-only.
@@ -10,7 +10,7 @@ TORCH_VERSION=2.11.0
 VENV="$ROOT/.venv"
 
 packages=(build-essential cmake ninja-build ccache git pkg-config
-          libgtest-dev libbenchmark-dev libopenblas-dev dataset-fashion-mnist
+          libgtest-dev libbenchmark-dev libopenblas-dev zlib1g-dev dataset-fashion-mnist
           python3 python3-venv python3-dev)
 missing=()
 for p in "${packages[@]}"; do
