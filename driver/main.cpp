@@ -6,7 +6,6 @@
 #include <torch/serialize.h>
 
 #include <cmath>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -177,10 +176,11 @@ int run(const Options& o) {
   train.batch_size = o.batch_size;
   train.device = device;
 
-  // The teacher, trained once per (epochs, training images, batch size) and kept in --out.
+  // The teacher, trained once per (architecture version, epochs, training images, batch size) and
+  // kept in --out.
   demo::TeacherNet teacher;
   demo::RunResult teacher_result;
-  const std::string teacher_path = o.out + "/teacher_e" + std::to_string(o.teacher_epochs) + "_n" +
+  const std::string teacher_path = o.out + "/teacher_v1_e" + std::to_string(o.teacher_epochs) + "_n" +
                                    std::to_string(data.train.labels.size(0)) + "_b" + std::to_string(o.batch_size) +
                                    ".pt";
   if (!o.retrain_teacher && std::filesystem::exists(teacher_path)) {
