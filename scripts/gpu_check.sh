@@ -78,7 +78,10 @@ TORCH_PREFIX=$("$PYTHON" -c "import torch; print(torch.utils.cmake_prefix_path)"
 BENCH_PREFIX="$DEPS/benchmark/usr;$DEPS/benchmark/usr/lib/x86_64-linux-gnu/cmake"
 DEP_FLAGS=""
 if [ ! -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] && [ ! -e /usr/include/cblas.h ]; then
-  blas_root="$DEPS/openblas/usr"
+  # OpenBLAS travels xz-compressed (prepare_gpu_deps.sh); Python's tarfile unpacks it anywhere.
+  "$PYTHON" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+    "$DEPS/openblas.tar.xz" /tmp/fusedkd-deps
+  blas_root=/tmp/fusedkd-deps/openblas/usr
   DEP_FLAGS="-DFUSEDKD_CBLAS_INCLUDE_DIR=$blas_root/include/x86_64-linux-gnu/openblas-pthread"
   DEP_FLAGS+=" -DFUSEDKD_CBLAS_LIBRARY=$blas_root/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so"
   export LD_LIBRARY_PATH="$blas_root/lib/x86_64-linux-gnu/openblas-pthread:$blas_root/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
