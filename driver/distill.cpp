@@ -1,7 +1,6 @@
 #include "distill.h"
 
 #include <torch/nn/functional.h>
-#include <torch/nn/init.h>
 #include <torch/optim/adam.h>
 #include <torch/torch.h>
 
@@ -23,30 +22,36 @@ double seconds_since(Clock::time_point start) {
 
 constexpr int kEvalBatch = 1000;
 
-// fn(first, count) over the batches of `n` rows.
-template <typename Fn>
-void for_each_batch(std::int64_t n, Fn&& fn) {
-  for (std::int64_t i = 0; i < n; i += kEvalBatch) fn(i, std::min<std::int64_t>(kEvalBatch, n - i));
+// A model's logits and feature maps over `images`, in batches, in eval mode, without gradients,
+// on `device` (the feature maps only when asked for).
+template <typename Net>
+std::pair<at::Tensor, at::Tensor> forward_all(Net& model, const at::Tensor& images, torch::Device device,
+                                              bool features) {
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> logits, maps;
+  for (std::int64_t i = 0; i < images.size(0); i += kEvalBatch) {
+    auto [l, f] = model->forward(images.narrow(0, i, std::min<std::int64_t>(kEvalBatch, images.size(0) - i)).to(device));
+    logits.push_back(l);
+    if (features) maps.push_back(f);
+  }
+  model->train(was_training);
+  if (logits.empty()) return {at::empty({0, kFashionClasses}, at::TensorOptions().device(device)), at::Tensor()};
+  return {at::cat(logits), features ? at::cat(maps) : at::Tensor()};
 }
 
 template <typename Net>
 at::Tensor predict(Net& model, const at::Tensor& images, torch::Device device) {
-  const bool was_training = model->is_training();
-  model->eval();
-  torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> parts;
-  for_each_batch(images.size(0), [&](std::int64_t first, std::int64_t count) {
-    parts.push_back(model->forward(images.narrow(0, first, count).to(device)).first.to(at::kCPU));
-  });
-  model->train(was_training);
-  return parts.empty() ? at::empty({0, kFashionClasses}) : at::cat(parts);
+  return forward_all(model, images, device, false).first.to(at::kCPU);
 }
 
 // The epochs of one training run: shuffled batches from a generator seeded with options.seed,
-// `step(indices)` returns the batch loss after its optimiser step; the test accuracy after each
-// epoch, and the final metrics, come from `evaluate()` (test-set logits).
+// `step(indices)` returns the batch loss (detached, on the device: read once per epoch, not per
+// step) after its optimiser step; the test accuracy after each epoch, and the final metrics, come
+// from `evaluate()` (test-set logits).
 RunResult run_epochs(const std::string& name, const FashionMnist& data, const TrainOptions& options,
-                     const std::function<double(const at::Tensor&)>& step,
+                     const std::function<at::Tensor(const at::Tensor&)>& step,
                      const std::function<at::Tensor()>& evaluate,
                      const std::function<void(const EpochRecord&)>& progress) {
   if (options.epochs < 1 || options.batch_size < 1)
@@ -60,7 +65,7 @@ RunResult run_epochs(const std::string& name, const FashionMnist& data, const Tr
   for (int epoch = 1; epoch <= options.epochs; ++epoch) {
     const Clock::time_point start = Clock::now();
     const at::Tensor order = at::randperm(n, shuffle, at::TensorOptions().dtype(at::kLong));
-    double loss_sum = 0;
+    at::Tensor loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(options.device));
     std::int64_t batches = 0;
     for (std::int64_t i = 0; i < n; i += options.batch_size) {
       loss_sum += step(order.narrow(0, i, std::min<std::int64_t>(options.batch_size, n - i)));
@@ -69,7 +74,7 @@ RunResult run_epochs(const std::string& name, const FashionMnist& data, const Tr
     EpochRecord record;
     record.epoch = epoch;
     record.seconds = seconds_since(start);
-    record.train_loss = batches ? loss_sum / static_cast<double>(batches) : 0.0;
+    record.train_loss = batches ? loss_sum.item<double>() / static_cast<double>(batches) : 0.0;
     result.train_seconds += record.seconds;
     test_logits = evaluate();
     record.test_accuracy = classification_metrics(test_logits, data.test.labels).accuracy;
@@ -161,7 +166,7 @@ RunResult train_teacher(TeacherNet& teacher, const FashionMnist& data, const Tra
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
-    return loss.item<double>();
+    return loss.detach();
   };
   const auto evaluate = [&] { return predict(teacher, data.test.images, options.device); };
   RunResult result = run_epochs("teacher", data, options, step, evaluate, progress);
@@ -171,20 +176,9 @@ RunResult train_teacher(TeacherNet& teacher, const FashionMnist& data, const Tra
 
 TeacherTargets teacher_targets(TeacherNet& teacher, const at::Tensor& images, torch::Device device, bool features) {
   teacher->to(device);
-  teacher->eval();
-  torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> logits, maps;
-  for_each_batch(images.size(0), [&](std::int64_t first, std::int64_t count) {
-    auto [l, f] = teacher->forward(images.narrow(0, first, count).to(device));
-    logits.push_back(l);
-    if (features) maps.push_back(f);
-  });
-  TeacherTargets targets;
-  targets.logits = logits.empty() ? at::empty({0, kFashionClasses}, at::TensorOptions().device(device)) : at::cat(logits);
-  if (features)
-    targets.features = maps.empty() ? at::empty({0, kTeacherFeatureChannels, 7, 7}, at::TensorOptions().device(device))
-                                    : at::cat(maps);
-  return targets;
+  auto [logits, maps] = forward_all(teacher, images, device, features);
+  if (features && !maps.defined()) maps = at::empty({0, kTeacherFeatureChannels, 7, 7}, at::TensorOptions().device(device));
+  return {logits, maps};
 }
 
 RunResult train_student(const Method& method, const TeacherTargets& teacher, const FashionMnist& data,
@@ -220,7 +214,7 @@ RunResult train_student(const Method& method, const TeacherTargets& teacher, con
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
-    return loss.item<double>();
+    return loss.detach();
   };
   const auto evaluate = [&] { return predict(student, data.test.images, options.device); };
   return run_epochs(method.name, data, options, step, evaluate, progress);
