@@ -92,9 +92,10 @@ const std::vector<Method>& standard_methods() {
   // the other divergences. Soft terms are scaled by T^2 (Hinton et al.) so that their gradients do
   // not shrink with T; the MSE's soft_weight of 10 (= V) turns its mean over R * V elements into a
   // sum over the classes averaged over the rows, the scale of the KL's batchmean. The feature
-  // weights are those of the papers that introduced the losses: attention transfer 1000 with the
-  // mean over N * H * W (Zagoruyko & Komodakis), similarity preserving 3000 with its 1 / N^2
-  // (Tung & Mori); the FitNets hint 1 with the mean over elements.
+  // weights are those the RepDistiller benchmark (Tian et al.) uses with the same normalisations:
+  // attention transfer 1000 with the mean over N * H * W, similarity preserving 3000 with its
+  // 1 / N^2. The FitNets hint has weight 1 with the mean over elements (the seed leaves its feature
+  // weight open; RepDistiller gives its own hint, on other networks, 100).
   static const std::vector<Method> methods = {
       {"ce", "cross-entropy only (no teacher)", "", 1.0, 0.0, FeatureLoss::None, 0.0},
       {"kd_mse", "CE + MSE of softened probabilities, T=5 (seed example 1)", "mse", 5.0, 10.0, FeatureLoss::None, 0.0},
@@ -155,7 +156,10 @@ at::Tensor predict_logits(StudentNet& model, const at::Tensor& images, torch::De
 
 RunResult train_teacher(TeacherNet& teacher, const FashionMnist& data, const TrainOptions& options,
                         const std::function<void(const EpochRecord&)>& progress) {
+  // LibTorch seeds its default generator nondeterministically: the teacher is built afresh after
+  // seeding, so that its initial weights (and dropout masks) follow options.seed alone.
   torch::manual_seed(options.seed);
+  teacher = TeacherNet();
   teacher->to(options.device);
   teacher->train();
   torch::optim::Adam optimizer(teacher->parameters(), torch::optim::AdamOptions(options.learning_rate));

@@ -79,7 +79,8 @@ struct TeacherTargets {
 };
 TeacherTargets teacher_targets(TeacherNet& teacher, const at::Tensor& images, torch::Device device, bool features);
 
-// Trains the teacher with cross-entropy. `progress` (may be empty) is called after every epoch.
+// Trains a fresh teacher (replacing `teacher`; initial weights, dropout masks and batch order
+// follow options.seed) with cross-entropy. `progress` (may be empty) is called after every epoch.
 RunResult train_teacher(TeacherNet& teacher, const FashionMnist& data, const TrainOptions& options,
                         const std::function<void(const EpochRecord&)>& progress = {});
 
