@@ -185,7 +185,7 @@ int run(const Options& o) {
                                    ".pt";
   if (!o.retrain_teacher && std::filesystem::exists(teacher_path)) {
     std::cout << "Teacher: loading " << teacher_path << " (--retrain-teacher to train it again)" << std::endl;
-    torch::load(teacher, teacher_path);
+    torch::load(teacher, teacher_path, device);  // a teacher saved on another device loads onto this one
     teacher->to(device);
     teacher->eval();
     teacher_result.method = "teacher";
