@@ -150,9 +150,6 @@ torch::Tensor student_loss(const Method& method, const torch::Tensor& student_lo
 at::Tensor predict_logits(TeacherNet& model, const at::Tensor& images, torch::Device device) {
   return predict(model, images, device);
 }
-at::Tensor predict_logits(StudentNet& model, const at::Tensor& images, torch::Device device) {
-  return predict(model, images, device);
-}
 
 RunResult train_teacher(TeacherNet& teacher, const FashionMnist& data, const TrainOptions& options,
                         const std::function<void(const EpochRecord&)>& progress) {

@@ -66,9 +66,8 @@ struct RunResult {
   double train_seconds = 0;
 };
 
-// Logits of a model over a split, in batches, without gradients, in eval mode (on the CPU).
+// The teacher's logits over a split, in batches, without gradients, in eval mode (on the CPU).
 at::Tensor predict_logits(TeacherNet& model, const at::Tensor& images, torch::Device device);
-at::Tensor predict_logits(StudentNet& model, const at::Tensor& images, torch::Device device);
 
 // What the students learn from, computed once: the frozen teacher's logits over the training
 // images and, when a feature-matching method runs, its 7x7 feature maps (60,000 x 64 x 7 x 7

@@ -196,7 +196,10 @@ std::string json_report(const DemoSetup& setup, const RunResult& teacher, const 
     << ", \"teacher_epochs\": " << setup.teacher_epochs << ", \"student_epochs\": " << setup.student_epochs
     << ", \"seeds\": " << setup.seeds << ", \"batch_size\": " << setup.batch_size
     << ", \"teacher_parameters\": " << setup.teacher_parameters
-    << ", \"student_parameters\": " << setup.student_parameters << "},\n";
+    << ", \"student_parameters\": " << setup.student_parameters << ", \"classes\": [";
+  for (std::size_t c = 0; c < kFashionClassNames.size(); ++c)
+    o << (c ? ", " : "") << "\"" << escape_json(kFashionClassNames[c]) << "\"";
+  o << "]},\n";
   o << "  \"teacher\": ";
   json_metrics(o, teacher.test);
   o << ",\n  \"summaries\": [";

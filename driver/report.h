@@ -42,6 +42,8 @@ struct DemoSetup {
 
 std::string markdown_report(const DemoSetup& setup, const RunResult& teacher,
                             const std::vector<MethodSummary>& summaries);
+// JSON of everything: the setup (with the class names that index f1_per_class and confusion),
+// the teacher's metrics, the summaries and every run.
 std::string json_report(const DemoSetup& setup, const RunResult& teacher, const std::vector<MethodSummary>& summaries,
                         const std::vector<RunResult>& runs);
 // Two panels: test accuracy and macro-F1 per method (bars: mean, whiskers: +- one standard

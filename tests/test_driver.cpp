@@ -331,6 +331,7 @@ TEST(Report, TableJsonAndPlot) {
   EXPECT_NE(json.find("\"description\": \"a \\\"quoted\\\" <method> & more\""), std::string::npos) << json;
   EXPECT_NE(json.find("\"accuracy_gain_vs_ce\": null"), std::string::npos);  // plain training itself
   EXPECT_EQ(count(json, "\"confusion\": [["), 3);                              // teacher and two runs
+  EXPECT_NE(json.find("\"classes\": [\"T-shirt/top\", \"Trouser\","), std::string::npos);
 
   const std::string svg = demo::svg_plot(teacher, s);
   EXPECT_EQ(svg.rfind("<svg ", 0), 0u);
