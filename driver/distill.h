@@ -1,11 +1,12 @@
-// Training the teacher and distilling students with fusedkd's losses.
+// The students' losses (each method's, from fusedkd's ops) and the training loop: a fixed number
+// of optimiser steps, the validation accuracy checked at regular steps, the best checkpoint kept.
 #pragma once
 
 #include <torch/types.h>
 
 #include <cstdint>
 #include <functional>
-#include <optional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,79 +16,137 @@
 
 namespace fusedkd::demo {
 
-// How a student is trained: cross-entropy on the labels (weight 1) plus, when `divergence` is set,
-// soft_weight * T^2 * divergence(student, teacher) at temperature T (fusedkd::kd_loss, one fused
-// op), plus, when `feature` is set, feature_weight * a feature-map loss between the students' and
-// the teacher's 7x7 maps.
+// Marks a training image whose label the student is not given (kd_loss's default ignore_index).
+constexpr std::int64_t kUnlabelled = -100;
+constexpr double kLabelSmoothing = 0.1;
+
+// What a method's hard term learns from.
+enum class Target {
+  Labels,          // cross-entropy on the given labels
+  SmoothedLabels,  // cross-entropy with label smoothing 0.1 (control: is the gain only smoothing?)
+  PseudoLabels,    // cross-entropy on the given labels and on the teacher's argmax where none is given
+  Teacher,         // the given labels and the teacher's softened outputs (distillation)
+};
 enum class FeatureLoss { None, Hint, Attention, Similarity };
 
 struct Method {
-  std::string name;                     // short name used on the command line and in the results
-  std::string description;              // one line for the table
-  std::string divergence;               // "" (plain training), "kl", "reverse_kl", "jsd", "mse"
-  double temperature = 1.0;
-  double soft_weight = 0.0;
+  std::string name;         // used on the command line and in the results
+  std::string description;  // one line for the report
+  Target target = Target::Labels;
+  std::string divergence;   // Target::Teacher: "kl", "mse", "reverse_kl" or "jsd"
   FeatureLoss feature = FeatureLoss::None;
-  double feature_weight = 0.0;
+  double feature_weight = 0;
+  bool seed_loss = false;   // one of the seed's two losses (MSE, KL)
 };
 
-// The methods the demo compares, in table order: plain training first.
+// The methods in report order: the controls, then the seed's two losses, then the others.
 const std::vector<Method>& standard_methods();
-// Looks a method up by name; throws std::invalid_argument listing the names for an unknown one.
+// Throws std::invalid_argument listing the names for an unknown one.
 const Method& find_method(const std::string& name);
+// Whether a method learns anything from the teacher (and so has a temperature and an alpha).
+inline bool uses_teacher(const Method& m) { return m.target == Target::Teacher; }
 
-// The students' loss for one batch. `regressor_weight` [64, 16] and `regressor_bias` [64] are the
-// FitNets regressor (used by FeatureLoss::Hint only).
-torch::Tensor student_loss(const Method& method, const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
-                           const torch::Tensor& labels, const torch::Tensor& student_features,
-                           const torch::Tensor& teacher_features, const torch::Tensor& regressor_weight,
-                           const torch::Tensor& regressor_bias);
+// How the hard and the soft term are mixed:
+//   Balanced (the demo's): (1 - alpha) * CE + alpha * T^2 * D   (Hinton et al.'s form)
+//   Seed:                  CE + alpha * D                       (the seed's examples)
+// D is kd_loss's divergence at temperature T; for "mse" the demo's Balanced form multiplies
+// kd_loss's mean over R x V elements by V (a sum over the classes, averaged over the rows: the KL's
+// batchmean scale), while the Seed form keeps the seed's nn.MSELoss mean.
+enum class LossForm { Balanced, Seed };
+struct LossSetting {
+  double temperature = 1.0;
+  double alpha = 0.5;
+  LossForm form = LossForm::Balanced;
+};
+std::string form_name(LossForm form);
+LossForm parse_form(const std::string& name);
+
+// One batch as the loss sees it. `labels` holds kUnlabelled where the student has no label;
+// `all_labelled` says there is none such (the loss is then one fused kd_loss call).
+struct Batch {
+  torch::Tensor student_logits, teacher_logits, labels;
+  bool all_labelled = true;
+  torch::Tensor student_features, teacher_features;  // feature methods only
+  torch::Tensor regressor_weight, regressor_bias;    // FeatureLoss::Hint: [64, 16], [64]
+};
+torch::Tensor student_loss(const Method& method, const LossSetting& setting, const Batch& batch);
+
+// ---------------------------------------------------------------- training
 
 struct TrainOptions {
-  int epochs = 5;
+  int steps = 2000;       // optimiser steps (the same for every method of a comparison)
+  int evaluations = 10;   // validation checks, evenly spaced; the last after the last step
   int batch_size = 128;
   double learning_rate = 1e-3;  // Adam, as in the seed
-  std::uint64_t seed = 0;
+  std::uint64_t seed = 0;       // initial weights and batch order
   torch::Device device = torch::kCPU;
 };
 
-struct EpochRecord {
-  int epoch = 0;            // 1-based
-  double train_loss = 0;    // mean over the epoch's batches
-  double test_accuracy = 0;
-  double seconds = 0;       // training time of the epoch (evaluation excluded)
+struct Checkpoint {
+  int step = 0;
+  double train_loss = 0;           // mean batch loss since the previous checkpoint
+  double validation_accuracy = 0;
 };
 
-struct RunResult {
-  std::string method;
-  std::uint64_t seed = 0;
-  std::vector<EpochRecord> epochs;
-  ClassificationMetrics test;  // after the last epoch
-  double train_seconds = 0;
+struct TrainLog {
+  std::vector<Checkpoint> checkpoints;
+  int best_step = 0;                  // the checkpoint kept: best validation accuracy, earliest on ties
+  double best_validation_accuracy = 0;
+  double seconds = 0;                 // training and validation time
 };
 
-// The teacher's logits over a split, in batches, without gradients, in eval mode (on the CPU).
-at::Tensor predict_logits(TeacherNet& model, const at::Tensor& images, torch::Device device);
+// Called after each checkpoint with (steps done, steps in all, the checkpoint).
+using Progress = std::function<void(int, int, const Checkpoint&)>;
 
-// What the students learn from, computed once: the frozen teacher's logits over the training
-// images and, when a feature-matching method runs, its 7x7 feature maps (60,000 x 64 x 7 x 7
-// float32, 750 MB, on `device`).
-struct TeacherTargets {
-  at::Tensor logits;
-  at::Tensor features;  // undefined when not asked for
+// The loop every network is trained with: options.steps Adam steps on batches drawn from
+// `pool_size` items (consecutive random permutations from a generator seeded with options.seed,
+// so every batch is full), `step(positions)` computing the batch loss (positions into the pool);
+// every steps/evaluations steps `validate()` gives the validation accuracy; the parameters of the
+// best checkpoint are restored at the end.
+TrainLog train_steps(const std::vector<torch::Tensor>& parameters, std::int64_t pool_size, const TrainOptions& options,
+                     const std::function<torch::Tensor(const at::Tensor&)>& step,
+                     const std::function<double()>& validate, const Progress& progress = {});
+
+// A model's logits and feature maps over `images`, in eval mode, without gradients, in batches of
+// 1000, on `device` (features only when asked for; undefined when the model has none).
+std::pair<at::Tensor, at::Tensor> predict(torch::nn::Module& module,
+                                          const std::function<std::pair<torch::Tensor, torch::Tensor>(
+                                              const torch::Tensor&)>& forward,
+                                          const at::Tensor& images, torch::Device device, bool features);
+at::Tensor predict_logits(TeacherNet& teacher, const at::Tensor& images, torch::Device device);
+at::Tensor predict_logits(StudentNet& student, const at::Tensor& images, torch::Device device);
+
+// The data a study trains on: the training part of the split (all its real labels), the
+// validation part, the test set, and the teacher's outputs over the training part.
+struct StudyData {
+  Split train, validation, test;
+  at::Tensor teacher_logits;    // [train, 10], eval mode
+  at::Tensor teacher_features;  // [train, 64, 7, 7] when a feature method runs, else undefined
 };
-TeacherTargets teacher_targets(TeacherNet& teacher, const at::Tensor& images, torch::Device device, bool features);
 
-// Trains a fresh teacher (replacing `teacher`; initial weights, dropout masks and batch order
-// follow options.seed) with cross-entropy. `progress` (may be empty) is called after every epoch.
-RunResult train_teacher(TeacherNet& teacher, const FashionMnist& data, const TrainOptions& options,
-                        const std::function<void(const EpochRecord&)>& progress = {});
+// Trains a fresh teacher (replacing `teacher`; weights, dropout and shifts follow options.seed) on
+// `train` with cross-entropy, each batch's images moved by up to `max_shift` pixels (0: none),
+// checkpoints on `validation`.
+TrainLog train_teacher(TeacherNet& teacher, const Split& train, const Split& validation, int max_shift,
+                       const TrainOptions& options, const Progress& progress = {});
 
-// Trains a fresh student (initialised from options.seed: every method sees the same initial
-// weights and batch order for a given seed) with `method`, from the teacher's targets over
-// data.train (with features for a feature-matching method).
-RunResult train_student(const Method& method, const TeacherTargets& teacher, const FashionMnist& data,
-                        const TrainOptions& options,
-                        const std::function<void(const EpochRecord&)>& progress = {});
+// What one student run trains on: `index` positions into StudyData::train, `labels` what the
+// student is told of each (the real label, or kUnlabelled).
+struct Pool {
+  at::Tensor index;
+  at::Tensor labels;
+  bool all_labelled = true;
+};
+
+struct TrainedStudent {
+  std::shared_ptr<StudentNet> net;
+  TrainLog log;
+};
+
+// Trains a fresh student of `kind` (weights and batch order from options.seed, so every method
+// starts from the same weights for one seed) with `method` at `setting` on `pool`; returns it at
+// its best validation checkpoint.
+TrainedStudent train_student(StudentKind kind, const Method& method, const LossSetting& setting, const StudyData& data,
+                             const Pool& pool, const TrainOptions& options, const Progress& progress = {});
 
 }  // namespace fusedkd::demo

@@ -16,14 +16,12 @@ std::string fixed(double value, int digits) {
   return buffer;
 }
 
-std::string percent(const MeanStd& v, bool with_std) {
-  std::string s = fixed(100.0 * v.mean, 2);
-  if (with_std) s += " ± " + fixed(100.0 * v.std, 2);
-  return s;
-}
+std::string signed_points(double v) { return (v >= 0 ? "+" : "") + fixed(100.0 * v, 2); }
 
-std::string count_of(long long n, const char* noun) {
-  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+std::string general(double v) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%g", v);
+  return buffer;
 }
 
 std::string escape_json(const std::string& s) {
@@ -64,6 +62,8 @@ std::string number(double v) {
   return buffer;
 }
 
+std::string quoted(const std::string& s) { return "\"" + escape_json(s) + "\""; }
+
 void json_metrics(std::ostringstream& o, const ClassificationMetrics& m) {
   o << "{\"accuracy\": " << number(m.accuracy) << ", \"macro_precision\": " << number(m.macro_precision)
     << ", \"macro_recall\": " << number(m.macro_recall) << ", \"macro_f1\": " << number(m.macro_f1)
@@ -79,268 +79,314 @@ void json_metrics(std::ostringstream& o, const ClassificationMetrics& m) {
   o << "]}";
 }
 
-void json_mean_std(std::ostringstream& o, const char* name, const MeanStd& v) {
-  o << "\"" << name << "\": {\"mean\": " << number(v.mean) << ", \"std\": " << number(v.std) << "}";
+void json_paired(std::ostringstream& o, const char* name, const Paired& p) {
+  o << "\"" << name << "\": ";
+  if (!p.present) {
+    o << "null";
+    return;
+  }
+  o << "{\"mean\": " << number(p.mean) << ", \"std\": " << number(p.std) << ", \"wins\": " << p.wins
+    << ", \"seeds\": " << p.seeds << "}";
 }
 
 // A categorical colour per series (Okabe-Ito, distinguishable with common colour blindness).
 const char* colour(std::size_t i) {
-  static const char* palette[] = {"#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442",
-                                  "#0072B2", "#D55E00", "#CC79A7", "#999999"};
+  static const char* palette[] = {"#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00",
+                                  "#0072B2", "#CC79A7", "#999999", "#F0E442"};
   return palette[i % (sizeof palette / sizeof palette[0])];
+}
+
+bool same_cell(const Cell& a, const Cell& b) {
+  return a.student == b.student && a.budget == b.budget && a.regime == b.regime;
+}
+
+std::string paired_text(const Paired& p) {
+  if (!p.present) return "—";
+  return signed_points(p.mean) + " ± " + fixed(100.0 * p.std, 2) + " (" + std::to_string(p.wins) + "/" +
+         std::to_string(p.seeds) + ")";
+}
+
+std::string list(const std::vector<double>& values) {
+  std::string s;
+  for (std::size_t i = 0; i < values.size(); ++i) s += (i ? ", " : "") + general(values[i]);
+  return s;
 }
 
 }  // namespace
 
-MeanStd mean_std(const std::vector<double>& values) {
-  MeanStd r;
-  if (values.empty()) return r;
-  for (const double v : values) r.mean += v;
-  r.mean /= static_cast<double>(values.size());
-  if (values.size() > 1) {
-    double ss = 0;
-    for (const double v : values) ss += (v - r.mean) * (v - r.mean);
-    r.std = std::sqrt(ss / static_cast<double>(values.size() - 1));
-  }
-  return r;
+bool meets_goal(const ArmResult& arm) {
+  return arm.vs_ce.present && arm.vs_ce.seeds >= 2 && arm.vs_ce.wins == arm.vs_ce.seeds &&
+         arm.vs_ce.mean > 2.0 * arm.vs_ce.std && arm.has_gap && arm.gap_closed >= 0.3;
 }
 
-std::vector<MethodSummary> summarize(const std::vector<RunResult>& runs, const std::vector<Method>& methods) {
-  std::map<std::uint64_t, double> baseline;  // seed -> accuracy of plain training
-  for (const RunResult& r : runs)
-    if (r.method == "ce") baseline[r.seed] = r.test.accuracy;
-  std::vector<MethodSummary> out;
-  for (const Method& method : methods) {
-    MethodSummary s;
-    s.method = method.name;
-    s.description = method.description;
-    std::vector<double> acc, prec, rec, f1, nll, ece, gains;
-    double seconds = 0;
-    int epochs = 0;
-    std::vector<std::vector<double>> by_epoch;
-    for (const RunResult& r : runs) {
-      if (r.method != method.name) continue;
-      ++s.runs;
-      acc.push_back(r.test.accuracy);
-      prec.push_back(r.test.macro_precision);
-      rec.push_back(r.test.macro_recall);
-      f1.push_back(r.test.macro_f1);
-      nll.push_back(r.test.nll);
-      ece.push_back(r.test.ece);
-      for (const EpochRecord& e : r.epochs) {
-        if (by_epoch.size() < static_cast<std::size_t>(e.epoch)) by_epoch.resize(e.epoch);
-        by_epoch[e.epoch - 1].push_back(e.test_accuracy);
-        seconds += e.seconds;
-        ++epochs;
-      }
-      const auto base = baseline.find(r.seed);
-      if (method.name != "ce" && base != baseline.end()) {
-        gains.push_back(r.test.accuracy - base->second);
-        ++s.seeds_compared;
-        if (r.test.accuracy > base->second) ++s.seeds_better;
-      }
-    }
-    if (s.runs == 0) continue;
-    s.accuracy = mean_std(acc);
-    s.macro_precision = mean_std(prec);
-    s.macro_recall = mean_std(rec);
-    s.macro_f1 = mean_std(f1);
-    s.nll = mean_std(nll);
-    s.ece = mean_std(ece);
-    s.has_baseline = !gains.empty();
-    s.accuracy_gain = mean_std(gains).mean;
-    for (const std::vector<double>& e : by_epoch) s.mean_accuracy_by_epoch.push_back(mean_std(e).mean);
-    s.seconds_per_epoch = epochs ? seconds / epochs : 0.0;
-    out.push_back(s);
-  }
-  return out;
-}
-
-std::string markdown_report(const DemoSetup& setup, const RunResult& teacher,
-                            const std::vector<MethodSummary>& summaries) {
+std::string markdown_report(const StudySetup& setup, const StudyResult& result) {
+  const StudyOptions& op = setup.options;
   std::ostringstream o;
-  const bool with_std = setup.seeds > 1;
-  o << "Fashion-MNIST, " << setup.train_images << " training and " << setup.test_images << " test images; "
-    << "teacher CNN (" << setup.teacher_parameters << " parameters, " << count_of(setup.teacher_epochs, "epoch")
-    << "), student CNN (" << setup.student_parameters << " parameters, " << count_of(setup.student_epochs, "epoch")
-    << ", " << count_of(setup.seeds, "seed") << "); Adam 1e-3, batch "
-    << setup.batch_size << ", device " << setup.device << ", " << setup.threads << " threads.\n\n";
-  o << "Teacher: accuracy " << fixed(100.0 * teacher.test.accuracy, 2) << "%, macro-F1 "
-    << fixed(100.0 * teacher.test.macro_f1, 2) << "%, NLL " << fixed(teacher.test.nll, 3) << ", ECE "
-    << fixed(100.0 * teacher.test.ece, 2) << "%.\n\n";
-  o << "Students on the test set" << (with_std ? " (mean ± sample standard deviation over seeds)" : "")
-    << "; percentages except NLL:\n\n";
-  o << "| method | accuracy | vs plain (seeds better) | macro precision | macro recall | macro F1 | NLL | ECE | s/epoch |\n";
-  o << "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-  for (const MethodSummary& s : summaries) {
-    std::string gain = "—";
-    if (s.has_baseline) {
-      gain = (s.accuracy_gain >= 0 ? "+" : "") + fixed(100.0 * s.accuracy_gain, 2) + " (" +
-             std::to_string(s.seeds_better) + "/" + std::to_string(s.seeds_compared) + ")";
-    }
-    o << "| " << s.method << " | " << percent(s.accuracy, with_std) << " | " << gain << " | "
-      << percent(s.macro_precision, with_std) << " | " << percent(s.macro_recall, with_std) << " | "
-      << percent(s.macro_f1, with_std) << " | " << fixed(s.nll.mean, 3) << " | " << percent(s.ece, false) << " | "
-      << fixed(s.seconds_per_epoch, 1) << " |\n";
+  o << "# Fashion-MNIST distillation study\n\n";
+  o << "Command: `" << setup.command << "`\n\n";
+  o << "Data: Fashion-MNIST's 60,000 training images split, stratified and fixed by split seed " << setup.split_seed
+    << ", into " << setup.train_images << " for training and " << setup.validation_images
+    << " for validation; the " << setup.test_images
+    << " test images are read once per final run, after every choice (grid point, checkpoint) was made on "
+       "validation.\n\n";
+  o << "Teacher: " << setup.teacher << "; validation accuracy " << fixed(100.0 * setup.teacher_validation_accuracy, 2)
+    << "%, test accuracy " << fixed(100.0 * setup.teacher_test.accuracy, 2) << "%, macro-F1 "
+    << fixed(100.0 * setup.teacher_test.macro_f1, 2) << "%, NLL " << fixed(setup.teacher_test.nll, 3) << ", ECE "
+    << fixed(100.0 * setup.teacher_test.ece, 2) << "%.\n\n";
+  o << "Students: ";
+  for (std::size_t i = 0; i < op.students.size(); ++i)
+    o << (i ? "; " : "") << describe_student(op.students[i]);
+  o << ". Every run: " << op.train.steps << " Adam steps (learning rate " << general(op.train.learning_rate)
+    << ", batch " << op.train.batch_size << "), validation accuracy checked " << op.train.evaluations
+    << " times, the best checkpoint kept; seeds 0.." << op.seeds - 1
+    << " (a seed fixes the labelled subset, the initial weights and the batch order; every method of a cell "
+       "starts from the same weights for a seed).\n\n";
+  o << "Distillation: loss form `" << form_name(op.form) << "` ("
+    << (op.form == LossForm::Balanced ? "(1 - alpha) * CE + alpha * T^2 * D" : "CE + alpha * D, the seed's")
+    << "); temperature and alpha chosen per method and cell on seed 0's validation accuracy over T in {"
+    << list(op.temperatures) << "} x alpha in {" << list(op.alphas) << "}. Device " << setup.device << ", "
+    << setup.threads << " threads; " << result.runs_trained << " runs in " << fixed(result.seconds / 60.0, 1)
+    << " min.\n\n";
+
+  o << "## Where distillation meets the goal\n\n"
+       "Goal: a seed loss (`kd_kl`, `kd_mse`) more accurate than plain CE on every seed, by more than twice the "
+       "standard deviation of the paired difference, closing at least 30% of the gap to the teacher. Differences "
+       "are in accuracy points, mean ± standard deviation over seeds of the paired difference (seeds won).\n\n";
+  o << "| cell | method | T | alpha | test accuracy | vs ce | gap closed | vs ce_ls | vs pseudo | goal |\n";
+  o << "|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n";
+  for (const ArmResult& a : result.arms) {
+    if (!a.method.seed_loss) continue;
+    o << "| " << cell_name(a.cell) << " | " << a.method.name << " | " << general(a.chosen.temperature) << " | "
+      << general(a.chosen.alpha) << " | " << fixed(100.0 * a.accuracy_mean, 2) << " ± " << fixed(100.0 * a.accuracy_std, 2)
+      << " | " << paired_text(a.vs_ce) << " | " << (a.has_gap ? fixed(100.0 * a.gap_closed, 0) + "%" : "—") << " | "
+      << paired_text(a.vs_ce_ls) << " | " << paired_text(a.vs_pseudo) << " | " << (meets_goal(a) ? "yes" : "no")
+      << " |\n";
   }
-  o << "\nMethods:\n\n";
-  for (const MethodSummary& s : summaries) o << "- `" << s.method << "`: " << s.description << "\n";
+
+  for (std::size_t i = 0; i < result.arms.size();) {
+    const Cell cell = result.arms[i].cell;
+    o << "\n## " << cell_name(cell) << "\n\n";
+    o << "| method | T | alpha | validation | test accuracy | vs ce | vs ce_ls | vs pseudo | gap closed | macro F1 | NLL "
+         "| ECE | best step |\n";
+    o << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    std::size_t end = i;
+    while (end < result.arms.size() && same_cell(result.arms[end].cell, cell)) ++end;
+    for (std::size_t k = i; k < end; ++k) {
+      const ArmResult& a = result.arms[k];
+      const bool teacher = uses_teacher(a.method);
+      std::string steps;
+      for (const SeedRun& r : a.runs) steps += (steps.empty() ? "" : ", ") + std::to_string(r.log.best_step);
+      o << "| " << a.method.name << " | " << (teacher ? general(a.chosen.temperature) : "—") << " | "
+        << (teacher ? general(a.chosen.alpha) : "—") << " | " << fixed(100.0 * a.validation_accuracy, 2) << " | "
+        << fixed(100.0 * a.accuracy_mean, 2) << " ± " << fixed(100.0 * a.accuracy_std, 2) << " | "
+        << paired_text(a.vs_ce) << " | " << paired_text(a.vs_ce_ls) << " | " << paired_text(a.vs_pseudo) << " | "
+        << (a.has_gap ? fixed(100.0 * a.gap_closed, 0) + "%" : "—") << " | " << fixed(100.0 * a.macro_f1, 2) << " | "
+        << fixed(a.nll, 3) << " | " << fixed(100.0 * a.ece, 2) << " | " << steps << " |\n";
+    }
+    // The grid: seed 0's best validation accuracy at every point.
+    bool header = false;
+    for (std::size_t k = i; k < end; ++k) {
+      const ArmResult& a = result.arms[k];
+      if (a.grid.empty()) continue;
+      if (!header) {
+        o << "\nValidation accuracy (seed 0) over the grid:\n\n| method |";
+        for (const Trial& t : a.grid) o << " T=" << general(t.setting.temperature) << " a=" << general(t.setting.alpha) << " |";
+        o << "\n|---|";
+        for (std::size_t g = 0; g < a.grid.size(); ++g) o << "---:|";
+        o << "\n";
+        header = true;
+      }
+      o << "| " << a.method.name << " |";
+      for (const Trial& t : a.grid) {
+        const bool chosen = t.setting.temperature == a.chosen.temperature && t.setting.alpha == a.chosen.alpha;
+        o << " " << (chosen ? "**" : "") << fixed(100.0 * t.validation_accuracy, 2) << (chosen ? "**" : "") << " |";
+      }
+      o << "\n";
+    }
+    i = end;
+  }
+  o << "\nColumns: validation and test accuracy in %, mean over seeds (test ± sample standard deviation); vs X: "
+       "this method's test accuracy minus X's on the same seed, mean ± standard deviation (seeds where this "
+       "method is more accurate); gap closed: the mean gain over ce as a share of the teacher's lead over ce; "
+       "macro-F1 and ECE (15 bins) in %; best step: the checkpoint kept, per seed.\n\nMethods:\n\n";
+  std::vector<std::string> seen;
+  for (const ArmResult& a : result.arms) {
+    if (std::find(seen.begin(), seen.end(), a.method.name) != seen.end()) continue;
+    seen.push_back(a.method.name);
+    o << "- `" << a.method.name << "`: " << a.method.description << "\n";
+  }
   return o.str();
 }
 
-std::string json_report(const DemoSetup& setup, const RunResult& teacher, const std::vector<MethodSummary>& summaries,
-                        const std::vector<RunResult>& runs) {
+std::string json_report(const StudySetup& setup, const StudyResult& result) {
+  const StudyOptions& op = setup.options;
   std::ostringstream o;
-  o << "{\n  \"setup\": {\"device\": \"" << escape_json(setup.device) << "\", \"threads\": " << setup.threads
-    << ", \"train_images\": " << setup.train_images << ", \"test_images\": " << setup.test_images
-    << ", \"teacher_epochs\": " << setup.teacher_epochs << ", \"student_epochs\": " << setup.student_epochs
-    << ", \"seeds\": " << setup.seeds << ", \"batch_size\": " << setup.batch_size
-    << ", \"teacher_parameters\": " << setup.teacher_parameters
-    << ", \"student_parameters\": " << setup.student_parameters << ", \"classes\": [";
-  for (std::size_t c = 0; c < kFashionClassNames.size(); ++c)
-    o << (c ? ", " : "") << "\"" << escape_json(kFashionClassNames[c]) << "\"";
-  o << "]},\n";
-  o << "  \"teacher\": ";
-  json_metrics(o, teacher.test);
-  o << ",\n  \"summaries\": [";
-  for (std::size_t i = 0; i < summaries.size(); ++i) {
-    const MethodSummary& s = summaries[i];
-    o << (i ? "," : "") << "\n    {\"method\": \"" << escape_json(s.method) << "\", \"description\": \""
-      << escape_json(s.description) << "\", \"runs\": " << s.runs << ", ";
-    json_mean_std(o, "accuracy", s.accuracy);
+  o << "{\n  \"setup\": {\"command\": " << quoted(setup.command) << ", \"device\": " << quoted(setup.device)
+    << ", \"threads\": " << setup.threads << ", \"train_images\": " << setup.train_images
+    << ", \"validation_images\": " << setup.validation_images << ", \"test_images\": " << setup.test_images
+    << ", \"split_seed\": " << setup.split_seed << ", \"teacher\": " << quoted(setup.teacher)
+    << ", \"steps\": " << op.train.steps << ", \"evaluations\": " << op.train.evaluations
+    << ", \"batch_size\": " << op.train.batch_size << ", \"learning_rate\": " << number(op.train.learning_rate)
+    << ", \"seeds\": " << op.seeds << ", \"form\": " << quoted(form_name(op.form)) << ", \"temperatures\": ["
+    << list(op.temperatures) << "], \"alphas\": [" << list(op.alphas) << "], \"students\": [";
+  for (std::size_t i = 0; i < op.students.size(); ++i)
+    o << (i ? ", " : "") << "{\"name\": " << quoted(student_name(op.students[i]))
+      << ", \"description\": " << quoted(describe_student(op.students[i])) << "}";
+  o << "], \"classes\": [";
+  for (std::size_t c = 0; c < kFashionClassNames.size(); ++c) o << (c ? ", " : "") << quoted(kFashionClassNames[c]);
+  o << "], \"runs_trained\": " << result.runs_trained << ", \"seconds\": " << number(result.seconds) << "},\n";
+  o << "  \"teacher\": {\"validation_accuracy\": " << number(setup.teacher_validation_accuracy) << ", \"test\": ";
+  json_metrics(o, setup.teacher_test);
+  o << "},\n  \"arms\": [";
+  for (std::size_t i = 0; i < result.arms.size(); ++i) {
+    const ArmResult& a = result.arms[i];
+    o << (i ? "," : "") << "\n    {\"student\": " << quoted(student_name(a.cell.student))
+      << ", \"budget\": " << a.cell.budget << ", \"regime\": " << quoted(regime_name(a.cell.regime))
+      << ", \"method\": " << quoted(a.method.name) << ", \"description\": " << quoted(a.method.description);
+    if (uses_teacher(a.method)) {
+      o << ", \"chosen\": {\"temperature\": " << number(a.chosen.temperature) << ", \"alpha\": "
+        << number(a.chosen.alpha) << "}, \"grid\": [";
+      for (std::size_t g = 0; g < a.grid.size(); ++g)
+        o << (g ? ", " : "") << "{\"temperature\": " << number(a.grid[g].setting.temperature)
+          << ", \"alpha\": " << number(a.grid[g].setting.alpha) << ", \"validation_accuracy\": "
+          << number(a.grid[g].validation_accuracy) << ", \"best_step\": " << a.grid[g].best_step << "}";
+      o << "]";
+    }
+    o << ", \"accuracy\": {\"mean\": " << number(a.accuracy_mean) << ", \"std\": " << number(a.accuracy_std)
+      << "}, \"validation_accuracy\": " << number(a.validation_accuracy) << ", \"macro_f1\": " << number(a.macro_f1)
+      << ", \"nll\": " << number(a.nll) << ", \"ece\": " << number(a.ece) << ", ";
+    json_paired(o, "vs_ce", a.vs_ce);
     o << ", ";
-    json_mean_std(o, "macro_precision", s.macro_precision);
+    json_paired(o, "vs_ce_ls", a.vs_ce_ls);
     o << ", ";
-    json_mean_std(o, "macro_recall", s.macro_recall);
-    o << ", ";
-    json_mean_std(o, "macro_f1", s.macro_f1);
-    o << ", ";
-    json_mean_std(o, "nll", s.nll);
-    o << ", ";
-    json_mean_std(o, "ece", s.ece);
-    o << ", \"accuracy_gain_vs_ce\": " << (s.has_baseline ? number(s.accuracy_gain) : "null")
-      << ", \"seeds_better\": " << s.seeds_better << ", \"seeds_compared\": " << s.seeds_compared
-      << ", \"seconds_per_epoch\": " << number(s.seconds_per_epoch) << "}";
-  }
-  o << "\n  ],\n  \"runs\": [";
-  for (std::size_t i = 0; i < runs.size(); ++i) {
-    const RunResult& r = runs[i];
-    o << (i ? "," : "") << "\n    {\"method\": \"" << escape_json(r.method) << "\", \"seed\": " << r.seed
-      << ", \"train_seconds\": " << number(r.train_seconds) << ", \"epochs\": [";
-    for (std::size_t e = 0; e < r.epochs.size(); ++e)
-      o << (e ? ", " : "") << "{\"epoch\": " << r.epochs[e].epoch << ", \"train_loss\": "
-        << number(r.epochs[e].train_loss) << ", \"test_accuracy\": " << number(r.epochs[e].test_accuracy)
-        << ", \"seconds\": " << number(r.epochs[e].seconds) << "}";
-    o << "], \"test\": ";
-    json_metrics(o, r.test);
-    o << "}";
+    json_paired(o, "vs_pseudo", a.vs_pseudo);
+    o << ", \"gap_closed\": " << (a.has_gap ? number(a.gap_closed) : "null")
+      << ", \"meets_goal\": " << (meets_goal(a) ? "true" : "false") << ", \"runs\": [";
+    for (std::size_t r = 0; r < a.runs.size(); ++r) {
+      const SeedRun& run = a.runs[r];
+      o << (r ? "," : "") << "\n      {\"seed\": " << run.seed << ", \"best_step\": " << run.log.best_step
+        << ", \"best_validation_accuracy\": " << number(run.log.best_validation_accuracy)
+        << ", \"seconds\": " << number(run.log.seconds) << ", \"checkpoints\": [";
+      for (std::size_t c = 0; c < run.log.checkpoints.size(); ++c) {
+        const Checkpoint& k = run.log.checkpoints[c];
+        o << (c ? ", " : "") << "{\"step\": " << k.step << ", \"train_loss\": " << number(k.train_loss)
+          << ", \"validation_accuracy\": " << number(k.validation_accuracy) << "}";
+      }
+      o << "], \"test\": ";
+      json_metrics(o, run.test);
+      o << "}";
+    }
+    o << "]}";
   }
   o << "\n  ]\n}\n";
   return o.str();
 }
 
-std::string svg_plot(const RunResult& teacher, const std::vector<MethodSummary>& summaries) {
-  constexpr double kWidth = 1100, kHeight = 420, kTop = 40, kBottom = 330, kLeft = 60;
-  constexpr double kPanel = 400;  // width of each panel's plot area
-  constexpr double kRightPanel = kLeft + kPanel + 90;
+std::string svg_plot(const StudySetup& setup, const StudyResult& result) {
+  constexpr double kPanelWidth = 430, kGap = 200, kLeft = 60, kTop = 40, kBottom = 380, kHeight = 440;
+  const std::vector<StudentKind>& students = setup.options.students;
+  const double width = kLeft + static_cast<double>(students.size()) * (kPanelWidth + kGap);
   std::ostringstream o;
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kWidth << "\" height=\"" << kHeight
-    << "\" viewBox=\"0 0 " << kWidth << " " << kHeight << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << kHeight
+    << "\" viewBox=\"0 0 " << width << " " << kHeight << "\" font-family=\"sans-serif\" font-size=\"11\">\n";
   o << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  if (summaries.empty()) {
+  if (result.arms.empty()) {
     o << "<text x=\"20\" y=\"40\">no student runs</text>\n</svg>\n";
     return o.str();
   }
-
-  // The shared accuracy axis of both panels: the range of every plotted value, padded.
-  double lo = teacher.test.accuracy, hi = teacher.test.accuracy;
-  for (const MethodSummary& s : summaries) {
-    for (const MeanStd& v : {s.accuracy, s.macro_f1}) {
-      lo = std::min(lo, v.mean - v.std);
-      hi = std::max(hi, v.mean + v.std);
-    }
-    for (const double a : s.mean_accuracy_by_epoch) {
-      lo = std::min(lo, a);
-      hi = std::max(hi, a);
-    }
+  // One accuracy axis for every panel: the range of the plotted values and the teacher, padded.
+  const double teacher = result.teacher_test_accuracy;
+  double lo = teacher, hi = teacher;
+  for (const ArmResult& a : result.arms) {
+    lo = std::min(lo, a.accuracy_mean - a.accuracy_std);
+    hi = std::max(hi, a.accuracy_mean + a.accuracy_std);
   }
-  const double pad = std::max(0.005, 0.05 * (hi - lo));
+  const double pad = std::max(0.005, 0.04 * (hi - lo));
   lo = std::floor((lo - pad) * 100.0) / 100.0;
   hi = std::ceil((hi + pad) * 100.0) / 100.0;
   const auto y_of = [&](double v) { return kBottom - (v - lo) / (hi - lo) * (kBottom - kTop); };
-  const double step = (hi - lo) > 0.2 ? 0.05 : ((hi - lo) > 0.06 ? 0.02 : 0.01);
+  const double tick = (hi - lo) > 0.3 ? 0.05 : ((hi - lo) > 0.1 ? 0.02 : 0.01);
 
-  const auto axis = [&](double x0, const std::string& title) {
-    o << "<text x=\"" << x0 + kPanel / 2 << "\" y=\"20\" text-anchor=\"middle\" font-size=\"13\">" << escape_xml(title)
-      << "</text>\n";
-    for (double v = lo; v <= hi + 1e-9; v += step) {
-      o << "<line x1=\"" << x0 << "\" x2=\"" << x0 + kPanel << "\" y1=\"" << y_of(v) << "\" y2=\"" << y_of(v)
-        << "\" stroke=\"#e0e0e0\"/>\n";
-      o << "<text x=\"" << x0 - 6 << "\" y=\"" << y_of(v) + 4 << "\" text-anchor=\"end\">" << fixed(100.0 * v, 0)
-        << "%</text>\n";
+  for (std::size_t panel = 0; panel < students.size(); ++panel) {
+    const StudentKind student = students[panel];
+    const double x0 = kLeft + static_cast<double>(panel) * (kPanelWidth + kGap);
+    std::vector<std::int64_t> budgets;
+    for (const ArmResult& a : result.arms)
+      if (a.cell.student == student && std::find(budgets.begin(), budgets.end(), a.cell.budget) == budgets.end())
+        budgets.push_back(a.cell.budget);
+    std::sort(budgets.begin(), budgets.end());
+    const auto x_of = [&](std::int64_t budget) {
+      const std::size_t i = std::find(budgets.begin(), budgets.end(), budget) - budgets.begin();
+      return budgets.size() <= 1 ? x0 + kPanelWidth / 2
+                                 : x0 + 30 + (kPanelWidth - 60) * static_cast<double>(i) /
+                                                 static_cast<double>(budgets.size() - 1);
+    };
+    o << "<text x=\"" << x0 + kPanelWidth / 2 << "\" y=\"20\" text-anchor=\"middle\" font-size=\"13\">"
+      << escape_xml(student_name(student) + " student: test accuracy against labelled images") << "</text>\n";
+    for (double v = std::ceil(lo / tick - 1e-9) * tick; v <= hi + 1e-9; v += tick) {
+      o << "<line x1=\"" << x0 << "\" x2=\"" << x0 + kPanelWidth << "\" y1=\"" << y_of(v) << "\" y2=\"" << y_of(v)
+        << "\" stroke=\"#e0e0e0\"/>\n<text x=\"" << x0 - 6 << "\" y=\"" << y_of(v) + 4 << "\" text-anchor=\"end\">"
+        << fixed(100.0 * v, 0) << "%</text>\n";
     }
     o << "<line x1=\"" << x0 << "\" x2=\"" << x0 << "\" y1=\"" << kTop << "\" y2=\"" << kBottom
-      << "\" stroke=\"black\"/>\n";
-    o << "<line x1=\"" << x0 << "\" x2=\"" << x0 + kPanel << "\" y1=\"" << kBottom << "\" y2=\"" << kBottom
-      << "\" stroke=\"black\"/>\n";
-    o << "<line x1=\"" << x0 << "\" x2=\"" << x0 + kPanel << "\" y1=\"" << y_of(teacher.test.accuracy) << "\" y2=\""
-      << y_of(teacher.test.accuracy) << "\" stroke=\"black\" stroke-dasharray=\"5,4\"/>\n";
-    o << "<text x=\"" << x0 + kPanel - 2 << "\" y=\"" << y_of(teacher.test.accuracy) - 4
-      << "\" text-anchor=\"end\">teacher accuracy</text>\n";
-  };
+      << "\" stroke=\"black\"/>\n<line x1=\"" << x0 << "\" x2=\"" << x0 + kPanelWidth << "\" y1=\"" << kBottom
+      << "\" y2=\"" << kBottom << "\" stroke=\"black\"/>\n";
+    for (const std::int64_t b : budgets)
+      o << "<text x=\"" << x_of(b) << "\" y=\"" << kBottom + 16 << "\" text-anchor=\"middle\">" << b << "</text>\n";
+    o << "<text x=\"" << x0 + kPanelWidth / 2 << "\" y=\"" << kBottom + 34
+      << "\" text-anchor=\"middle\">labelled training images</text>\n";
+    o << "<line class=\"teacher\" x1=\"" << x0 << "\" x2=\"" << x0 + kPanelWidth << "\" y1=\"" << y_of(teacher)
+      << "\" y2=\"" << y_of(teacher) << "\" stroke=\"black\" stroke-dasharray=\"5,4\"/>\n<text x=\""
+      << x0 + kPanelWidth - 2 << "\" y=\"" << y_of(teacher) - 4 << "\" text-anchor=\"end\">teacher</text>\n";
 
-  // Left: accuracy and macro-F1 bars per method.
-  axis(kLeft, "Students on the test set (axis zoomed)");
-  const double group = kPanel / static_cast<double>(summaries.size());
-  const double bar = std::min(18.0, group * 0.35);
-  for (std::size_t i = 0; i < summaries.size(); ++i) {
-    const MethodSummary& s = summaries[i];
-    const double centre = kLeft + group * (static_cast<double>(i) + 0.5);
-    const MeanStd* values[2] = {&s.accuracy, &s.macro_f1};
-    for (int k = 0; k < 2; ++k) {
-      const double x = centre + (k == 0 ? -bar : 0.0);
-      const double top = y_of(values[k]->mean);
-      o << "<rect class=\"bar\" x=\"" << x << "\" y=\"" << top << "\" width=\"" << bar << "\" height=\""
-        << kBottom - top << "\" fill=\"" << (k == 0 ? "#0072B2" : "#E69F00") << "\"><title>" << escape_xml(s.method)
-        << (k == 0 ? " accuracy " : " macro-F1 ") << fixed(100.0 * values[k]->mean, 2) << "%</title></rect>\n";
-      if (values[k]->std > 0) {
-        const double xc = x + bar / 2;
-        o << "<line x1=\"" << xc << "\" x2=\"" << xc << "\" y1=\"" << y_of(values[k]->mean - values[k]->std)
-          << "\" y2=\"" << y_of(values[k]->mean + values[k]->std) << "\" stroke=\"black\"/>\n";
+    // Series: a control is one line (its runs are the same in every regime); a method that uses the
+    // other training images has one line per regime; the full budget belongs to every line.
+    std::vector<std::string> names;
+    std::map<std::string, std::vector<const ArmResult*>> series;
+    for (const ArmResult& a : result.arms) {
+      if (a.cell.student != student) continue;
+      const bool per_regime = a.method.target == Target::Teacher || a.method.target == Target::PseudoLabels;
+      std::vector<std::string> keys;
+      if (!per_regime || a.cell.regime == Regime::Same) keys.push_back(a.method.name + (per_regime ? " (same)" : ""));
+      if (per_regime && a.cell.regime == Regime::Transfer) keys.push_back(a.method.name + " (transfer)");
+      if (per_regime && a.cell.regime == Regime::Full) {
+        for (const Regime r : setup.options.regimes)
+          if (a.method.target != Target::PseudoLabels)
+            keys.push_back(a.method.name + (r == Regime::Same ? " (same)" : " (transfer)"));
+      }
+      if (!per_regime && a.cell.regime == Regime::Transfer) keys.clear();  // the same runs as "same"
+      for (const std::string& k : keys) {
+        if (!series.count(k)) names.push_back(k);
+        series[k].push_back(&a);
       }
     }
-    o << "<text transform=\"translate(" << centre << "," << kBottom + 8 << ") rotate(40)\">" << escape_xml(s.method)
-      << "</text>\n";
-  }
-  o << "<rect x=\"" << kLeft + 8 << "\" y=\"" << kTop + 4 << "\" width=\"10\" height=\"10\" fill=\"#0072B2\"/>"
-    << "<text x=\"" << kLeft + 22 << "\" y=\"" << kTop + 13 << "\">accuracy</text>\n";
-  o << "<rect x=\"" << kLeft + 88 << "\" y=\"" << kTop + 4 << "\" width=\"10\" height=\"10\" fill=\"#E69F00\"/>"
-    << "<text x=\"" << kLeft + 102 << "\" y=\"" << kTop + 13 << "\">macro-F1</text>\n";
-
-  // Right: test accuracy after each epoch.
-  axis(kRightPanel, "Student test accuracy after each epoch");
-  std::size_t epochs = 0;
-  for (const MethodSummary& s : summaries) epochs = std::max(epochs, s.mean_accuracy_by_epoch.size());
-  const auto x_of = [&](std::size_t e) {
-    return epochs <= 1 ? kRightPanel + kPanel / 2
-                       : kRightPanel + 10 + (kPanel - 20) * static_cast<double>(e) / static_cast<double>(epochs - 1);
-  };
-  for (std::size_t e = 0; e < epochs; ++e)
-    o << "<text x=\"" << x_of(e) << "\" y=\"" << kBottom + 14 << "\" text-anchor=\"middle\">" << e + 1 << "</text>\n";
-  o << "<text x=\"" << kRightPanel + kPanel / 2 << "\" y=\"" << kBottom + 30 << "\" text-anchor=\"middle\">epoch</text>\n";
-  for (std::size_t i = 0; i < summaries.size(); ++i) {
-    const MethodSummary& s = summaries[i];
-    o << "<polyline class=\"curve\" fill=\"none\" stroke=\"" << colour(i) << "\" stroke-width=\"1.5\" points=\"";
-    for (std::size_t e = 0; e < s.mean_accuracy_by_epoch.size(); ++e)
-      o << (e ? " " : "") << x_of(e) << "," << y_of(s.mean_accuracy_by_epoch[e]);
-    o << "\"><title>" << escape_xml(s.method) << "</title></polyline>\n";
-    for (std::size_t e = 0; e < s.mean_accuracy_by_epoch.size(); ++e)
-      o << "<circle cx=\"" << x_of(e) << "\" cy=\"" << y_of(s.mean_accuracy_by_epoch[e]) << "\" r=\"2.5\" fill=\""
-        << colour(i) << "\"/>\n";
-    const double ly = kTop + 14.0 * static_cast<double>(i) + 40;
-    o << "<line x1=\"" << kRightPanel + kPanel + 8 << "\" x2=\"" << kRightPanel + kPanel + 22 << "\" y1=\"" << ly - 4
-      << "\" y2=\"" << ly - 4 << "\" stroke=\"" << colour(i) << "\" stroke-width=\"2\"/>"
-      << "<text x=\"" << kRightPanel + kPanel + 26 << "\" y=\"" << ly << "\">" << escape_xml(s.method) << "</text>\n";
+    for (std::size_t s = 0; s < names.size(); ++s) {
+      std::vector<const ArmResult*> points = series[names[s]];
+      std::sort(points.begin(), points.end(),
+                [](const ArmResult* a, const ArmResult* b) { return a->cell.budget < b->cell.budget; });
+      const bool dashed = names[s].find("(transfer)") != std::string::npos;
+      o << "<polyline class=\"series\" fill=\"none\" stroke=\"" << colour(s) << "\" stroke-width=\"1.6\""
+        << (dashed ? " stroke-dasharray=\"6,3\"" : "") << " points=\"";
+      for (std::size_t p = 0; p < points.size(); ++p)
+        o << (p ? " " : "") << x_of(points[p]->cell.budget) + (static_cast<double>(s) - names.size() / 2.0) * 2.0 << ","
+          << y_of(points[p]->accuracy_mean);
+      o << "\"><title>" << escape_xml(names[s]) << "</title></polyline>\n";
+      for (const ArmResult* a : points) {
+        const double x = x_of(a->cell.budget) + (static_cast<double>(s) - names.size() / 2.0) * 2.0;
+        o << "<circle cx=\"" << x << "\" cy=\"" << y_of(a->accuracy_mean) << "\" r=\"2.5\" fill=\"" << colour(s)
+          << "\"><title>" << escape_xml(names[s]) << ", " << a->cell.budget << " labels: "
+          << fixed(100.0 * a->accuracy_mean, 2) << "% ± " << fixed(100.0 * a->accuracy_std, 2) << "</title></circle>\n";
+        if (a->accuracy_std > 0)
+          o << "<line class=\"errorbar\" x1=\"" << x << "\" x2=\"" << x << "\" y1=\""
+            << y_of(a->accuracy_mean - a->accuracy_std) << "\" y2=\"" << y_of(a->accuracy_mean + a->accuracy_std)
+            << "\" stroke=\"" << colour(s) << "\"/>\n";
+      }
+      const double ly = kTop + 10 + 15.0 * static_cast<double>(s);
+      o << "<line x1=\"" << x0 + kPanelWidth + 10 << "\" x2=\"" << x0 + kPanelWidth + 30 << "\" y1=\"" << ly - 4
+        << "\" y2=\"" << ly - 4 << "\" stroke=\"" << colour(s) << "\" stroke-width=\"2\""
+        << (dashed ? " stroke-dasharray=\"6,3\"" : "") << "/><text x=\"" << x0 + kPanelWidth + 34 << "\" y=\"" << ly
+        << "\">" << escape_xml(names[s]) << "</text>\n";
+    }
   }
   o << "</svg>\n";
   return o.str();

@@ -1,8 +1,9 @@
-// The Fashion-MNIST demo's parts (driver/): the IDX reader, the data loader, the classification
-// metrics against hand-computed values, each method's loss against the seed's composite written
-// with LibTorch, the summaries and reports, and short training runs (the teacher learns; a
-// student run is reproducible from its seed).
+// The Fashion-MNIST study's parts (driver/): the IDX reader, the data loader, the split and the
+// label budget, the classification metrics against hand-computed values, each method's loss against
+// its composite written with LibTorch, the training loop's checkpoint selection, the study's
+// protocol (the test set never steers a choice) and its reports.
 #include <gtest/gtest.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
@@ -18,6 +19,8 @@
 #include "fashion_mnist.h"
 #include "metrics.h"
 #include "report.h"
+#include "splits.h"
+#include "study.h"
 
 namespace F = torch::nn::functional;
 namespace demo = fusedkd::demo;
@@ -224,20 +227,163 @@ TEST(ClassificationMetrics, EmptyAndBadInput) {
                           "must be [N, C]");
 }
 
+// ---------------------------------------------------------------- split, label budget, shifts
+
+TEST(Split, StratifiedDisjointAndFixedBySeed) {
+  // 10 classes of unequal size, in a scrambled order.
+  const at::Tensor labels = torch::randperm(1000, torch::TensorOptions().dtype(torch::kLong)).remainder(10);
+  const demo::TrainValidation a = demo::stratified_split(labels, 20, 7, 10);
+  ASSERT_EQ(a.validation.size(0), 200);
+  ASSERT_EQ(a.train.size(0), 800);
+  EXPECT_TRUE(torch::equal(torch::bincount(labels.index_select(0, a.validation), {}, 10), torch::full({10}, 20, torch::kLong)));
+  // Disjoint and covering: every position exactly once.
+  EXPECT_TRUE(torch::equal(std::get<0>(torch::cat({a.train, a.validation}).sort()), torch::arange(1000)));
+  const demo::TrainValidation b = demo::stratified_split(labels, 20, 7, 10);
+  EXPECT_TRUE(torch::equal(a.validation, b.validation));
+  EXPECT_TRUE(torch::equal(a.train, b.train));
+  EXPECT_FALSE(torch::equal(a.validation, demo::stratified_split(labels, 20, 8, 10).validation));
+  expect_error_containing([&] { demo::stratified_split(labels, 100, 7, 10); }, "too few to hold out 100");
+}
+
+TEST(Split, LabelBudgetTakesItsShareOfEveryClass) {
+  const at::Tensor labels = torch::arange(5000, torch::kLong).remainder(10);
+  for (const std::int64_t budget : {1000, 1005, 10, 3}) {
+    const at::Tensor chosen = demo::label_budget(labels, budget, 3, 10);
+    ASSERT_EQ(chosen.size(0), budget);
+    EXPECT_EQ(std::get<0>(at::_unique(chosen)).size(0), budget);  // no position twice
+    const at::Tensor per_class = torch::bincount(labels.index_select(0, chosen), {}, 10);
+    for (int c = 0; c < 10; ++c)
+      EXPECT_EQ(per_class[c].item<std::int64_t>(), budget / 10 + (c < budget % 10 ? 1 : 0)) << budget << " " << c;
+    EXPECT_TRUE(torch::equal(chosen, demo::label_budget(labels, budget, 3, 10)));
+  }
+  EXPECT_FALSE(torch::equal(demo::label_budget(labels, 1000, 3, 10), demo::label_budget(labels, 1000, 4, 10)));
+  EXPECT_TRUE(torch::equal(demo::label_budget(labels, 5000, 3, 10), torch::arange(5000)));
+  const at::Tensor skewed = torch::cat({torch::arange(10, torch::kLong), torch::zeros({10}, torch::kLong)});
+  expect_error_containing([&] { demo::label_budget(skewed, 15, 3, 10); }, "class 1 has 1 images, fewer than the 2");
+  expect_error_containing([&] { demo::label_budget(labels, 0, 3, 10); }, "at least 1");
+}
+
+TEST(Split, RandomShiftMovesEachImageWithinTheBound) {
+  const at::Tensor images = torch::rand({6, 1, 8, 8}) + 1.0;  // never the background value
+  at::Generator g = at::detail::createCPUGenerator(5);
+  EXPECT_TRUE(torch::equal(demo::random_shift(images, 0, -1.0, g), images));
+  const at::Tensor moved = demo::random_shift(images, 2, -1.0, g);
+  ASSERT_EQ(moved.sizes(), images.sizes());
+  const at::Tensor padded = torch::constant_pad_nd(images, {2, 2, 2, 2}, -1.0);
+  for (int i = 0; i < 6; ++i) {
+    int matches = 0;
+    for (int dy = 0; dy <= 4; ++dy)
+      for (int dx = 0; dx <= 4; ++dx)
+        matches += torch::equal(moved[i], padded[i].narrow(1, dy, 8).narrow(2, dx, 8)) ? 1 : 0;
+    EXPECT_EQ(matches, 1) << i;
+  }
+}
+
 // ---------------------------------------------------------------- the methods' losses
 
-// Each method's loss against the seed's formulation written with LibTorch's functional API.
-TEST(StudentLoss, EveryMethodEqualsItsComposite) {
+struct LossInputs {
+  at::Tensor s, t, y, fs, ft, w, b;
+};
+
+LossInputs loss_inputs(std::int64_t rows = 16) {
   torch::manual_seed(3);
-  const at::Tensor s = torch::randn({16, 10}, torch::kDouble) * 3, t = torch::randn({16, 10}, torch::kDouble) * 3;
-  const at::Tensor y = torch::randint(0, 10, {16}, torch::kLong);
-  const at::Tensor fs = torch::randn({16, demo::kStudentFeatureChannels, 7, 7}, torch::kDouble).relu();
-  const at::Tensor ft = torch::randn({16, demo::kTeacherFeatureChannels, 7, 7}, torch::kDouble).relu();
-  const at::Tensor w = torch::randn({demo::kTeacherFeatureChannels, demo::kStudentFeatureChannels}, torch::kDouble);
-  const at::Tensor b = torch::randn({demo::kTeacherFeatureChannels}, torch::kDouble);
-  const auto soft = [&](double temperature) {
-    return std::pair{F::softmax(s / temperature, 1), F::softmax(t / temperature, 1)};
-  };
+  LossInputs in;
+  in.s = torch::randn({rows, 10}, torch::kDouble) * 3;
+  in.t = torch::randn({rows, 10}, torch::kDouble) * 3;
+  in.y = torch::randint(0, 10, {rows}, torch::kLong);
+  in.fs = torch::randn({rows, demo::kStudentFeatureChannels, 7, 7}, torch::kDouble).relu();
+  in.ft = torch::randn({rows, demo::kTeacherFeatureChannels, 7, 7}, torch::kDouble).relu();
+  in.w = torch::randn({demo::kTeacherFeatureChannels, demo::kStudentFeatureChannels}, torch::kDouble);
+  in.b = torch::randn({demo::kTeacherFeatureChannels}, torch::kDouble);
+  return in;
+}
+
+at::Tensor loss_of(const std::string& method, const demo::LossSetting& setting, const LossInputs& in,
+                   const at::Tensor& labels, bool all_labelled) {
+  demo::Batch batch;
+  batch.student_logits = in.s;
+  batch.teacher_logits = in.t;
+  batch.labels = labels;
+  batch.all_labelled = all_labelled;
+  batch.student_features = in.fs;
+  batch.teacher_features = in.ft;
+  batch.regressor_weight = in.w;
+  batch.regressor_bias = in.b;
+  return demo::student_loss(demo::find_method(method), setting, batch);
+}
+
+// D at temperature T, written the way a user would: batchmean KL, the mean-over-elements MSE.
+at::Tensor kl_composite(const at::Tensor& s, const at::Tensor& t, double T) {
+  return F::kl_div(F::log_softmax(s / T, 1), F::softmax(t / T, 1), F::KLDivFuncOptions().reduction(torch::kBatchMean));
+}
+at::Tensor mse_composite(const at::Tensor& s, const at::Tensor& t, double T) {
+  return F::mse_loss(F::softmax(s / T, 1), F::softmax(t / T, 1));
+}
+
+void expect_close(const at::Tensor& got, const at::Tensor& want, const std::string& what) {
+  EXPECT_NEAR(got.item<double>(), want.item<double>(), 1e-10 * std::max(1.0, std::fabs(want.item<double>()))) << what;
+}
+
+TEST(StudentLoss, BothFormsWithEveryLabelEqualTheirComposites) {
+  const LossInputs in = loss_inputs();
+  const at::Tensor ce = F::cross_entropy(in.s, in.y);
+  for (const double T : {1.0, 4.0})
+    for (const double alpha : {0.5, 0.9}) {
+      const demo::LossSetting balanced{T, alpha, demo::LossForm::Balanced}, seed{T, alpha, demo::LossForm::Seed};
+      const std::string at = " T=" + std::to_string(T) + " alpha=" + std::to_string(alpha);
+      expect_close(loss_of("kd_kl", balanced, in, in.y, true),
+                   (1 - alpha) * ce + alpha * T * T * kl_composite(in.s, in.t, T), "balanced kl" + at);
+      // Balanced MSE: the mean over elements times V (a per-row sum, the KL's scale).
+      expect_close(loss_of("kd_mse", balanced, in, in.y, true),
+                   (1 - alpha) * ce + alpha * T * T * 10.0 * mse_composite(in.s, in.t, T), "balanced mse" + at);
+      expect_close(loss_of("kd_kl", seed, in, in.y, true), ce + alpha * kl_composite(in.s, in.t, T), "seed kl" + at);
+      expect_close(loss_of("kd_mse", seed, in, in.y, true), ce + alpha * mse_composite(in.s, in.t, T), "seed mse" + at);
+      expect_close(loss_of("kd_reverse_kl", balanced, in, in.y, true),
+                   (1 - alpha) * ce + alpha * T * T * kl_composite(in.t, in.s, T), "reverse kl" + at);
+    }
+}
+
+// The transfer set: the soft term over every row, the hard term over the labelled rows only.
+TEST(StudentLoss, TransferSetIsSoftOnEveryRowAndHardOnTheLabelledOnes) {
+  LossInputs in = loss_inputs();
+  at::Tensor y = in.y.clone();
+  y.narrow(0, 0, 11).fill_(demo::kUnlabelled);  // 5 labelled rows of 16
+  const demo::LossSetting setting{4.0, 0.9, demo::LossForm::Balanced};
+  in.s.requires_grad_(true);
+  const at::Tensor fused = loss_of("kd_kl", setting, in, y, false);
+  const at::Tensor s = in.s.detach().clone().requires_grad_(true);
+  const at::Tensor composite = 0.1 * F::cross_entropy(s, y) + 0.9 * 16.0 * kl_composite(s, in.t, 4.0);
+  expect_close(fused, composite, "transfer kl");
+  const at::Tensor g_fused = torch::autograd::grad({fused}, {in.s})[0];
+  const at::Tensor g_composite = torch::autograd::grad({composite}, {s})[0];
+  EXPECT_TRUE(torch::allclose(g_fused, g_composite, 1e-10, 1e-12));
+  // The seed's form on a transfer set, and a batch without a single label (hard term 0, not NaN).
+  const demo::LossSetting seed_form{2.0, 0.5, demo::LossForm::Seed};
+  expect_close(loss_of("kd_mse", seed_form, in, y, false).detach(),
+               F::cross_entropy(in.s.detach(), y) + 0.5 * mse_composite(in.s.detach(), in.t, 2.0), "seed mse");
+  const at::Tensor none = torch::full({16}, demo::kUnlabelled, torch::kLong);
+  expect_close(loss_of("kd_kl", setting, in, none, false).detach(), 0.9 * 16.0 * kl_composite(in.s.detach(), in.t, 4.0),
+               "no labels");
+}
+
+TEST(StudentLoss, ControlsEqualTheirComposites) {
+  const LossInputs in = loss_inputs();
+  at::Tensor y = in.y.clone();
+  y.narrow(0, 0, 4).fill_(demo::kUnlabelled);
+  const demo::LossSetting any{};
+  expect_close(loss_of("ce", any, in, in.y, true), F::cross_entropy(in.s, in.y), "ce");
+  // Label smoothing from a fused kd_loss with a uniform teacher: equal to PyTorch's own, also with
+  // rows to ignore.
+  for (const at::Tensor& labels : {in.y, y})
+    expect_close(loss_of("ce_ls", any, in, labels, true),
+                 F::cross_entropy(in.s, labels, F::CrossEntropyFuncOptions().label_smoothing(0.1)), "ce_ls");
+  // Pseudo-labels: the teacher's argmax where no label is given.
+  const at::Tensor filled = torch::where(y == demo::kUnlabelled, in.t.argmax(1), y);
+  expect_close(loss_of("pseudo", any, in, y, false), F::cross_entropy(in.s, filled), "pseudo");
+}
+
+TEST(StudentLoss, FeatureMethodsAddTheirTerm) {
+  const LossInputs in = loss_inputs();
   const auto attention_map = [](const at::Tensor& x) {
     return F::normalize(x.pow(2).mean(1).flatten(1), F::NormalizeFuncOptions().dim(1));
   };
@@ -245,67 +391,150 @@ TEST(StudentLoss, EveryMethodEqualsItsComposite) {
     const at::Tensor f = x.flatten(1);
     return F::normalize(f.mm(f.t()), F::NormalizeFuncOptions().dim(1));
   };
-  const at::Tensor ce = F::cross_entropy(s, y);
-  const auto [q5, p5] = soft(5.0);
-  const at::Tensor mse = ce + 10.0 * 25.0 * F::mse_loss(q5, p5);
-  const at::Tensor kl = ce + 100.0 * F::kl_div(F::log_softmax(s / 10.0, 1), F::softmax(t / 10.0, 1),
-                                               F::KLDivFuncOptions().reduction(torch::kBatchMean));
-  const at::Tensor reverse_kl = ce + 100.0 * F::kl_div(F::log_softmax(t / 10.0, 1), F::softmax(s / 10.0, 1),
-                                                       F::KLDivFuncOptions().reduction(torch::kBatchMean));
-  const auto [q10, p10] = soft(10.0);
-  const at::Tensor m = 0.5 * (q10 + p10);
-  const at::Tensor jsd = ce + 100.0 * 0.5 *
-                                  ((p10 * (p10 / m).log()).sum(1) + (q10 * (q10 / m).log()).sum(1)).mean();
-  const at::Tensor hint = mse + F::mse_loss(torch::conv2d(fs, w.view({64, 16, 1, 1}), b), ft);
-  const at::Tensor attention = kl + 1000.0 * F::mse_loss(attention_map(fs), attention_map(ft));
-  const at::Tensor similarity = kl + 3000.0 * (gram(fs) - gram(ft)).pow(2).sum() / (16.0 * 16.0);
-  const std::vector<std::pair<std::string, at::Tensor>> expected = {
-      {"ce", ce},       {"kd_mse", mse},           {"kd_kl", kl},
-      {"kd_reverse_kl", reverse_kl}, {"kd_jsd", jsd}, {"kd_mse_hint", hint},
-      {"kd_kl_attention", attention}, {"kd_kl_similarity", similarity}};
-  ASSERT_EQ(expected.size(), demo::standard_methods().size());
-  for (const auto& [name, value] : expected) {
-    const at::Tensor loss = demo::student_loss(demo::find_method(name), s, t, y, fs, ft, w, b);
-    EXPECT_NEAR(loss.item<double>(), value.item<double>(), 1e-10 * std::fabs(value.item<double>())) << name;
-  }
+  const demo::LossSetting setting{4.0, 0.9, demo::LossForm::Balanced};
+  const at::Tensor kl = loss_of("kd_kl", setting, in, in.y, true), mse = loss_of("kd_mse", setting, in, in.y, true);
+  expect_close(loss_of("kd_mse_hint", setting, in, in.y, true),
+               mse + F::mse_loss(torch::conv2d(in.fs, in.w.view({64, 16, 1, 1}), in.b), in.ft), "hint");
+  expect_close(loss_of("kd_kl_attention", setting, in, in.y, true),
+               kl + 1000.0 * F::mse_loss(attention_map(in.fs), attention_map(in.ft)), "attention");
+  expect_close(loss_of("kd_kl_similarity", setting, in, in.y, true),
+               kl + 3000.0 * (gram(in.fs) - gram(in.ft)).pow(2).sum() / (16.0 * 16.0), "similarity");
   expect_error_containing([] { demo::find_method("kd_nope"); }, "kd_kl_similarity");
 }
 
-// ---------------------------------------------------------------- summaries and reports
+// ---------------------------------------------------------------- training loop and protocol
 
-demo::RunResult fake_run(const std::string& method, std::uint64_t seed, double accuracy) {
-  demo::RunResult r;
-  r.method = method;
-  r.seed = seed;
-  r.test.accuracy = accuracy;
-  r.test.macro_f1 = accuracy - 0.01;
-  r.test.f1.assign(10, accuracy);
-  r.test.confusion.assign(100, 1);
-  r.epochs = {{1, 0.5, accuracy - 0.02, 2.0}, {2, 0.4, accuracy, 4.0}};
-  return r;
+// The loop keeps the checkpoint with the best validation accuracy (the earliest of equals) and
+// restores its parameters.
+TEST(Training, KeepsTheBestValidationCheckpoint) {
+  const at::Tensor w = torch::zeros({1}, torch::kDouble).requires_grad_(true);
+  demo::TrainOptions options;
+  options.steps = 10;
+  options.evaluations = 5;
+  options.learning_rate = 0.1;
+  const std::vector<double> accuracy = {0.5, 0.9, 0.7, 0.9, 0.8};
+  std::size_t call = 0;
+  std::vector<double> w_at_check;
+  const auto step = [&](const at::Tensor&) { return (w - 100.0).pow(2).sum(); };  // w rises every step
+  const auto validate = [&] {
+    w_at_check.push_back(w.item<double>());
+    return accuracy[call++];
+  };
+  const demo::TrainLog log = demo::train_steps({w}, 7, options, step, validate);
+  ASSERT_EQ(log.checkpoints.size(), 5u);
+  EXPECT_EQ(log.checkpoints[0].step, 2);
+  EXPECT_EQ(log.checkpoints[4].step, 10);
+  EXPECT_EQ(log.best_step, 4);
+  EXPECT_EQ(log.best_validation_accuracy, 0.9);
+  EXPECT_EQ(w.item<double>(), w_at_check[1]);
+  EXPECT_NE(w_at_check[1], w_at_check[4]);
 }
 
-TEST(Report, MeanStdAndPairedSummaries) {
-  const demo::MeanStd v = demo::mean_std({1, 2, 3, 4});
-  EXPECT_DOUBLE_EQ(v.mean, 2.5);
-  EXPECT_NEAR(v.std, std::sqrt(5.0 / 3.0), 1e-15);
-  EXPECT_EQ(demo::mean_std({7}).std, 0.0);
+// A tiny study on real images: teacher logits stand in for a trained teacher's (the labels, made
+// noisy), students are MLPs trained for a few steps.
+demo::StudyData tiny_study_data() {
+  demo::FashionMnist real = demo::load_fashion_mnist(demo::fashion_mnist_dir());
+  demo::StudyData d;
+  d.train = {real.train.images.narrow(0, 0, 2000), real.train.labels.narrow(0, 0, 2000)};
+  d.validation = {real.train.images.narrow(0, 2000, 500), real.train.labels.narrow(0, 2000, 500)};
+  d.test = {real.test.images.narrow(0, 0, 500), real.test.labels.narrow(0, 0, 500)};
+  torch::manual_seed(9);
+  d.teacher_logits = 4.0 * F::one_hot(d.train.labels, 10).to(torch::kFloat) + torch::randn({2000, 10});
+  return d;
+}
 
-  const std::vector<demo::RunResult> runs = {fake_run("ce", 0, 0.80), fake_run("kd_kl", 0, 0.83),
-                                             fake_run("ce", 1, 0.84), fake_run("kd_kl", 1, 0.83)};
-  const std::vector<demo::Method> methods = {demo::find_method("ce"), demo::find_method("kd_kl"),
-                                             demo::find_method("kd_jsd")};
-  const std::vector<demo::MethodSummary> s = demo::summarize(runs, methods);
-  ASSERT_EQ(s.size(), 2u);  // kd_jsd has no runs
-  EXPECT_EQ(s[0].method, "ce");
-  EXPECT_FALSE(s[0].has_baseline);
-  EXPECT_NEAR(s[1].accuracy.mean, 0.83, 1e-15);
-  EXPECT_NEAR(s[1].accuracy_gain, (0.03 - 0.01) / 2, 1e-15);
-  EXPECT_EQ(s[1].seeds_better, 1);
-  EXPECT_EQ(s[1].seeds_compared, 2);
-  ASSERT_EQ(s[1].mean_accuracy_by_epoch.size(), 2u);
-  EXPECT_NEAR(s[1].mean_accuracy_by_epoch[0], 0.81, 1e-15);
-  EXPECT_DOUBLE_EQ(s[1].seconds_per_epoch, 3.0);
+demo::StudyOptions tiny_study_options() {
+  demo::StudyOptions o;
+  o.budgets = {100, 0};
+  o.methods = {"ce", "ce_ls", "pseudo", "kd_kl"};
+  o.seeds = 2;
+  o.train.steps = 30;
+  o.train.evaluations = 3;
+  o.train.batch_size = 64;
+  return o;
+}
+
+TEST(Study, PlansCellsAndPools) {
+  demo::StudyOptions o = tiny_study_options();
+  o.students = {demo::StudentKind::Mlp, demo::StudentKind::Cnn};
+  o.methods = {"ce", "pseudo", "kd_kl", "kd_kl_attention"};
+  const std::vector<demo::PlannedCell> cells = demo::plan_cells(o, 2000);
+  ASSERT_EQ(cells.size(), 6u);  // per student: 100 same, 100 transfer, 2000 (all)
+  const auto names = [](const demo::PlannedCell& p) {
+    std::string s;
+    for (const demo::Method& m : p.methods) s += m.name + " ";
+    return s;
+  };
+  EXPECT_EQ(demo::cell_name(cells[0].cell), "mlp, 100 labels, same images");
+  EXPECT_EQ(names(cells[0]), "ce kd_kl ");
+  EXPECT_EQ(names(cells[1]), "ce pseudo kd_kl ");  // pseudo-labels need unlabelled images
+  EXPECT_EQ(cells[2].cell.regime, demo::Regime::Full);
+  EXPECT_EQ(cells[2].cell.budget, 2000);
+  EXPECT_EQ(names(cells[4]), "ce pseudo kd_kl kd_kl_attention ");  // feature maps: CNN only
+
+  const at::Tensor labels = torch::arange(2000, torch::kLong).remainder(10);
+  const demo::Pool transfer = demo::make_pool(cells[1].cell, demo::find_method("kd_kl"), labels, 1);
+  EXPECT_EQ(transfer.index.size(0), 2000);
+  EXPECT_FALSE(transfer.all_labelled);
+  const at::Tensor given = transfer.labels != demo::kUnlabelled;
+  EXPECT_EQ(given.sum().item<std::int64_t>(), 100);
+  EXPECT_TRUE(torch::equal(transfer.labels.masked_select(given), labels.masked_select(given)));
+  const demo::Pool control = demo::make_pool(cells[1].cell, demo::find_method("ce"), labels, 1);
+  EXPECT_TRUE(torch::equal(control.index, given.nonzero().flatten()));  // the same labelled images
+  EXPECT_TRUE(control.all_labelled);
+}
+
+// Every choice is made without the test set: poisoning its labels changes the test figures and
+// nothing else.
+TEST(Study, SelectionNeverReadsTheTestSet) {
+  if (!have_real_data()) GTEST_SKIP() << "skipped: Fashion-MNIST not found";
+  const demo::StudyData clean = tiny_study_data();
+  demo::StudyData poisoned = clean;
+  poisoned.test.labels = (clean.test.labels + 1).remainder(10);
+  const demo::StudyOptions options = tiny_study_options();
+  const demo::StudyResult a = demo::run_study(options, clean, 0.9);
+  const demo::StudyResult b = demo::run_study(options, poisoned, 0.9);
+  ASSERT_EQ(a.arms.size(), 10u);  // 100 same: ce ce_ls kd_kl; transfer: + pseudo; all: ce ce_ls kd_kl
+  ASSERT_EQ(a.arms.size(), b.arms.size());
+  EXPECT_EQ(a.runs_trained, b.runs_trained);
+  EXPECT_EQ(a.runs_trained, 25);  // controls shared by the two regimes of a budget; seed 0 of the chosen point reused
+  for (std::size_t i = 0; i < a.arms.size(); ++i) {
+    const demo::ArmResult &x = a.arms[i], &y = b.arms[i];
+    EXPECT_EQ(x.chosen.temperature, y.chosen.temperature) << i;
+    EXPECT_EQ(x.chosen.alpha, y.chosen.alpha) << i;
+    ASSERT_EQ(x.grid.size(), y.grid.size());
+    for (std::size_t g = 0; g < x.grid.size(); ++g)
+      EXPECT_EQ(x.grid[g].validation_accuracy, y.grid[g].validation_accuracy) << i << " " << g;
+    ASSERT_EQ(x.runs.size(), 2u);
+    for (std::size_t r = 0; r < x.runs.size(); ++r) {
+      EXPECT_EQ(x.runs[r].log.best_step, y.runs[r].log.best_step);
+      EXPECT_EQ(x.runs[r].log.best_validation_accuracy, y.runs[r].log.best_validation_accuracy);
+    }
+    EXPECT_GT(x.accuracy_mean, y.accuracy_mean + 0.2) << i;  // the test figures did see the poison
+  }
+  // Paired differences and the goal check, from the runs.
+  const demo::ArmResult& ce = a.arms[0];
+  const demo::ArmResult& kd = a.arms[2];
+  ASSERT_EQ(kd.method.name, "kd_kl");
+  EXPECT_NEAR(kd.vs_ce.mean,
+              ((kd.runs[0].test.accuracy - ce.runs[0].test.accuracy) + (kd.runs[1].test.accuracy - ce.runs[1].test.accuracy)) / 2,
+              1e-15);
+  EXPECT_NEAR(kd.gap_closed, kd.vs_ce.mean / (0.9 - ce.accuracy_mean), 1e-12);
+}
+
+TEST(Study, GoalNeedsEverySeedTwoDeviationsAndAThirdOfTheGap) {
+  demo::ArmResult a;
+  a.vs_ce = {true, 0.03, 0.01, 3, 3};
+  a.has_gap = true;
+  a.gap_closed = 0.4;
+  EXPECT_TRUE(demo::meets_goal(a));
+  a.vs_ce.std = 0.016;  // 0.03 < 2 * 0.016
+  EXPECT_FALSE(demo::meets_goal(a));
+  a.vs_ce = {true, 0.03, 0.01, 2, 3};
+  EXPECT_FALSE(demo::meets_goal(a));
+  a.vs_ce = {true, 0.03, 0.01, 3, 3};
+  a.gap_closed = 0.29;
+  EXPECT_FALSE(demo::meets_goal(a));
 }
 
 int count(const std::string& text, const std::string& what) {
@@ -314,80 +543,88 @@ int count(const std::string& text, const std::string& what) {
   return n;
 }
 
-TEST(Report, TableJsonAndPlot) {
-  const std::vector<demo::RunResult> runs = {fake_run("ce", 0, 0.80), fake_run("kd_kl", 0, 0.83)};
-  std::vector<demo::Method> methods = {demo::find_method("ce"), demo::find_method("kd_kl")};
-  methods[1].description = "a \"quoted\" <method> & more";
-  const std::vector<demo::MethodSummary> s = demo::summarize(runs, methods);
-  demo::DemoSetup setup;
-  setup.seeds = 1;
-  const demo::RunResult teacher = fake_run("teacher", 9, 0.9);
+TEST(Report, TablesJsonAndPlot) {
+  if (!have_real_data()) GTEST_SKIP() << "skipped: Fashion-MNIST not found";
+  const demo::StudyData data = tiny_study_data();
+  const demo::StudyOptions options = tiny_study_options();
+  const demo::StudyResult result = demo::run_study(options, data, 0.9);
+  demo::StudySetup setup;
+  setup.command = "fusedkd_demo --a \"quoted\" <arg>";
+  setup.options = options;
+  setup.teacher_test = demo::classification_metrics(data.teacher_logits, data.train.labels);
 
-  const std::string table = demo::markdown_report(setup, teacher, s);
-  EXPECT_NE(table.find("| kd_kl | 83.00 | +3.00 (1/1) |"), std::string::npos) << table;
-  EXPECT_NE(table.find("Teacher: accuracy 90.00%"), std::string::npos) << table;
+  const std::string md = demo::markdown_report(setup, result);
+  EXPECT_NE(md.find("## mlp, 100 labels, transfer set"), std::string::npos) << md;
+  EXPECT_NE(md.find("| mlp, 100 labels, same images | kd_kl |"), std::string::npos) << md;
+  EXPECT_EQ(count(md, "Validation accuracy (seed 0) over the grid"), 3);
+  EXPECT_EQ(count(md, "**"), 2 * 3);  // the chosen grid point per cell
 
-  const std::string json = demo::json_report(setup, teacher, s, runs);
-  EXPECT_NE(json.find("\"description\": \"a \\\"quoted\\\" <method> & more\""), std::string::npos) << json;
-  EXPECT_NE(json.find("\"accuracy_gain_vs_ce\": null"), std::string::npos);  // plain training itself
-  EXPECT_EQ(count(json, "\"confusion\": [["), 3);                              // teacher and two runs
+  const std::string json = demo::json_report(setup, result);
+  EXPECT_NE(json.find("\"command\": \"fusedkd_demo --a \\\"quoted\\\" <arg>\""), std::string::npos);
+  EXPECT_EQ(count(json, "\"method\": \"pseudo\""), 1);
+  EXPECT_EQ(count(json, "\"confusion\": [["), 1 + 2 * 10);  // the teacher and every seed of every arm
   EXPECT_NE(json.find("\"classes\": [\"T-shirt/top\", \"Trouser\","), std::string::npos);
+  EXPECT_EQ(count(json, "\"vs_ce\": null"), 3);  // ce itself, in each cell
 
-  const std::string svg = demo::svg_plot(teacher, s);
+  const std::string svg = demo::svg_plot(setup, result);
   EXPECT_EQ(svg.rfind("<svg ", 0), 0u);
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
-  EXPECT_EQ(count(svg, "class=\"bar\""), 4);    // accuracy and macro-F1 per method
-  EXPECT_EQ(count(svg, "class=\"curve\""), 2);  // one per method
-  EXPECT_EQ(count(svg, "<circle"), 4);          // one per epoch per method
-}
-
-// ---------------------------------------------------------------- training
-
-demo::FashionMnist small_real_set(std::int64_t train, std::int64_t test) {
-  demo::FashionMnist data = demo::load_fashion_mnist(demo::fashion_mnist_dir());
-  data.train.images = data.train.images.narrow(0, 0, train);
-  data.train.labels = data.train.labels.narrow(0, 0, train);
-  data.test.images = data.test.images.narrow(0, 0, test);
-  data.test.labels = data.test.labels.narrow(0, 0, test);
-  return data;
+  // ce, ce_ls; kd_kl (same), kd_kl (transfer); pseudo (transfer).
+  EXPECT_EQ(count(svg, "class=\"series\""), 5);
+  EXPECT_NE(svg.find("<title>kd_kl (transfer)</title>"), std::string::npos);
 }
 
 // Two epochs on 2,000 images: far above chance (10%) if the training loop works at all; the same
 // seed gives the same teacher and the same students.
 TEST(Training, TeacherLearnsAndRunsAreReproducible) {
   if (!have_real_data()) GTEST_SKIP() << "skipped: Fashion-MNIST not found";
-  const demo::FashionMnist data = small_real_set(2000, 500);
+  const demo::StudyData tiny = tiny_study_data();
   demo::TrainOptions options;
-  options.epochs = 2;
+  options.steps = 32;
+  options.evaluations = 2;
   demo::TeacherNet teacher, again;
-  const demo::RunResult t = demo::train_teacher(teacher, data, options);
-  ASSERT_EQ(t.epochs.size(), 2u);
-  EXPECT_GT(t.test.accuracy, 0.6);
-  EXPECT_LT(t.epochs[1].train_loss, t.epochs[0].train_loss);
+  const demo::TrainLog t = demo::train_teacher(teacher, tiny.train, tiny.validation, 2, options);
+  ASSERT_EQ(t.checkpoints.size(), 2u);
+  EXPECT_GT(t.best_validation_accuracy, 0.6);
+  EXPECT_LT(t.checkpoints[1].train_loss, t.checkpoints[0].train_loss);
   // The same seed, the same teacher: whatever LibTorch's generator held before.
   torch::manual_seed(12345);
-  const demo::RunResult u = demo::train_teacher(again, data, options);
-  EXPECT_EQ(t.epochs[1].train_loss, u.epochs[1].train_loss);
-  EXPECT_EQ(t.test.confusion, u.test.confusion);
+  const demo::TrainLog u = demo::train_teacher(again, tiny.train, tiny.validation, 2, options);
+  EXPECT_EQ(t.checkpoints[1].train_loss, u.checkpoints[1].train_loss);
+  EXPECT_TRUE(torch::equal(demo::predict_logits(teacher, tiny.test.images, torch::kCPU),
+                           demo::predict_logits(again, tiny.test.images, torch::kCPU)));
 
-  const demo::TeacherTargets targets = demo::teacher_targets(teacher, data.train.images, torch::kCPU, true);
-  EXPECT_EQ(targets.logits.sizes(), (std::vector<std::int64_t>{2000, 10}));
-  EXPECT_EQ(targets.features.sizes(), (std::vector<std::int64_t>{2000, 64, 7, 7}));
-  EXPECT_TRUE(torch::allclose(targets.logits, demo::predict_logits(teacher, data.train.images, torch::kCPU)));
-
-  options.epochs = 1;
+  demo::StudyData data = tiny;
+  std::tie(data.teacher_logits, data.teacher_features) = demo::predict(
+      *teacher, [&](const torch::Tensor& x) { return teacher->forward(x); }, data.train.images, torch::kCPU, true);
+  EXPECT_EQ(data.teacher_features.sizes(), (std::vector<std::int64_t>{2000, 64, 7, 7}));
+  const demo::Cell cell{demo::StudentKind::Cnn, 500, demo::Regime::Transfer};
   for (const std::string name : {"kd_kl", "kd_mse_hint"}) {
-    const demo::RunResult a = demo::train_student(demo::find_method(name), targets, data, options);
-    const demo::RunResult b = demo::train_student(demo::find_method(name), targets, data, options);
-    EXPECT_GT(a.test.accuracy, 0.3) << name;
-    EXPECT_EQ(a.epochs[0].train_loss, b.epochs[0].train_loss) << name;
-    EXPECT_EQ(a.test.confusion, b.test.confusion) << name;
+    const demo::Method& m = demo::find_method(name);
+    const demo::Pool pool = demo::make_pool(cell, m, data.train.labels, 0);
+    const demo::LossSetting setting{4.0, 0.9, demo::LossForm::Balanced};
+    const demo::TrainedStudent a = demo::train_student(cell.student, m, setting, data, pool, options);
+    const demo::TrainedStudent b = demo::train_student(cell.student, m, setting, data, pool, options);
+    EXPECT_GT(a.log.best_validation_accuracy, 0.3) << name;
+    EXPECT_EQ(a.log.checkpoints[1].train_loss, b.log.checkpoints[1].train_loss) << name;
+    EXPECT_TRUE(torch::equal(demo::predict_logits(*a.net, data.test.images, torch::kCPU),
+                             demo::predict_logits(*b.net, data.test.images, torch::kCPU)));
   }
-  demo::TeacherTargets no_features = targets;
-  no_features.features = at::Tensor();
+  demo::StudyData no_features = data;
+  no_features.teacher_features = at::Tensor();
+  const demo::Method& attention = demo::find_method("kd_kl_attention");
   expect_error_containing(
-      [&] { demo::train_student(demo::find_method("kd_kl_attention"), no_features, data, options); },
+      [&] {
+        demo::train_student(demo::StudentKind::Cnn, attention, {}, no_features,
+                            demo::make_pool(cell, attention, data.train.labels, 0), options);
+      },
       "needs the teacher's feature maps");
+  expect_error_containing(
+      [&] {
+        demo::train_student(demo::StudentKind::Mlp, attention, {}, data,
+                            demo::make_pool(cell, attention, data.train.labels, 0), options);
+      },
+      "CNN student only");
 }
 
 }  // namespace
