@@ -75,7 +75,7 @@ torch::Tensor student_loss(const Method& method, const LossSetting& setting, con
 
 struct TrainOptions {
   int steps = 2000;       // optimiser steps (the same for every method of a comparison)
-  int evaluations = 10;   // validation checks, evenly spaced; the last after the last step
+  int evaluations = 20;   // validation checks, evenly spaced; the last after the last step
   int batch_size = 128;
   double learning_rate = 1e-3;  // Adam, as in the seed
   std::uint64_t seed = 0;       // initial weights and batch order

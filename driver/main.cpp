@@ -40,8 +40,8 @@ alpha, checkpoint) is made on validation, and the test set is read once per fina
                           /usr/share/datasets/fashion-mnist)
   --out DIR               results.md, results.json, results.svg and the trained teacher
                           (default: out/demo)
-  --full                  the full study: students cnn,mlp; labels 1000,5000,all; temperatures
-                          1,2,4,8; alphas 0.5,0.9 (options after it override these)
+  --full                  the full study: students cnn,mlp; labels 1000,5000,all (options after
+                          it override these)
   --students LIST         cnn, mlp (default: mlp)
   --labels LIST           label budgets, numbers or "all" (default: 1000,all)
   --regimes LIST          for budgets below all: same (the labelled images only), transfer (the
@@ -62,12 +62,12 @@ void print_usage() {
   std::cout << kUsage;
   for (const demo::Method& m : demo::standard_methods()) std::cout << m.name << " ";
   std::cout << R"(
-  --temperatures LIST     the grid's temperatures (default: 1,4)
+  --temperatures LIST     the grid's temperatures (default: 1,2,4,8)
   --alphas LIST           the grid's alphas, in (0, 1] for the balanced form (default: 0.5,0.9)
   --form F                balanced: (1 - alpha) CE + alpha T^2 D (default); seed: CE + alpha D
   --seeds N               seeds 0..N-1 per method (default 3)
   --steps N               optimiser steps per run, the same for every method (default 2000)
-  --evaluations N         validation checks per run (default 10)
+  --evaluations N         validation checks per run (default 20)
   --batch-size N          (default 128)
   --teacher-epochs N      (default 6)
   --teacher-shift P       train the teacher on images moved by up to P pixels (default 2; 0: none)
@@ -146,8 +146,6 @@ Options parse(int argc, char** argv) {
     if (flag == "--full") {
       o.study.students = {demo::StudentKind::Cnn, demo::StudentKind::Mlp};
       o.study.budgets = {1000, 5000, 0};
-      o.study.temperatures = {1, 2, 4, 8};
-      o.study.alphas = {0.5, 0.9};
       continue;
     }
     if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value (see --help)");
@@ -272,10 +270,12 @@ int run(const Options& o) {
     std::cout << "Teacher: training for " << o.teacher_epochs << " epochs (shifts up to " << o.teacher_shift
               << " px)" << std::endl;
     demo::train_teacher(teacher, data.train, data.validation, o.teacher_shift, teacher_options,
-                        [](int step, int steps, const demo::Checkpoint& c) {
-                          char line[160];
-                          std::snprintf(line, sizeof line, "  teacher: step %d/%d, loss %.4f, validation %.2f%%",
-                                        step, steps, c.train_loss, 100.0 * c.validation_accuracy);
+                        [&](int step, int steps, const demo::Checkpoint& c) {
+                          char line[200];
+                          std::snprintf(line, sizeof line,
+                                        "  teacher: epoch %d/%d (step %d/%d), loss %.4f, validation %.2f%%",
+                                        step * o.teacher_epochs / steps, o.teacher_epochs, step, steps, c.train_loss,
+                                        100.0 * c.validation_accuracy);
                           show(line, true);
                         });
     torch::save(teacher, teacher_path);
@@ -301,8 +301,9 @@ int run(const Options& o) {
       demo::run_study(study, data, setup.teacher_test.accuracy, [](const demo::StudyStatus& s) {
         char line[768];
         const double left = s.share_done > 0 ? s.seconds / s.share_done * (1.0 - s.share_done) : 0.0;
-        std::snprintf(line, sizeof line, "[%d/%d runs, %s, about %s left] %s", s.runs_finished, s.runs_planned,
-                      minutes(s.seconds).c_str(), minutes(left).c_str(), s.run.c_str());
+        std::snprintf(line, sizeof line, "[%d/%d runs, %s, %.0f steps/s, about %s left] %s", s.runs_finished,
+                      s.runs_planned, minutes(s.seconds).c_str(), s.steps_per_second, minutes(left).c_str(),
+                      s.run.c_str());
         show(line, s.run_finished);
       });
 

@@ -195,6 +195,7 @@ StudyResult run_study(const StudyOptions& options, const StudyData& data, double
       status.runs_planned = total_runs;
       status.share_done = (static_cast<double>(finished) * o.steps + steps) / total_steps;
       status.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      status.steps_per_second = status.seconds > 0 ? status.share_done * total_steps / status.seconds : 0.0;
       progress(status);
     };
     TrainedStudent t = train_student(cell.student, m, s, data, make_pool(cell, m, data.train.labels, seed), o,

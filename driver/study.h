@@ -27,7 +27,7 @@ struct StudyOptions {
   std::vector<std::int64_t> budgets = {1000, 0};  // labelled training images; 0: all of them
   std::vector<Regime> regimes = {Regime::Same, Regime::Transfer};
   std::vector<std::string> methods = {"ce", "ce_ls", "pseudo", "kd_kl", "kd_mse"};
-  std::vector<double> temperatures = {1, 4};  // the grid, per distillation method and cell
+  std::vector<double> temperatures = {1, 2, 4, 8};  // the grid, per distillation method and cell
   std::vector<double> alphas = {0.5, 0.9};
   LossForm form = LossForm::Balanced;
   int seeds = 3;
@@ -96,6 +96,7 @@ struct StudyStatus {
   int runs_finished = 0, runs_planned = 0;
   double share_done = 0;   // of all the planned steps
   double seconds = 0;      // since the study started
+  double steps_per_second = 0;  // over the study so far
 };
 using StudyProgress = std::function<void(const StudyStatus&)>;
 

@@ -447,6 +447,8 @@ demo::StudyOptions tiny_study_options() {
   demo::StudyOptions o;
   o.budgets = {100, 0};
   o.methods = {"ce", "ce_ls", "pseudo", "kd_kl"};
+  o.temperatures = {1, 4};
+  o.alphas = {0.5, 0.9};
   o.seeds = 2;
   o.train.steps = 30;
   o.train.evaluations = 3;
