@@ -245,6 +245,25 @@ TEST_P(FeatureOps, SimilarityPreservingMatchesMmComposite) {
                 [&](const auto& v) { return similarity_composite(v[0], v[1]); }, 1e-5, "transposed student");
 }
 
+// The float32 GEMMs (similarity_preserving's Gram matrices, projected_feature_mse's regressor)
+// stay float32 when the user allows TF32 for matmuls (the setting rides on ATen's cuBLAS handle):
+// TF32's 10-bit mantissa would miss the float32 tolerance by two orders of magnitude.
+TEST_P(FeatureOps, Float32GemmsIgnoreTf32) {
+  at::Context& context = at::globalContext();
+  const bool saved_tf32 = context.allowTF32CuBLAS();
+  context.setAllowTF32CuBLAS(true);
+  const at::Tensor s = features({16, 64, 7, 7}, at::kFloat, device(), 30);
+  const at::Tensor t = features({16, 32, 7, 7}, at::kFloat, device(), 31);
+  check_against({s, t}, [&](const auto& v) { return fusedkd::similarity_preserving(v[0], v[1]); },
+                [&](const auto& v) { return similarity_composite(v[0], v[1]); }, 1e-5, "similarity, TF32 allowed");
+  const at::Tensor w = features({32, 64}, at::kFloat, device(), 32) * 0.1;
+  const at::Tensor b = features({32}, at::kFloat, device(), 33);
+  check_against({s, w, t, b}, [&](const auto& v) { return fusedkd::projected_feature_mse(v[0], v[1], v[3], v[2], "mean"); },
+                [&](const auto& v) { return reduce_mse(projection_composite(v[0], v[1], v[3]), v[2], "mean"); }, 1e-5,
+                "projection, TF32 allowed");
+  context.setAllowTF32CuBLAS(saved_tf32);
+}
+
 TEST_P(FeatureOps, GradOutputScalingAndRetainGraph) {
   const at::Tensor s = features({3, 4, 5, 6}, at::kFloat, device(), 21).requires_grad_(true);
   const at::Tensor t = features({3, 2, 5, 6}, at::kFloat, device(), 22);

@@ -10,10 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
+#include "cuda_memory.h"
 #include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
-#include "cuda_memory.h"
 #include "op_test_support.h"
+#include "soft_target_ops.h"
 
 namespace F = torch::nn::functional;
 
@@ -448,6 +450,82 @@ TEST_P(SoftTargetOps, BadInputsRaiseClearErrors) {
     EXPECT_TRUE(std::isnan(fusedkd::kd_loss(s, t, bad, 1.0, 1.0, 1.0).item<float>()));
     expect_error([&] { fusedkd::kl_div(s, torch::zeros({4, 5})); }, {"same device"});
   }
+}
+
+const std::vector<at::ScalarType> kDtypes = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
+
+// Every (student, teacher) dtype pair: the spec's loss dtype (float64 when either is float64),
+// gradients in their inputs' dtypes, values against float64 (a pair no kernel takes as it is is
+// promoted, never demoted: a float16 student with a bfloat16 teacher above float16's range stays
+// finite).
+TEST_P(SoftTargetOps, EveryDtypePairKeepsTheSpecsLossDtypeAndValue) {
+  int seed = 900;
+  for (const at::ScalarType ts : kDtypes)
+    for (const at::ScalarType tt : kDtypes) {
+      const at::Tensor s = logits({5, 37}, ts, device(), ++seed);
+      at::Tensor t = logits({5, 37}, tt, device(), ++seed);
+      const at::Tensor y = torch::randint(0, 37, {5}, torch::TensorOptions().dtype(torch::kLong).device(device()));
+      const std::string what = std::string("kd_loss ") + c10::toString(ts) + "/" + c10::toString(tt);
+      compare(s, t, true,
+              [&](const at::Tensor& a, const at::Tensor& b) { return fusedkd::kd_loss(a, b, y, 2.0, 0.7, 0.3, "kl"); },
+              [&](const at::Tensor& a, const at::Tensor& b) {
+                return 0.3 * F::cross_entropy(a.view({5, 37}), y) + 0.7 * composite_rows(a, b, 2.0, "kl", 0).mean();
+              },
+              what);
+    }
+  // A bfloat16 teacher beyond float16's range (65504) with a float16 student.
+  const at::Tensor s = logits({3, 11}, at::kHalf, device(), 7);
+  const at::Tensor t = (logits({3, 11}, at::kDouble, device(), 8) * 30000).to(at::kBFloat16);
+  const at::Tensor loss = fusedkd::kl_div(s, t, 1e4, "batchmean");
+  const at::Tensor ref = reduce(composite_rows(s.to(at::kDouble), t.to(at::kDouble), 1e4, "kl", 0), "batchmean", 11);
+  EXPECT_TRUE(std::isfinite(loss.item<double>()));
+  EXPECT_LT(relative_error(loss, ref), 1e-2) << loss << " " << ref;
+}
+
+// A label outside [0, V) is an error on the CPU and a NaN loss on CUDA, whatever hard_weight is
+// (also 0: the soft term alone still looks at the labels to choose its rows).
+TEST_P(SoftTargetOps, BadLabelAtEveryHardWeight) {
+  const auto o = torch::TensorOptions().device(device());
+  const at::Tensor s = logits({4, 5}, at::kFloat, device(), 1), t = logits({4, 5}, at::kFloat, device(), 2);
+  const at::Tensor bad = torch::tensor({0, 7, 1, 2}, o.dtype(torch::kLong));
+  for (const double hard : {0.0, 0.5, 1.0}) {
+    if (!device().is_cuda()) {
+      expect_error([&] { fusedkd::kd_loss(s, t, bad, 1.0, 1.0, hard); }, {"label 7", "outside [0, 5)"});
+    } else {
+      EXPECT_TRUE(std::isnan(fusedkd::kd_loss(s, t, bad, 1.0, 1.0, hard).item<float>())) << "hard_weight " << hard;
+    }
+  }
+}
+
+// The CUDA path's host decisions (its dtype rule) driven through the op layer with the CPU
+// kernels: for every dtype pair the loss dtype equals the CPU path's and the Meta kernel's, and
+// the values agree with the CPU path's.
+TEST(CudaHostDecisions, DtypeRuleAgreesWithTheCpuPathAndTheMetaKernel) {
+  const fusedkd::torch_ext::SoftTargetBackend cuda_rule_on_cpu{
+      [](const fusedkd::SoftTargetArgs& args) {
+        fusedkd::soft_target_loss_cpu(args, fusedkd::torch_ext::torch_cpu_executor());
+      },
+      [](fusedkd::DType s, fusedkd::DType t) { return fusedkd::cuda_kernel_dtypes(s, t); }};
+  int seed = 40;
+  for (const at::ScalarType ts : kDtypes)
+    for (const at::ScalarType tt : kDtypes) {
+      const std::string what = std::string(c10::toString(ts)) + "/" + c10::toString(tt);
+      const at::Tensor s = logits({6, 13}, ts, at::kCPU, ++seed), t = logits({6, 13}, tt, at::kCPU, ++seed);
+      const at::Tensor y = torch::randint(0, 13, {6}, torch::kLong);
+      const auto [loss, gs, gt] = fusedkd::torch_ext::soft_target_forward_op(
+          s, t, y, 2.0, static_cast<int64_t>(fusedkd::Divergence::ForwardKL), 0.5, -100, 1.0, 0.5, false, true, true,
+          true, cuda_rule_on_cpu);
+      const at::Tensor cpu = fusedkd::kd_loss(s, t, y, 2.0, 1.0, 0.5, "kl");
+      const at::Tensor meta = fusedkd::kd_loss(s.to(at::kMeta), t.to(at::kMeta), y.to(at::kMeta), 2.0, 1.0, 0.5, "kl");
+      EXPECT_EQ(loss.scalar_type(), cpu.scalar_type()) << what;
+      EXPECT_EQ(meta.scalar_type(), cpu.scalar_type()) << what;
+      EXPECT_EQ(gs.scalar_type(), ts) << what;
+      EXPECT_EQ(gt.scalar_type(), tt) << what;
+      EXPECT_LT(relative_error(loss, cpu), 1e-6) << what;
+      const fusedkd::DTypePair used = fusedkd::cuda_kernel_dtypes(fusedkd::torch_ext::kernel_dtype(ts),
+                                                                  fusedkd::torch_ext::kernel_dtype(tt));
+      EXPECT_TRUE(fusedkd::soft_target_cuda_supports(used.student, used.teacher)) << what;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(All, SoftTargetOps, ::testing::Values(std::string("cpu"), std::string("cuda")),

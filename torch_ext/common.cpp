@@ -40,6 +40,16 @@ DType kernel_dtype(at::ScalarType type) {
   }
 }
 
+at::ScalarType scalar_type(DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return at::kFloat;
+    case DType::Float64: return at::kDouble;
+    case DType::Float16: return at::kHalf;
+    case DType::BFloat16: return at::kBFloat16;
+  }
+  TORCH_CHECK(false, "fusedkd: unknown kernel dtype");
+}
+
 RowView row_view(const at::Tensor& x) {
   const std::int64_t cols = x.size(-1);
   const std::int64_t rows = cols == 0 ? 0 : x.numel() / cols;

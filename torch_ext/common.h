@@ -20,6 +20,7 @@ void check_same_device(const char* op, const char* name_a, const at::Tensor& a, 
                        const at::Tensor& b);
 
 DType kernel_dtype(at::ScalarType type);
+at::ScalarType scalar_type(DType dtype);
 
 // A [*, V] tensor seen as rows: every row's elements are contiguous and row r starts at
 // data + r * row_stride. Views whose leading dims collapse to one stride are used as they are;

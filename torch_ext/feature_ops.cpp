@@ -122,10 +122,13 @@ Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teac
   TORCH_CHECK(student.sizes() == teacher.sizes(), op, ": student and teacher must have the same shape, got ",
               student.sizes(), " and ", teacher.sizes());
   check_pair_device(op, student, teacher);
-  // Memory order: the student's when it is dense, with the teacher brought to the same strides.
-  const at::Tensor s = student.is_non_overlapping_and_dense() ? student : student.contiguous();
-  at::ScalarType teacher_type = teacher.scalar_type();
-  if (!backend.supports(kernel_dtype(s.scalar_type()), kernel_dtype(teacher_type))) teacher_type = s.scalar_type();
+  // Memory order: the student's when it is dense, with the teacher brought to the same strides. The
+  // dtypes: the inputs' own or a promotion of them (the loss dtype stays the spec's, the gradients
+  // are cast back to their inputs' dtypes).
+  const DTypePair used = backend.compute_dtypes(kernel_dtype(student.scalar_type()), kernel_dtype(teacher.scalar_type()));
+  const at::Tensor s = (student.is_non_overlapping_and_dense() ? student : student.contiguous())
+                           .to(scalar_type(used.student));  // strides kept
+  const at::ScalarType teacher_type = scalar_type(used.teacher);
   at::Tensor t = teacher;
   if (teacher_type != teacher.scalar_type() || !teacher.is_non_overlapping_and_dense() ||
       teacher.strides() != s.strides())
@@ -150,8 +153,7 @@ Tensor3 feature_mse_forward_op(const at::Tensor& student, const at::Tensor& teac
   args.workspace = workspace.mutable_data_ptr();
   launch_reduced(op, reduction_factor(reduction, static_cast<double>(s.numel()), 0), loss, args.scale,
                  [&] { backend.mse(args); });
-  if (grad_teacher && gt.scalar_type() != teacher.scalar_type()) gt = gt.to(teacher.scalar_type());
-  return {loss, gs, gt};
+  return {loss, gs.to(student.scalar_type()), gt.to(teacher.scalar_type())};
 }
 
 namespace {
@@ -347,8 +349,8 @@ Tensor3 projected_feature_mse_forward_op(const at::Tensor& student, const at::Te
       loss_dtype({student.scalar_type(), weight.scalar_type(), teacher.scalar_type(),
                   has_bias ? bias->scalar_type() : at::kFloat});
   const Projection p = make_projection(student, weight, compute);
-  at::ScalarType teacher_type = teacher.scalar_type();
-  if (!backend.supports(kernel_dtype(compute), kernel_dtype(teacher_type))) teacher_type = compute;
+  const at::ScalarType teacher_type =
+      scalar_type(backend.compute_dtypes(kernel_dtype(compute), kernel_dtype(teacher.scalar_type())).teacher);
   const at::Tensor t = to_layout(teacher, p.channels_last, teacher_type);
   const at::Tensor b = has_bias ? bias->to(compute).contiguous() : at::Tensor();
   const auto options = p.x.options();
@@ -619,7 +621,7 @@ const FeatureBackend& cpu_backend() {
       [](const SimilarityPreservingArgs& a) { similarity_preserving_cpu(a, torch_cpu_executor()); },
       [](const ProjectedFeatureMseArgs& a) { projected_feature_mse_cpu(a, torch_cpu_executor()); },
       [](const ProjectionBackwardArgs& a) { projection_backward_cpu(a, torch_cpu_executor()); },
-      [](DType, DType) { return true; }};
+      [](DType student, DType teacher) { return DTypePair{student, teacher}; }};
   return backend;
 }
 

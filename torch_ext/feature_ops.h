@@ -18,7 +18,9 @@ struct FeatureBackend {
   std::function<void(const SimilarityPreservingArgs&)> similarity;
   std::function<void(const ProjectedFeatureMseArgs&)> projected;
   std::function<void(const ProjectionBackwardArgs&)> projection_backward;
-  std::function<bool(DType, DType)> supports;  // (student, teacher) dtype pairs feature_mse takes as they are
+  // The (student, teacher) dtypes feature_mse computes a pair in: the pair itself on the CPU,
+  // cuda_kernel_dtypes (a promotion) on CUDA.
+  std::function<DTypePair(DType, DType)> compute_dtypes;
 };
 
 using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;

@@ -19,7 +19,7 @@ const FeatureBackend& cuda_backend() {
       [](const SimilarityPreservingArgs& a) { similarity_preserving_cuda(a, at::cuda::getCurrentCUDABlasHandle()); },
       [](const ProjectedFeatureMseArgs& a) { projected_feature_mse_cuda(a, at::cuda::getCurrentCUDABlasHandle()); },
       [](const ProjectionBackwardArgs& a) { projection_backward_cuda(a, at::cuda::getCurrentCUDABlasHandle()); },
-      [](DType student, DType teacher) { return soft_target_cuda_supports(student, teacher); }};
+      [](DType student, DType teacher) { return cuda_kernel_dtypes(student, teacher); }};
   return backend;
 }
 

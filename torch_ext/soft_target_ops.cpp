@@ -50,33 +50,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
   TORCH_CHECK(divergence >= 0 && divergence <= static_cast<int64_t>(Divergence::MSE),
               "fusedkd::_soft_target_forward: unknown divergence ", divergence);
   const bool has_labels = labels && labels->defined();
-  // Kernels take most dtype pairs as they are; any other teacher is converted to the student's.
-  at::Tensor teacher_used = teacher;
-  if (!backend.supports(kernel_dtype(student.scalar_type()), kernel_dtype(teacher.scalar_type())))
-    teacher_used = teacher.to(student.scalar_type());
-  const RowView s = row_view(student);
+  // The dtypes the kernels compute in: the inputs' own, or a promotion of them (never a demotion:
+  // the loss dtype stays the spec's, and the gradients are cast back to their inputs' dtypes).
+  const DType student_dtype = kernel_dtype(student.scalar_type()), teacher_dtype = kernel_dtype(teacher.scalar_type());
+  const DTypePair used = backend.compute_dtypes(student_dtype, teacher_dtype);
+  const at::Tensor student_used = student.to(scalar_type(used.student));  // the same tensor when unchanged
+  const at::Tensor teacher_used = teacher.to(scalar_type(used.teacher));
+  const RowView s = row_view(student_used);
   const RowView t = row_view(teacher_used);
-  const bool use_double = student.scalar_type() == at::kDouble || teacher_used.scalar_type() == at::kDouble;
-  const auto loss_options = student.options().dtype(use_double ? at::kDouble : at::kFloat);
+  const auto loss_options = student.options().dtype(scalar_type(loss_dtype(student_dtype, teacher_dtype)));
   const at::IntArrayRef leading = student.sizes().slice(0, student.dim() - 1);
   at::Tensor loss = per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options);
   const auto contiguous = at::MemoryFormat::Contiguous;
-  at::Tensor grad_s = grad_student ? at::empty(student.sizes(), student.options().memory_format(contiguous))
-                                   : at::empty({0}, student.options());
+  at::Tensor grad_s = grad_student ? at::empty(student.sizes(), student_used.options().memory_format(contiguous))
+                                   : at::empty({0}, student_used.options());
   at::Tensor grad_t = grad_teacher ? at::empty(teacher_used.sizes(), teacher_used.options().memory_format(contiguous))
                                    : at::empty({0}, teacher_used.options());
+  const auto in_input_dtypes = [&] {
+    return std::tuple<at::Tensor, at::Tensor, at::Tensor>{loss, grad_s.to(student.scalar_type()),
+                                                          grad_t.to(teacher.scalar_type())};
+  };
   if (s.rows == 0) {
     loss.zero_();
-    return {loss, grad_s, grad_t.to(teacher.scalar_type())};
+    return in_input_dtypes();
   }
   const at::Tensor labels_long = has_labels ? labels->to(at::kLong).contiguous() : at::Tensor();
 
   SoftTargetArgs args;
   args.student = s.tensor.const_data_ptr();
-  args.student_dtype = kernel_dtype(student.scalar_type());
+  args.student_dtype = used.student;
   args.student_row_stride = s.row_stride;
   args.teacher = t.tensor.const_data_ptr();
-  args.teacher_dtype = kernel_dtype(teacher_used.scalar_type());
+  args.teacher_dtype = used.teacher;
   args.teacher_row_stride = t.row_stride;
   args.rows = s.rows;
   args.cols = s.cols;
@@ -96,9 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
                                          student.options().dtype(at::kByte));
   args.workspace = workspace.mutable_data_ptr();
   launch_kernel("fusedkd::_soft_target_forward", [&] { backend.loss(args); });
-  if (grad_teacher && teacher_used.scalar_type() != teacher.scalar_type())
-    grad_t = grad_t.to(teacher.scalar_type());
-  return {loss, grad_s, grad_t};
+  return in_input_dtypes();
 }
 
 namespace {
@@ -325,7 +328,7 @@ at::Tensor kd_loss_kernel(const at::Tensor& s, const at::Tensor& t, const std::o
 const SoftTargetBackend& cpu_backend() {
   static const SoftTargetBackend backend{
       [](const SoftTargetArgs& args) { soft_target_loss_cpu(args, torch_cpu_executor()); },
-      [](DType, DType) { return true; }};
+      [](DType student, DType teacher) { return DTypePair{student, teacher}; }};
   return backend;
 }
 
@@ -341,8 +344,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
     const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels, double temperature,
     int64_t, double, int64_t, double, double, bool per_row, bool, bool grad_s, bool grad_t) {
   check_pair("fusedkd::_soft_target_forward", s, t, labels, temperature);
-  const bool use_double = s.scalar_type() == at::kDouble || t.scalar_type() == at::kDouble;
-  const auto loss_options = s.options().dtype(use_double ? at::kDouble : at::kFloat);
+  const auto loss_options =
+      s.options().dtype(scalar_type(loss_dtype(kernel_dtype(s.scalar_type()), kernel_dtype(t.scalar_type()))));
   const at::IntArrayRef leading = s.sizes().slice(0, s.dim() - 1);
   return {per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options),
           grad_s ? at::empty(s.sizes(), s.options()) : at::empty({0}, s.options()),

@@ -15,7 +15,9 @@ namespace fusedkd::torch_ext {
 
 struct SoftTargetBackend {
   std::function<void(const SoftTargetArgs&)> loss;
-  std::function<bool(DType, DType)> supports;  // dtype pairs the kernels take as they are
+  // The (student, teacher) dtypes the kernels compute a pair in: the pair itself on the CPU,
+  // cuda_kernel_dtypes (a promotion) on CUDA.
+  std::function<DTypePair(DType, DType)> compute_dtypes;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(

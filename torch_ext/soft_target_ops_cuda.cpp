@@ -11,7 +11,7 @@ namespace {
 const SoftTargetBackend& cuda_backend() {
   static const SoftTargetBackend backend{
       [](const SoftTargetArgs& args) { soft_target_loss_cuda(args, at::cuda::getCurrentCUDAStream().stream()); },
-      [](DType student, DType teacher) { return soft_target_cuda_supports(student, teacher); }};
+      [](DType student, DType teacher) { return cuda_kernel_dtypes(student, teacher); }};
   return backend;
 }
 

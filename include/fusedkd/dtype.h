@@ -20,6 +20,22 @@ inline const char* dtype_name(DType dtype) {
   return "unknown";
 }
 
+// A (student, teacher) pair of element types.
+struct DTypePair {
+  DType student;
+  DType teacher;
+};
+
+// The pair a CUDA kernel computes a (student, teacher) pair in: the pair itself where the kernels
+// take it (soft_target_cuda_supports), else a promotion, never a demotion: float64 on either side
+// runs both in float64; a float16/bfloat16 mix reads the teacher as float32. The loss dtype is
+// the same before and after (loss_dtype); the gradients are cast back to their inputs' dtypes.
+DTypePair cuda_kernel_dtypes(DType student, DType teacher);
+
+// The dtype of every loss of a (student, teacher) pair: float64 when either is float64, else
+// float32 (the spec's rule, on every backend).
+DType loss_dtype(DType student, DType teacher);
+
 inline std::size_t dtype_size(DType dtype) {
   return dtype == DType::Float64 ? 8 : dtype == DType::Float32 ? 4 : 2;
 }

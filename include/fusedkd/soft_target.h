@@ -65,13 +65,14 @@ bool soft_target_uses_double(const SoftTargetArgs& args);
 // a host synchronisation and makes the loss (and that row's gradient) NaN instead.
 void soft_target_loss_cpu(const SoftTargetArgs& args, const CpuExecutor& executor = {});
 void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream);
-// The (student, teacher) dtype pairs the CUDA launcher takes; others must be converted first.
+// The (student, teacher) dtype pairs the CUDA launcher takes; the ops compute any other pair in
+// cuda_kernel_dtypes(student, teacher) (fusedkd/dtype.h), a promotion.
 bool soft_target_cuda_supports(DType student, DType teacher);
 
 namespace detail {
 
 // How the CUDA launcher runs one row, for tests and benchmarks that compare the regimes
-// (docs/architecture.md): in a register tile (rows up to 4096 elements), on chip (the row's
+// (docs/architecture.md): in a register tile (rows up to 4093 float32 elements), on chip (the row's
 // slice held in the shared memory of each of `blocks_per_row` blocks, a thread-block cluster when
 // more than one; sm_90 and later), or streaming (two sweeps over device memory for KL, three
 // for JSD and soft MSE).

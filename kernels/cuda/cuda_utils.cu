@@ -1,5 +1,7 @@
 #include "cuda_utils.cuh"
 
+#include "../launch_plan.h"
+
 #include <deque>
 #include <mutex>
 #include <stdexcept>
@@ -33,13 +35,9 @@ const DeviceLimits& device_limits() {
 int multiprocessor_count() { return device_limits().multiprocessors; }
 
 unsigned int grid_size(std::int64_t work_items, int items_per_block, int block_threads) {
-  const std::int64_t needed = (work_items + items_per_block - 1) / items_per_block;
   // 2048 resident threads per SM on sm_80/sm_90; four waves of blocks keep every SM busy while
   // the grid-stride loops pick up the remainder.
-  const std::int64_t cap =
-      static_cast<std::int64_t>(multiprocessor_count()) * (2048 / block_threads) * 4;
-  const std::int64_t blocks = needed < cap ? needed : cap;
-  return static_cast<unsigned int>(blocks < 1 ? 1 : blocks);
+  return detail::grid_blocks(work_items, items_per_block, block_threads, multiprocessor_count());
 }
 
 }  // namespace fusedkd::cuda

@@ -415,12 +415,16 @@ struct BlasType;
 template <>
 struct BlasType<float> {
   static constexpr cudaDataType_t kData = CUDA_R_32F;
-  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_32F;  // full float32, no TF32
+  // PEDANTIC: full float32 whatever math mode the handle carries. ATen's handle carries
+  // CUBLAS_TF32_TENSOR_OP_MATH when a user allows TF32 (torch.backends.cuda.matmul.allow_tf32,
+  // set_float32_matmul_precision("high")), and with plain CUBLAS_COMPUTE_32F cuBLAS may then
+  // round the inputs to TF32.
+  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_32F_PEDANTIC;
 };
 template <>
 struct BlasType<double> {
   static constexpr cudaDataType_t kData = CUDA_R_64F;
-  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_64F;
+  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_64F_PEDANTIC;  // no emulated float64 either
 };
 
 // Column-major C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch, A_i = a + i * stride_a (and

@@ -16,6 +16,7 @@
 
 #include <type_traits>
 
+#include "../launch_plan.h"
 #include "cuda_utils.cuh"
 
 namespace fusedkd::cuda {
@@ -26,10 +27,8 @@ __device__ __forceinline__ int chunk_head(const T* row) {
   return static_cast<int>((reinterpret_cast<std::uintptr_t>(row) % kBytes) / sizeof(T));
 }
 
-// Number of chunks of `width` elements a row of `cols` elements spans at the worst head.
-constexpr std::int64_t max_chunks_per_row(std::int64_t cols, int width) {
-  return (cols + 2 * width - 2) / width;
-}
+using detail::chunk_count;
+using detail::max_chunks_per_row;
 
 // Loads chunk `c` of a row as stored; elements outside the row become `fill`.
 // `vector_ok`: this row's head equals the chunking head (a whole chunk is one aligned load).
@@ -173,26 +172,35 @@ constexpr int kElementsPerThread = 16;
 // per row (several rows per 128-thread block) for short rows, a block per row up to MAX_BLOCK
 // threads for long ones; else launch.streaming(). MAX_BLOCK is where ptxas would start spilling
 // for the kernel's register tiles (-Xptxas -warn-spills, checked at build time).
+// The choice is detail::register_tile (kernels/launch_plan.h, tested on the CPU); this maps it onto
+// the compiled tile kernels.
 template <int N, int ELEMENTS_PER_THREAD, int MAX_BLOCK, typename Launch>
-void dispatch_row_length(int cols, const Launch& launch) {
+void dispatch_row_length(std::int64_t cols, const Launch& launch) {
   constexpr int kItems = ELEMENTS_PER_THREAD / N;
-  const std::int64_t chunks = max_chunks_per_row(cols, N);
-  if (chunks <= 4) return launch.template tile<4, 128, 1>();
-  if (chunks <= 8) return launch.template tile<8, 128, 1>();
-  if (chunks <= 16) return launch.template tile<16, 128, 1>();
-  if (chunks <= 32) return launch.template tile<32, 128, 1>();
-  if (chunks <= 32 * kItems) return launch.template tile<32, 128, kItems>();
-  if (chunks <= 128 * kItems) return launch.template tile<128, 128, kItems>();
+  const detail::RegisterTile tile = detail::register_tile(cols, N, ELEMENTS_PER_THREAD, MAX_BLOCK);
+  if (!tile.fits()) return launch.streaming();
+  if (tile.items == 1 && tile.threads <= 32) {
+    switch (tile.threads) {
+      case 4: return launch.template tile<4, 128, 1>();
+      case 8: return launch.template tile<8, 128, 1>();
+      case 16: return launch.template tile<16, 128, 1>();
+      default: return launch.template tile<32, 128, 1>();
+    }
+  }
+  if (tile.block == 128) {
+    if (tile.threads == 32) return launch.template tile<32, 128, kItems>();
+    return launch.template tile<128, 128, kItems>();
+  }
   if constexpr (MAX_BLOCK >= 256) {
-    if (chunks <= 256 * kItems) return launch.template tile<256, 256, kItems>();
+    if (tile.threads == 256) return launch.template tile<256, 256, kItems>();
   }
   if constexpr (MAX_BLOCK >= 512) {
-    if (chunks <= 512 * kItems) return launch.template tile<512, 512, kItems>();
+    if (tile.threads == 512) return launch.template tile<512, 512, kItems>();
   }
   if constexpr (MAX_BLOCK >= 1024) {
-    if (chunks <= 1024 * kItems) return launch.template tile<1024, 1024, kItems>();
+    if (tile.threads == 1024) return launch.template tile<1024, 1024, kItems>();
   }
-  return launch.streaming();
+  return launch.streaming();  // unreachable: register_tile keeps to MAX_BLOCK
 }
 
 template <typename Acc>

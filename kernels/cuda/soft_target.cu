@@ -91,22 +91,24 @@ __device__ __forceinline__ Acc quiet_nan() {
   return std::numeric_limits<Acc>::quiet_NaN();
 }
 
-// The row's contribution to the total (or its per-row loss); NaN for a label outside [0, V).
+// The row's contribution to the total (or its per-row loss); NaN for a label outside [0, V),
+// whatever hard_weight is (the CPU launcher rejects such a label; here it poisons the loss).
 template <typename Acc, typename TS>
 __device__ __forceinline__ Acc row_value(const Params<Acc>& p, const KDRow<Acc>& kd, const KDSums<Acc>& sums,
                                          const RowLabel& y, const TS* s_row) {
+  if (y.bad) return quiet_nan<Acc>();
   const Acc soft = p.soft_scale * sums.loss;
   if (!p.hard) return soft;
-  if (y.bad) return quiet_nan<Acc>();
   return soft + p.hard_scale * kd.cross_entropy(static_cast<Acc>(to_acc(s_row[y.label])));
 }
 
-// The student gradient of element j from its soft gradient: weighted, plus the cross-entropy's.
+// The student gradient of element j from its soft gradient: weighted, plus the cross-entropy's;
+// NaN for a row with a label outside [0, V), whatever hard_weight is.
 template <typename Acc>
 __device__ __forceinline__ Acc student_gradient(Acc soft_gradient, Acc s, std::int64_t j, const KDRow<Acc>& kd,
                                                 const RowLabel& y, Acc ws, Acc wh) {
-  if (wh == Acc(0)) return ws * soft_gradient;
   if (y.bad) return quiet_nan<Acc>();
+  if (wh == Acc(0)) return ws * soft_gradient;
   return ws * soft_gradient + wh * kd.hard_gradient(s, j == y.label);
 }
 
@@ -242,7 +244,7 @@ struct BlockRow {
     t_vector_ok = chunk_head<TT, N>(t) == head;
     gs_vector_ok = gs && chunk_head<TS, N>(gs) == head;
     gt_vector_ok = gt && chunk_head<TT, N>(gt) == head;
-    chunks = (p.cols + head + N - 1) / N;
+    chunks = chunk_count(p.cols, head, N);
   }
 
   __device__ __forceinline__ void load(const Params<Acc>& p, std::int64_t c, bool streaming, Acc (&xs)[N],
@@ -572,7 +574,7 @@ __global__ void __launch_bounds__(BLOCK) scale_rows_kernel(T* grad, std::int64_t
     if (factor == Acc(1)) continue;  // the common loss.backward(): no load, no store
     T* g = grad + row * cols;
     const int head = chunk_head<T, N>(g);
-    const std::int64_t chunks = (cols + head + N - 1) / N;
+    const std::int64_t chunks = chunk_count(cols, head, N);
     for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
       Acc v[N];
       load_chunk<T, N>(g, cols, head, c, true, /*streaming=*/true, v, Acc(0));
@@ -586,7 +588,7 @@ __global__ void __launch_bounds__(BLOCK) scale_rows_kernel(T* grad, std::int64_t
 // ---------------------------------------------------------------- dispatch
 
 // Two register tiles and this math: at 512 threads (128 registers each) ptxas spills, so the
-// tiles stop at 256 threads and rows up to 4096 elements are held in registers
+// tiles stop at 256 threads and rows up to 4093 float32 elements are held in registers
 // (docs/architecture.md).
 constexpr int kMaxTileBlock = 256;
 
@@ -622,7 +624,7 @@ OnChipPlan compute_onchip_plan(std::int64_t cols, int min_blocks) {
   // The same value every time (no race between threads launching with different sizes).
   FUSEDKD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(budget)));
   const std::int64_t chunks = max_chunks_per_row(cols, N);
-  const int max_blocks = device.major >= 9 ? 16 : 1;
+  const int max_blocks = detail::max_cluster_blocks(device.major, attributes.ptxVersion, attributes.binaryVersion);
   for (int blocks = 1; blocks <= max_blocks; blocks *= 2) {
     if (blocks < min_blocks) continue;
     OnChipPlan plan;
@@ -648,8 +650,12 @@ OnChipPlan compute_onchip_plan(std::int64_t cols, int min_blocks) {
       config.dynamicSmemBytes = plan.shared_bytes;
       config.attrs = &cluster;
       config.numAttrs = 1;
+      const cudaError_t pending = cudaPeekAtLastError();
       if (cudaOccupancyMaxActiveClusters(&plan.resident, kernel, &config) != cudaSuccess) {
-        (void)cudaGetLastError();  // this cluster size cannot run here; try the next
+        (void)cudaGetLastError();  // clears the query's error (and any earlier one, reported next)
+        if (detail::on_occupancy_query_failure(pending != cudaSuccess) == detail::QueryFailure::ReportPendingError)
+          FUSEDKD_CUDA_CHECK(pending);  // an earlier launch's error: reported once, never swallowed
+        // Else the query's own failure: this cluster size cannot run here; try the next.
         plan.resident = 0;
       }
     }
@@ -799,15 +805,6 @@ void launch_loss(const SoftTargetArgs& a, cudaStream_t stream) {
 }  // namespace fusedkd::cuda
 
 namespace fusedkd {
-
-bool soft_target_cuda_supports(DType student, DType teacher) {
-  if (student == teacher) return true;
-  const bool wide_narrow = (student == DType::Float32) != (teacher == DType::Float32);
-  const bool no_double = student != DType::Float64 && teacher != DType::Float64;
-  const bool no_half_bf16 = !(student == DType::Float16 && teacher == DType::BFloat16) &&
-                            !(student == DType::BFloat16 && teacher == DType::Float16);
-  return wide_narrow && no_double && no_half_bf16;
-}
 
 namespace detail {
 

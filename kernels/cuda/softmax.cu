@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_streaming_kernel(Forwar
     T* out = static_cast<T*>(p.output) + row * p.cols;
     const int head = chunk_head(out);
     const bool in_vector_ok = chunk_head(in) == head;
-    const std::int64_t chunks = (p.cols + head + kWidth - 1) / kWidth;
+    const std::int64_t chunks = chunk_count(p.cols, head, kWidth);
 
     SoftmaxStats<Acc> local{neg_infinity<Acc>(), Acc(0)};
     for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_streaming_kernel(Backw
     const int head = chunk_head(dx_row);
     const bool dy_vector_ok = chunk_head(dy_row) == head;
     const bool y_vector_ok = chunk_head(y_row) == head;
-    const std::int64_t chunks = (p.cols + head + kWidth - 1) / kWidth;
+    const std::int64_t chunks = chunk_count(p.cols, head, kWidth);
 
     double local = 0;
     for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
