@@ -249,9 +249,11 @@ TEST_P(FeatureOps, SimilarityPreservingMatchesMmComposite) {
 // stay float32 when the user allows TF32 for matmuls (the setting rides on ATen's cuBLAS handle):
 // TF32's 10-bit mantissa would miss the float32 tolerance by two orders of magnitude.
 TEST_P(FeatureOps, Float32GemmsIgnoreTf32) {
-  at::Context& context = at::globalContext();
-  const bool saved_tf32 = context.allowTF32CuBLAS();
-  context.setAllowTF32CuBLAS(true);
+  struct AllowTf32 {  // restored however the test ends
+    bool saved = at::globalContext().allowTF32CuBLAS();
+    AllowTf32() { at::globalContext().setAllowTF32CuBLAS(true); }
+    ~AllowTf32() { at::globalContext().setAllowTF32CuBLAS(saved); }
+  } allow_tf32;
   const at::Tensor s = features({16, 64, 7, 7}, at::kFloat, device(), 30);
   const at::Tensor t = features({16, 32, 7, 7}, at::kFloat, device(), 31);
   check_against({s, t}, [&](const auto& v) { return fusedkd::similarity_preserving(v[0], v[1]); },
@@ -261,7 +263,6 @@ TEST_P(FeatureOps, Float32GemmsIgnoreTf32) {
   check_against({s, w, t, b}, [&](const auto& v) { return fusedkd::projected_feature_mse(v[0], v[1], v[3], v[2], "mean"); },
                 [&](const auto& v) { return reduce_mse(projection_composite(v[0], v[1], v[3]), v[2], "mean"); }, 1e-5,
                 "projection, TF32 allowed");
-  context.setAllowTF32CuBLAS(saved_tf32);
 }
 
 TEST_P(FeatureOps, GradOutputScalingAndRetainGraph) {

@@ -67,7 +67,7 @@ TEST(ChunkArithmetic, ExactUpToAndBeyondTwoToThe31) {
 }
 
 // The register tiles: the smallest that holds the row, and the documented boundaries (float32:
-// rows up to 4096 elements in registers with 256-thread blocks; docs/architecture.md).
+// rows up to 4093 elements in registers with 256-thread blocks; docs/architecture.md).
 TEST(RegisterTiles, SmallestThatHoldsTheRowUpToTheLargestBlock) {
   using fusedkd::detail::register_tile;
   for (const int width : {2, 4, 8}) {

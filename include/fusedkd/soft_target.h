@@ -87,11 +87,13 @@ CudaRowPlan soft_target_cuda_row_plan(DType student, DType teacher, std::int64_t
 // Rows beyond the register tiles: the default ({false, 1}) keeps a row on chip in the fewest
 // blocks that hold it, and streams it otherwise. `streaming_only` forces the streaming kernel;
 // `min_blocks_per_row` splits on-chip rows over at least that many blocks (a cluster), to
-// exercise the cluster path with short rows. Process-wide; set it only while no soft-target
-// kernel is being launched.
+// exercise the cluster path with short rows; `fail_cluster_queries` makes every cluster occupancy
+// query report a failure, to test the planner's error handling. Process-wide; set it only while
+// no soft-target kernel is being launched.
 struct CudaLongRowPolicy {
   bool streaming_only = false;
   int min_blocks_per_row = 1;
+  bool fail_cluster_queries = false;
 };
 void set_cuda_long_row_policy(const CudaLongRowPolicy& policy);
 CudaLongRowPolicy cuda_long_row_policy();

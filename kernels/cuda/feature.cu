@@ -424,7 +424,7 @@ struct BlasType<float> {
 template <>
 struct BlasType<double> {
   static constexpr cudaDataType_t kData = CUDA_R_64F;
-  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_64F_PEDANTIC;  // no emulated float64 either
+  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_64F;
 };
 
 // Column-major C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch, A_i = a + i * stride_a (and

@@ -594,6 +594,7 @@ constexpr int kMaxTileBlock = 256;
 
 std::atomic<bool> g_streaming_only{false};
 std::atomic<int> g_min_blocks_per_row{1};
+std::atomic<bool> g_fail_cluster_queries{false};
 
 // How the on-chip kernel runs rows of a given length on the current device; blocks_per_row 0:
 // it cannot (the row does not fit, or the policy says streaming).
@@ -612,7 +613,7 @@ auto onchip_kernel() {
 // The fewest blocks per row (1, or a cluster of 2, 4, 8 or 16 on sm_90 and later) whose slices
 // fit in shared memory with at least one of them resident, at least `min_blocks` of them.
 template <typename TS, typename TT>
-OnChipPlan compute_onchip_plan(std::int64_t cols, int min_blocks) {
+OnChipPlan compute_onchip_plan(std::int64_t cols, int min_blocks, bool fail_cluster_queries) {
   constexpr int kBlock = kStreamingBlock<typename PairTraits<TS, TT>::Acc>;
   constexpr int N = PairTraits<TS, TT>::kWidth;
   const auto kernel = onchip_kernel<TS, TT>();
@@ -651,7 +652,9 @@ OnChipPlan compute_onchip_plan(std::int64_t cols, int min_blocks) {
       config.attrs = &cluster;
       config.numAttrs = 1;
       const cudaError_t pending = cudaPeekAtLastError();
-      if (cudaOccupancyMaxActiveClusters(&plan.resident, kernel, &config) != cudaSuccess) {
+      const cudaError_t queried = fail_cluster_queries ? cudaErrorInvalidConfiguration
+                                                       : cudaOccupancyMaxActiveClusters(&plan.resident, kernel, &config);
+      if (queried != cudaSuccess) {
         (void)cudaGetLastError();  // clears the query's error (and any earlier one, reported next)
         if (detail::on_occupancy_query_failure(pending != cudaSuccess) == detail::QueryFailure::ReportPendingError)
           FUSEDKD_CUDA_CHECK(pending);  // an earlier launch's error: reported once, never swallowed
@@ -670,15 +673,16 @@ template <typename TS, typename TT>
 OnChipPlan plan_onchip(std::int64_t cols) {
   if (g_streaming_only.load()) return {};
   const int min_blocks = g_min_blocks_per_row.load();
+  const bool fail_queries = g_fail_cluster_queries.load();
   int device = 0;
   FUSEDKD_CUDA_CHECK(cudaGetDevice(&device));
   static std::mutex mutex;
-  static std::map<std::tuple<int, std::int64_t, int>, OnChipPlan> plans;
-  const auto key = std::make_tuple(device, cols, min_blocks);
+  static std::map<std::tuple<int, std::int64_t, int, bool>, OnChipPlan> plans;
+  const auto key = std::make_tuple(device, cols, min_blocks, fail_queries);
   std::lock_guard<std::mutex> lock(mutex);
   const auto found = plans.find(key);
   if (found != plans.end()) return found->second;
-  const OnChipPlan plan = compute_onchip_plan<TS, TT>(cols, min_blocks);
+  const OnChipPlan plan = compute_onchip_plan<TS, TT>(cols, min_blocks, fail_queries);
   plans.emplace(key, plan);
   return plan;
 }
@@ -827,10 +831,11 @@ void set_cuda_long_row_policy(const CudaLongRowPolicy& policy) {
     throw std::invalid_argument("fusedkd: set_cuda_long_row_policy: min_blocks_per_row must be at least 1");
   cuda::g_streaming_only.store(policy.streaming_only);
   cuda::g_min_blocks_per_row.store(policy.min_blocks_per_row);
+  cuda::g_fail_cluster_queries.store(policy.fail_cluster_queries);
 }
 
 CudaLongRowPolicy cuda_long_row_policy() {
-  return {cuda::g_streaming_only.load(), cuda::g_min_blocks_per_row.load()};
+  return {cuda::g_streaming_only.load(), cuda::g_min_blocks_per_row.load(), cuda::g_fail_cluster_queries.load()};
 }
 
 }  // namespace detail
