@@ -123,7 +123,9 @@ TEST_P(FeatureOps, FeatureMseLayoutsAndMixedDtypes) {
       {base.slice(3, 1, 6), teacher.slice(3, 0, 5)},               // not dense
       {base, teacher.to(at::kBFloat16)},                           // fp32 student, bf16 teacher
       {base.to(at::kHalf), teacher.to(at::kBFloat16)},
-      {base.to(at::kDouble), teacher}};
+      {base.to(at::kDouble), teacher},
+      {base, teacher.to(at::kDouble)},  // promoted on CUDA, never demoted: a float64 loss
+      {base.to(at::kBFloat16), teacher.to(at::kDouble)}};
   for (std::size_t i = 0; i < cases.size(); ++i) {
     for (const std::string reduction : {"mean", "none"}) {
       const auto& [s, t] = cases[i];
@@ -132,6 +134,11 @@ TEST_P(FeatureOps, FeatureMseLayoutsAndMixedDtypes) {
                     [&](const auto& v) { return reduce_mse(v[0], v[1], reduction); }, tol,
                     "case " + std::to_string(i) + " " + reduction);
     }
+  }
+  // The loss dtype is the spec's for every pair (float64 when either input is float64).
+  for (const auto& [s, t] : cases) {
+    const bool is_double = s.scalar_type() == at::kDouble || t.scalar_type() == at::kDouble;
+    EXPECT_EQ(fusedkd::feature_mse(s, t).scalar_type(), is_double ? at::kDouble : at::kFloat);
   }
   // "none" keeps the student's layout.
   const at::Tensor s = base.contiguous(at::MemoryFormat::ChannelsLast);
