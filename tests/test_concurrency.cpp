@@ -1,0 +1,155 @@
+// Every op on the CPU gives the same bits whatever the intra-op thread count (1 to 4), and when
+// called from several threads at once (4 threads x many calls of mixed shapes, against the
+// results of the same calls made one after another): the row partition, the deterministic
+// reductions and the per-device plan caches hold under both.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fusedkd/torch.h"
+
+namespace {
+
+// One op call: its inputs are made from `seed`, it returns the loss and every input's gradient
+// (grad_output 1), all detached.
+struct Call {
+  std::string name;
+  std::function<std::vector<at::Tensor>(int seed)> run;
+};
+
+at::Tensor leaf(at::IntArrayRef shape, int seed, at::ScalarType type = at::kFloat, double scale = 3.0) {
+  const at::Generator g = at::detail::createCPUGenerator(static_cast<std::uint64_t>(seed));
+  return (at::randn(shape, g, at::TensorOptions().dtype(at::kDouble)) * scale).to(type).requires_grad_(true);
+}
+
+std::vector<at::Tensor> value_and_grads(const at::Tensor& out, const std::vector<at::Tensor>& inputs) {
+  const at::Tensor loss = out.dim() == 0 ? out : (out.to(at::kDouble) * out.to(at::kDouble)).sum();
+  std::vector<at::Tensor> result = {out.detach()};
+  for (const at::Tensor& g : torch::autograd::grad({loss}, inputs)) result.push_back(g.detach());
+  return result;
+}
+
+// The ops on shapes large enough to be split over threads (several tasks per op), with seeds
+// varying the shapes a little so that concurrent calls differ.
+std::vector<Call> calls() {
+  const auto rows = [](int seed) { return 300 + 7 * (seed % 5); };
+  return {
+      {"softmax_t",
+       [=](int seed) {
+         const at::Tensor x = leaf({rows(seed), 1000}, seed);
+         return value_and_grads(fusedkd::softmax_t(x, 2.0), {x});
+       }},
+      {"log_softmax_t bf16",
+       [=](int seed) {
+         const at::Tensor x = leaf({rows(seed), 777}, seed, at::kBFloat16);
+         return value_and_grads(fusedkd::log_softmax_t(x, 0.7), {x});
+       }},
+      {"kd_loss kl with labels",
+       [=](int seed) {
+         const at::Tensor s = leaf({rows(seed), 1000}, seed), t = leaf({rows(seed), 1000}, seed + 1);
+         const at::Tensor y = at::arange(rows(seed), at::kLong).remainder(1000);
+         return value_and_grads(fusedkd::kd_loss(s, t, y, 2.0, 0.7, 0.3, "kl"), {s, t});
+       }},
+      {"kl_div reverse none",
+       [=](int seed) {
+         const at::Tensor s = leaf({rows(seed), 12}, seed), t = leaf({rows(seed), 12}, seed + 1);
+         return value_and_grads(fusedkd::kl_div(s, t, 1.5, "none", true), {s, t});
+       }},
+      {"jsd",
+       [=](int seed) {
+         const at::Tensor s = leaf({rows(seed), 3000}, seed), t = leaf({rows(seed), 3000}, seed + 1);
+         return value_and_grads(fusedkd::jsd(s, t, 1.0, 0.3), {s, t});
+       }},
+      {"soft_mse",
+       [=](int seed) {
+         const at::Tensor s = leaf({rows(seed), 10}, seed), t = leaf({rows(seed), 10}, seed + 1);
+         return value_and_grads(fusedkd::soft_mse(s, t, 4.0), {s, t});
+       }},
+      {"feature_mse",
+       [=](int seed) {
+         const at::Tensor s = leaf({64, 32, 14, 14}, seed, at::kFloat, 1.0), t = leaf({64, 32, 14, 14}, seed + 1, at::kFloat, 1.0);
+         return value_and_grads(fusedkd::feature_mse(s, t), {s, t});
+       }},
+      {"attention_transfer",
+       [=](int seed) {
+         const at::Tensor s = leaf({64, 16, 14, 14}, seed, at::kFloat, 1.0), t = leaf({64, 48, 14, 14}, seed + 1, at::kFloat, 1.0);
+         return value_and_grads(fusedkd::attention_transfer(s, t, 2.0), {s, t});
+       }},
+      {"projected_feature_mse",
+       [=](int seed) {
+         const at::Tensor s = leaf({32, 16, 7, 7}, seed, at::kFloat, 1.0), w = leaf({64, 16}, seed + 1, at::kFloat, 0.2);
+         const at::Tensor b = leaf({64}, seed + 2, at::kFloat, 1.0), t = leaf({32, 64, 7, 7}, seed + 3, at::kFloat, 1.0);
+         return value_and_grads(fusedkd::projected_feature_mse(s, w, b, t), {s, w, b});
+       }},
+      {"similarity_preserving",
+       [=](int seed) {
+         const at::Tensor s = leaf({96, 16, 7, 7}, seed, at::kFloat, 1.0), t = leaf({96, 64, 7, 7}, seed + 1, at::kFloat, 1.0);
+         return value_and_grads(fusedkd::similarity_preserving(s, t), {s, t});
+       }},
+  };
+}
+
+bool same_bits(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!torch::equal(a[i], b[i])) return false;
+  return true;
+}
+
+class ThreadCount {  // restores LibTorch's intra-op thread count
+ public:
+  ThreadCount() : saved_(at::get_num_threads()) {}
+  ~ThreadCount() { at::set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+TEST(Determinism, SameBitsForOneToFourIntraOpThreads) {
+  const ThreadCount restore;
+  for (const Call& call : calls()) {
+    at::set_num_threads(1);
+    const std::vector<at::Tensor> reference = call.run(11);
+    for (const int threads : {2, 3, 4}) {
+      at::set_num_threads(threads);
+      EXPECT_TRUE(same_bits(call.run(11), reference)) << call.name << " with " << threads << " threads";
+    }
+  }
+}
+
+TEST(Concurrency, CallsFromFourThreadsGiveTheSequentialBits) {
+  const ThreadCount restore;
+  at::set_num_threads(2);
+  const std::vector<Call> ops = calls();
+  constexpr int kThreads = 4, kCallsPerThread = 60;  // 240 calls, every op and 5 shapes each
+  // Call k of thread i: op (i + k) % ops, seed (i * 31 + k) % 5 (the shapes vary with the seed).
+  const auto op_of = [&](int i, int k) { return static_cast<std::size_t>((i + k) % static_cast<int>(ops.size())); };
+  const auto seed_of = [](int i, int k) { return (i * 31 + k) % 5; };
+  std::vector<std::vector<std::vector<at::Tensor>>> expected(ops.size(), std::vector<std::vector<at::Tensor>>(5));
+  for (std::size_t o = 0; o < ops.size(); ++o)
+    for (int seed = 0; seed < 5; ++seed) expected[o][seed] = ops[o].run(seed);
+  std::atomic<int> mismatches{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i)
+    threads.emplace_back([&, i] {
+      for (int k = 0; k < kCallsPerThread; ++k) {
+        try {
+          if (!same_bits(ops[op_of(i, k)].run(seed_of(i, k)), expected[op_of(i, k)][seed_of(i, k)])) ++mismatches;
+        } catch (...) {
+          ++failures;
+        }
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(failures.load(), 0);
+}
+
+}  // namespace
