@@ -54,7 +54,9 @@ struct Buffer {
     for (std::size_t i = 0; i < v.size(); ++i) v[i] = get(i);
     return v;
   }
-  void poison() { std::memset(bytes.data(), 0xFF, bytes.size()); }  // NaN in every float format
+  void poison() {  // NaN in every float format
+    if (!bytes.empty()) std::memset(bytes.data(), 0xFF, bytes.size());  // (memset of a null pointer is UB)
+  }
   void* data() { return bytes.data(); }
 };
 
