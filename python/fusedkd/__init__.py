@@ -11,7 +11,20 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["softmax_t", "log_softmax_t", "library_path"]
+__all__ = [
+    "softmax_t",
+    "log_softmax_t",
+    "kl_div",
+    "jsd",
+    "soft_mse",
+    "kd_loss",
+    "feature_mse",
+    "attention_transfer",
+    "projected_feature_mse",
+    "similarity_preserving",
+    "nn",
+    "library_path",
+]
 
 _LIBRARY_NAME = "libfusedkd_torch.so"
 
@@ -42,11 +55,17 @@ def _load() -> Path:
 library_path = _load()
 
 
-def softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``softmax(logits / temperature)`` over the last dim, in logits' dtype."""
-    return torch.ops.fusedkd.softmax_t(logits, temperature)
-
-
-def log_softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log_softmax(logits / temperature)`` over the last dim, in logits' dtype."""
-    return torch.ops.fusedkd.log_softmax_t(logits, temperature)
+# The functional API and the loss modules (they call torch.ops.fusedkd, loaded above).
+from .functional import (  # noqa: E402
+    attention_transfer,
+    feature_mse,
+    jsd,
+    kd_loss,
+    kl_div,
+    log_softmax_t,
+    projected_feature_mse,
+    similarity_preserving,
+    soft_mse,
+    softmax_t,
+)
+from . import nn  # noqa: E402
