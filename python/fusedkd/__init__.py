@@ -11,21 +11,6 @@ from pathlib import Path
 
 import torch
 
-__all__ = [
-    "softmax_t",
-    "log_softmax_t",
-    "kl_div",
-    "jsd",
-    "soft_mse",
-    "kd_loss",
-    "feature_mse",
-    "attention_transfer",
-    "projected_feature_mse",
-    "similarity_preserving",
-    "nn",
-    "library_path",
-]
-
 _LIBRARY_NAME = "libfusedkd_torch.so"
 
 
@@ -68,4 +53,6 @@ from .functional import (  # noqa: E402
     soft_mse,
     softmax_t,
 )
-from . import nn  # noqa: E402
+from . import functional, nn  # noqa: E402
+
+__all__ = [*functional.__all__, "functional", "nn", "library_path"]
