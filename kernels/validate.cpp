@@ -179,14 +179,13 @@ std::int64_t rows_per_task(std::int64_t cols) {
 
 namespace fusedkd {
 
+// The loss dtype rule (fusedkd/dtype.h), for each launcher's arguments.
 bool soft_target_uses_double(const SoftTargetArgs& a) {
-  return a.student_dtype == DType::Float64 || a.teacher_dtype == DType::Float64;
+  return loss_dtype(a.student_dtype, a.teacher_dtype) == DType::Float64;
 }
 
-// Row losses (accumulation type), then, 16-byte aligned, the weight of a valid row (the CUDA
-// kernels compute it on the device from the labels).
 bool feature_mse_uses_double(const FeatureMseArgs& a) {
-  return a.student_dtype == DType::Float64 || a.teacher_dtype == DType::Float64;
+  return loss_dtype(a.student_dtype, a.teacher_dtype) == DType::Float64;
 }
 
 // Per-block (CUDA) or per-chunk (CPU) partial sums, in double.
@@ -197,7 +196,7 @@ std::size_t feature_mse_workspace_bytes(const FeatureMseArgs& a) {
 }
 
 bool attention_transfer_uses_double(const AttentionTransferArgs& a) {
-  return a.student.dtype == DType::Float64 || a.teacher.dtype == DType::Float64;
+  return loss_dtype(a.student.dtype, a.teacher.dtype) == DType::Float64;
 }
 
 // The attention maps [N, S] as normalised rows.
@@ -219,6 +218,8 @@ std::size_t projected_feature_mse_workspace_bytes(const ProjectedFeatureMseArgs&
   return feature_mse_workspace_bytes(mse);
 }
 
+// Row losses (accumulation type), then, 16-byte aligned, the weight of a valid row (the CUDA
+// kernels compute it on the device from the labels).
 std::size_t soft_target_workspace_bytes(const SoftTargetArgs& a) {
   const std::size_t acc = soft_target_uses_double(a) ? 8 : 4;
   return static_cast<std::size_t>(a.rows) * acc + 64;
