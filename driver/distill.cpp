@@ -17,6 +17,11 @@ namespace fusedkd::demo {
 
 namespace F = torch::nn::functional;
 
+double accuracy_of(const at::Tensor& logits, const at::Tensor& labels) {
+  if (labels.size(0) == 0) return 0.0;
+  return logits.argmax(1).to(at::kCPU).eq(labels.to(at::kCPU)).to(at::kDouble).mean().item<double>();
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -24,11 +29,6 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 constexpr int kEvalBatch = 1000;
-
-double accuracy_of(const at::Tensor& logits, const at::Tensor& labels) {
-  if (labels.size(0) == 0) return 0.0;
-  return logits.argmax(1).to(at::kCPU).eq(labels.to(at::kCPU)).to(at::kDouble).mean().item<double>();
-}
 
 }  // namespace
 

@@ -113,6 +113,8 @@ std::pair<at::Tensor, at::Tensor> predict(torch::nn::Module& module,
                                           const std::function<std::pair<torch::Tensor, torch::Tensor>(
                                               const torch::Tensor&)>& forward,
                                           const at::Tensor& images, torch::Device device, bool features);
+// The share of rows whose argmax is their label (0 for no rows): the validation checks' measure.
+double accuracy_of(const at::Tensor& logits, const at::Tensor& labels);
 at::Tensor predict_logits(TeacherNet& teacher, const at::Tensor& images, torch::Device device);
 at::Tensor predict_logits(StudentNet& student, const at::Tensor& images, torch::Device device);
 

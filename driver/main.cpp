@@ -288,8 +288,7 @@ int run(const Options& o) {
                     features);
   demo::StudySetup setup;
   setup.teacher_validation_accuracy =
-      demo::predict_logits(teacher, data.validation.images, device).argmax(1).to(at::kCPU).eq(data.validation.labels)
-          .to(at::kDouble).mean().item<double>();
+      demo::accuracy_of(demo::predict_logits(teacher, data.validation.images, device), data.validation.labels);
   setup.teacher_test = demo::classification_metrics(demo::predict_logits(teacher, data.test.images, device), data.test.labels);
   std::printf("Teacher: validation accuracy %.2f%%, test accuracy %.2f%%\n", 100.0 * setup.teacher_validation_accuracy,
               100.0 * setup.teacher_test.accuracy);

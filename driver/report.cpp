@@ -96,10 +96,6 @@ const char* colour(std::size_t i) {
   return palette[i % (sizeof palette / sizeof palette[0])];
 }
 
-bool same_cell(const Cell& a, const Cell& b) {
-  return a.student == b.student && a.budget == b.budget && a.regime == b.regime;
-}
-
 std::string paired_text(const Paired& p) {
   if (!p.present) return "—";
   return signed_points(p.mean) + " ± " + fixed(100.0 * p.std, 2) + " (" + std::to_string(p.wins) + "/" +
@@ -170,7 +166,7 @@ std::string markdown_report(const StudySetup& setup, const StudyResult& result) 
          "| ECE | best step |\n";
     o << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     std::size_t end = i;
-    while (end < result.arms.size() && same_cell(result.arms[end].cell, cell)) ++end;
+    while (end < result.arms.size() && result.arms[end].cell == cell) ++end;
     for (std::size_t k = i; k < end; ++k) {
       const ArmResult& a = result.arms[k];
       const bool teacher = uses_teacher(a.method);

@@ -256,16 +256,14 @@ StudyResult run_study(const StudyOptions& options, const StudyData& data, double
     // Paired differences against this cell's controls.
     const auto find = [&](const std::string& name) -> const ArmResult* {
       for (const ArmResult& a : result.arms)
-        if (a.method.name == name && a.cell.student == p.cell.student && a.cell.budget == p.cell.budget &&
-            a.cell.regime == p.cell.regime)
-          return &a;
+        if (a.method.name == name && a.cell == p.cell) return &a;
       return nullptr;
     };
     const ArmResult* ce = find("ce");
     const ArmResult* ce_ls = find("ce_ls");
     const ArmResult* pseudo = find("pseudo");
     for (ArmResult& a : result.arms) {
-      if (a.cell.student != p.cell.student || a.cell.budget != p.cell.budget || a.cell.regime != p.cell.regime) continue;
+      if (!(a.cell == p.cell)) continue;
       if (&a != ce) a.vs_ce = paired(a, ce);
       if (&a != ce_ls) a.vs_ce_ls = paired(a, ce_ls);
       if (&a != pseudo) a.vs_pseudo = paired(a, pseudo);

@@ -42,6 +42,9 @@ struct Cell {
   Regime regime = Regime::Full;
 };
 std::string cell_name(const Cell& cell);  // e.g. "mlp, 1000 labels, transfer set"
+inline bool operator==(const Cell& a, const Cell& b) {
+  return a.student == b.student && a.budget == b.budget && a.regime == b.regime;
+}
 
 // The cells of a study in report order, with the methods each runs (pseudo only on a transfer set,
 // feature methods only with the CNN student). `train_size` resolves a budget of 0 (or above it).
