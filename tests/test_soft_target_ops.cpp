@@ -15,7 +15,7 @@
 #include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
 #include "op_test_support.h"
-#include "soft_target_ops.h"
+#include "ops.h"
 
 namespace F = torch::nn::functional;
 
@@ -501,20 +501,17 @@ TEST_P(SoftTargetOps, BadLabelAtEveryHardWeight) {
 // kernels: for every dtype pair the loss dtype equals the CPU path's and the Meta kernel's, and
 // the values agree with the CPU path's.
 TEST(CudaHostDecisions, DtypeRuleAgreesWithTheCpuPathAndTheMetaKernel) {
-  const fusedkd::torch_ext::SoftTargetBackend cuda_rule_on_cpu{
-      [](const fusedkd::SoftTargetArgs& args) {
-        fusedkd::soft_target_loss_cpu(args, fusedkd::torch_ext::torch_cpu_executor());
-      },
-      [](fusedkd::DType s, fusedkd::DType t) { return fusedkd::cuda_kernel_dtypes(s, t); }};
+  fusedkd::torch_ext::Backend cuda_rule_on_cpu = fusedkd::torch_ext::cpu_backend();
+  cuda_rule_on_cpu.compute_dtypes = fusedkd::cuda_kernel_dtypes;
   int seed = 40;
   for (const at::ScalarType ts : kDtypes)
     for (const at::ScalarType tt : kDtypes) {
       const std::string what = std::string(c10::toString(ts)) + "/" + c10::toString(tt);
       const at::Tensor s = logits({6, 13}, ts, at::kCPU, ++seed), t = logits({6, 13}, tt, at::kCPU, ++seed);
       const at::Tensor y = torch::randint(0, 13, {6}, torch::kLong);
-      const auto [loss, gs, gt] = fusedkd::torch_ext::soft_target_forward_op(
-          s, t, y, 2.0, static_cast<int64_t>(fusedkd::Divergence::ForwardKL), 0.5, -100, 1.0, 0.5, false, true, true,
-          true, cuda_rule_on_cpu);
+      const auto [loss, gs, gt] = fusedkd::torch_ext::soft_target_forward(
+          cuda_rule_on_cpu, s, t, y, 2.0, static_cast<int64_t>(fusedkd::Divergence::ForwardKL), 0.5, -100, 1.0, 0.5,
+          false, true, true, true);
       const at::Tensor cpu = fusedkd::kd_loss(s, t, y, 2.0, 1.0, 0.5, "kl");
       const at::Tensor meta = fusedkd::kd_loss(s.to(at::kMeta), t.to(at::kMeta), y.to(at::kMeta), 2.0, 1.0, 0.5, "kl");
       EXPECT_EQ(loss.scalar_type(), cpu.scalar_type()) << what;

@@ -7,11 +7,15 @@
 
 namespace fusedkd::torch_ext {
 
-void check_logits(const char* op, const char* name, const at::Tensor& x) {
+void check_float_tensor(const char* op, const char* name, const at::Tensor& x) {
   TORCH_CHECK(x.defined(), op, ": ", name, " is an undefined tensor");
   const at::ScalarType type = x.scalar_type();
   TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16,
               op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", type);
+}
+
+void check_logits(const char* op, const char* name, const at::Tensor& x) {
+  check_float_tensor(op, name, x);
   TORCH_CHECK(x.dim() >= 1, op, ": ", name, " must have at least 1 dim ([*, V]), got a 0-dim tensor");
   TORCH_CHECK(x.size(-1) >= 1, op, ": ", name, " must have a last dim (V) of at least 1, got shape ",
               x.sizes());
@@ -50,6 +54,12 @@ at::ScalarType scalar_type(DType dtype) {
   TORCH_CHECK(false, "fusedkd: unknown kernel dtype");
 }
 
+at::ScalarType loss_scalar_type(std::initializer_list<at::ScalarType> inputs) {
+  DType loss = DType::Float32;
+  for (const at::ScalarType type : inputs) loss = loss_dtype(loss, kernel_dtype(type));
+  return scalar_type(loss);
+}
+
 RowView row_view(const at::Tensor& x) {
   const std::int64_t cols = x.size(-1);
   const std::int64_t rows = cols == 0 ? 0 : x.numel() / cols;
@@ -67,6 +77,15 @@ RowView row_view(const at::Tensor& x) {
   }
   if (!usable) return {x.contiguous(), rows, cols, cols};
   return {x, rows, cols, row_stride < 0 ? cols : row_stride};
+}
+
+Reduction parse_reduction(const char* op, c10::string_view reduction, bool allow_batchmean) {
+  if (reduction == "none") return Reduction::None;
+  if (reduction == "sum") return Reduction::Sum;
+  if (reduction == "mean") return Reduction::Mean;
+  if (allow_batchmean && reduction == "batchmean") return Reduction::BatchMean;
+  TORCH_CHECK(false, op, ": reduction must be one of \"none\", \"sum\", \"mean\"",
+              allow_batchmean ? ", \"batchmean\"" : "", ", got \"", std::string(reduction), "\"");
 }
 
 const CpuExecutor& torch_cpu_executor() {

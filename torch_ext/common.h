@@ -1,19 +1,21 @@
 // Shared pieces of the LibTorch ops: argument checks with op-named messages, the mapping to the
-// kernel library's types, and the row view of a [*, V] tensor.
+// kernel library's types, the row view of a [*, V] tensor, reductions, op handles.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
-#include <functional>
+#include <initializer_list>
+#include <string>
 
 #include "fusedkd/cpu_executor.h"
 #include "fusedkd/dtype.h"
-#include "fusedkd/feature.h"
 
 namespace fusedkd::torch_ext {
 
-// `name` must be a defined float32/float64/float16/bfloat16 tensor with >= 1 dim and a last dim
-// of size 1 .. 2^31-1.
+// `name` must be a defined float32/float64/float16/bfloat16 tensor.
+void check_float_tensor(const char* op, const char* name, const at::Tensor& x);
+// ... with >= 1 dim and a last dim of size 1 .. 2^31-1.
 void check_logits(const char* op, const char* name, const at::Tensor& x);
 void check_temperature(const char* op, double temperature);
 void check_same_device(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
@@ -21,6 +23,9 @@ void check_same_device(const char* op, const char* name_a, const at::Tensor& a, 
 
 DType kernel_dtype(at::ScalarType type);
 at::ScalarType scalar_type(DType dtype);
+// The loss dtype of an op over inputs of these dtypes (fusedkd/dtype.h: loss_dtype, the one rule):
+// float64 when one is float64, else float32.
+at::ScalarType loss_scalar_type(std::initializer_list<at::ScalarType> inputs);
 
 // A [*, V] tensor seen as rows: every row's elements are contiguous and row r starts at
 // data + r * row_stride. Views whose leading dims collapse to one stride are used as they are;
@@ -46,14 +51,17 @@ void launch_kernel(const char* op, Fn&& fn) {
   }
 }
 
-// fusedkd::_scale_grad_, the backward of every loss op: grad *= grad_output in place, where
-// grad_output is one value (also a broadcast one), the leading dims of grad (one factor per row;
-// grad's rows must be contiguous blocks), or grad's shape (one factor per element). `launch` runs
-// the kernel on grad's device.
-void scale_grad_op(at::Tensor& grad, const at::Tensor& grad_output,
-                   const std::function<void(const ScaleElementsArgs&)>& launch);
-// Calls fusedkd::_scale_grad_ through the dispatcher.
-void scale_gradient(at::Tensor& grad, const at::Tensor& grad_output);
+// The `reduction` argument of the loss ops (and, as its integer code, of their internal ops).
+enum class Reduction : int64_t { None = 0, Sum = 1, Mean = 2, BatchMean = 3 };
+// "none", "sum", "mean" and, where `allow_batchmean`, "batchmean"; an error naming the op else.
+Reduction parse_reduction(const char* op, c10::string_view reduction, bool allow_batchmean);
+
+// The typed handle of a registered op ("fusedkd::name"); callers keep it in a function-local
+// static, so the lookup runs once.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
 
 // The CPU kernels run on LibTorch's intra-op thread pool (at::parallel_for).
 const CpuExecutor& torch_cpu_executor();

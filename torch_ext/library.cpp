@@ -1,6 +1,9 @@
-// The schemas of every fusedkd op (one TORCH_LIBRARY block per namespace is allowed).
-// Behaviour: ../shared/spec/ops.md, docs/architecture.md.
+// The schemas of every fusedkd op (one TORCH_LIBRARY block per namespace is allowed) and every
+// registration but the backends' (backend_cpu.cpp, backend_cuda.cpp: register_backend_kernels).
+// Behaviour: ../shared/spec/ops.md, docs/architecture.md; the op bodies: ops.h.
 #include <torch/library.h>
+
+#include "ops.h"
 
 TORCH_LIBRARY(fusedkd, m) {
   m.def("softmax_t(Tensor logits, float temperature=1.0) -> Tensor");
@@ -50,4 +53,51 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
         "bool keep_gradient, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
   m.def("_projection_backward(Tensor grad_projection, Tensor student, Tensor weight, bool grad_student, "
         "bool grad_weight, bool grad_bias) -> (Tensor, Tensor, Tensor)");
+}
+
+// ---------------------------------------------------------------- registrations
+
+namespace fusedkd::torch_ext {
+namespace {
+
+// The public loss ops run the same function above autograd (Autograd) and below it
+// (CompositeExplicitAutograd: CPU, CUDA, Meta; inference mode), where no input requires grad.
+void register_loss_ops(torch::Library& m) {
+  m.impl("kl_div", &kl_div_op);
+  m.impl("jsd", &jsd_op);
+  m.impl("soft_mse", &soft_mse_op);
+  m.impl("kd_loss", &kd_loss_op);
+  m.impl("feature_mse", &feature_mse_op);
+  m.impl("attention_transfer", &attention_transfer_op);
+  m.impl("projected_feature_mse", &projected_feature_mse_op);
+  m.impl("similarity_preserving", &similarity_preserving_op);
+}
+
+}  // namespace
+}  // namespace fusedkd::torch_ext
+
+TORCH_LIBRARY_IMPL(fusedkd, Autograd, m) {
+  using namespace fusedkd::torch_ext;
+  using fusedkd::SoftmaxKind;
+  register_loss_ops(m);
+  m.impl("softmax_t", &softmax_op<SoftmaxKind::Softmax>);
+  m.impl("log_softmax_t", &softmax_op<SoftmaxKind::LogSoftmax>);
+}
+
+TORCH_LIBRARY_IMPL(fusedkd, CompositeExplicitAutograd, m) { fusedkd::torch_ext::register_loss_ops(m); }
+
+TORCH_LIBRARY_IMPL(fusedkd, Meta, m) {
+  using namespace fusedkd::torch_ext;
+  using fusedkd::SoftmaxKind;
+  m.impl("softmax_t", &softmax_forward_meta<SoftmaxKind::Softmax>);
+  m.impl("log_softmax_t", &softmax_forward_meta<SoftmaxKind::LogSoftmax>);
+  m.impl("softmax_t_backward", &softmax_backward_meta<SoftmaxKind::Softmax>);
+  m.impl("log_softmax_t_backward", &softmax_backward_meta<SoftmaxKind::LogSoftmax>);
+  m.impl("_scale_grad_", &scale_grad_meta);
+  m.impl("_soft_target_forward", &soft_target_forward_meta);
+  m.impl("_feature_mse_forward", &feature_mse_forward_meta);
+  m.impl("_attention_transfer_forward", &attention_transfer_forward_meta);
+  m.impl("_similarity_preserving_forward", &similarity_preserving_forward_meta);
+  m.impl("_projected_feature_mse_forward", &projected_feature_mse_forward_meta);
+  m.impl("_projection_backward", &projection_backward_meta);
 }

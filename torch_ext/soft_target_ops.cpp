@@ -1,20 +1,13 @@
-// kl_div, jsd, soft_mse, kd_loss: argument checks, the mapping of each onto the one fused kernel,
-// the CPU and Meta kernels, autograd, and the C++ API.
-//
-// Autograd: the forward computes the gradients in the same pass and keeps them; the backward
-// scales them in place by grad_output (rows whose factor is exactly 1 are not touched) and hands
-// them over, dropping its own reference so that no copy is made. A second backward through the
-// same graph (retain_graph=True) recomputes them from the saved inputs.
-#include "soft_target_ops.h"
-
-#include <torch/autograd.h>
-#include <torch/library.h>
-
+// kl_div, jsd, soft_mse, kd_loss: argument checks, the mapping of each onto the one fused internal
+// op (_soft_target_forward), its body on any backend and its Meta kernel, and the C++ API.
+// Autograd: GradientFromForward (autograd.h).
 #include <cmath>
 #include <string>
 
+#include "autograd.h"
 #include "common.h"
 #include "fusedkd/torch.h"
+#include "ops.h"
 
 namespace fusedkd::torch_ext {
 namespace {
@@ -41,11 +34,10 @@ void check_pair(const char* op, const at::Tensor& student, const at::Tensor& tea
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
-    const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
-    double temperature, int64_t divergence, double beta, int64_t ignore_index, double soft_scale,
-    double hard_scale, bool per_row, bool divide_by_valid_rows, bool grad_student, bool grad_teacher,
-    const SoftTargetBackend& backend) {
+Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, const at::Tensor& teacher,
+                            const std::optional<at::Tensor>& labels, double temperature, int64_t divergence,
+                            double beta, int64_t ignore_index, double soft_scale, double hard_scale, bool per_row,
+                            bool divide_by_valid_rows, bool grad_student, bool grad_teacher) {
   check_pair("fusedkd::_soft_target_forward", student, teacher, labels, temperature);
   TORCH_CHECK(divergence >= 0 && divergence <= static_cast<int64_t>(Divergence::MSE),
               "fusedkd::_soft_target_forward: unknown divergence ", divergence);
@@ -58,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
   const at::Tensor teacher_used = teacher.to(scalar_type(used.teacher));
   const RowView s = row_view(student_used);
   const RowView t = row_view(teacher_used);
-  const auto loss_options = student.options().dtype(scalar_type(loss_dtype(student_dtype, teacher_dtype)));
+  const auto loss_options = student.options().dtype(loss_scalar_type({student.scalar_type(), teacher.scalar_type()}));
   const at::IntArrayRef leading = student.sizes().slice(0, student.dim() - 1);
   at::Tensor loss = per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options);
   const auto contiguous = at::MemoryFormat::Contiguous;
@@ -100,8 +92,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_target_forward_op(
   const at::Tensor workspace = at::empty({static_cast<int64_t>(soft_target_workspace_bytes(args))},
                                          student.options().dtype(at::kByte));
   args.workspace = workspace.mutable_data_ptr();
-  launch_kernel("fusedkd::_soft_target_forward", [&] { backend.loss(args); });
+  launch_kernel("fusedkd::_soft_target_forward", [&] { backend.soft_target(args); });
   return in_input_dtypes();
+}
+
+Tensor3 soft_target_forward_meta(const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels,
+                                 double temperature, int64_t, double, int64_t, double, double, bool per_row, bool,
+                                 bool grad_s, bool grad_t) {
+  check_pair("fusedkd::_soft_target_forward", s, t, labels, temperature);
+  const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
+  const at::IntArrayRef leading = s.sizes().slice(0, s.dim() - 1);
+  return {per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options),
+          grad_s ? at::empty(s.sizes(), s.options()) : at::empty({0}, s.options()),
+          grad_t ? at::empty(t.sizes(), t.options()) : at::empty({0}, t.options())};
 }
 
 namespace {
@@ -110,6 +113,7 @@ namespace {
 
 // What the fused kernel is asked to compute for one public op call.
 struct LossSpec {
+  std::optional<at::Tensor> labels;
   double temperature = 1.0;
   Divergence divergence = Divergence::ForwardKL;
   double beta = 0.5;
@@ -121,17 +125,14 @@ struct LossSpec {
 };
 
 void apply_reduction(const char* op, c10::string_view reduction, int64_t cols, LossSpec& spec) {
-  if (reduction == "none") {
-    spec.per_row = true;
-    spec.divide_by_valid_rows = false;
-  } else if (reduction == "sum") {
-    spec.divide_by_valid_rows = false;
-  } else if (reduction == "mean") {
-    spec.soft_scale /= static_cast<double>(cols);  // torch's elementwise mean: / (R * V)
-  } else if (reduction == "batchmean") {
-  } else {
-    TORCH_CHECK(false, op, ": reduction must be one of \"none\", \"sum\", \"mean\", \"batchmean\", got \"",
-                std::string(reduction), "\"");
+  switch (parse_reduction(op, reduction, /*allow_batchmean=*/true)) {
+    case Reduction::None:
+      spec.per_row = true;
+      spec.divide_by_valid_rows = false;
+      break;
+    case Reduction::Sum: spec.divide_by_valid_rows = false; break;
+    case Reduction::Mean: spec.soft_scale /= static_cast<double>(cols); break;  // torch's mean: / (R * V)
+    case Reduction::BatchMean: break;
   }
 }
 
@@ -191,6 +192,7 @@ LossSpec kd_loss_spec(const at::Tensor& s, const at::Tensor& t, const std::optio
   const bool has_labels = labels && labels->defined();
   TORCH_CHECK(hard_weight == 0.0 || has_labels, op, ": hard_weight != 0 needs labels");
   LossSpec spec;
+  spec.labels = has_labels ? labels : std::nullopt;
   spec.temperature = temperature;
   spec.beta = beta;
   spec.ignore_index = ignore_index;
@@ -212,174 +214,62 @@ LossSpec kd_loss_spec(const at::Tensor& s, const at::Tensor& t, const std::optio
   return spec;
 }
 
-using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, int64_t, double, int64_t,
-    double, double, bool, bool, bool, bool);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& s, const at::Tensor& t,
-                                                            const std::optional<at::Tensor>& labels,
-                                                            const LossSpec& spec, bool grad_s, bool grad_t) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fusedkd::_soft_target_forward", "")
-                             .typed<ForwardSignature>();
-  return op.call(s, t, labels, spec.temperature, static_cast<int64_t>(spec.divergence), spec.beta,
-                 spec.ignore_index, spec.soft_scale, spec.hard_scale, spec.per_row, spec.divide_by_valid_rows,
-                 grad_s, grad_t);
-}
-
-class SoftTargetFunction : public torch::autograd::Function<SoftTargetFunction> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& student,
-                            const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
-                            const LossSpec& spec, bool need_student, bool need_teacher) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, grad_s, grad_t] = call_forward(student, teacher, labels, spec, need_student, need_teacher);
-    ctx->save_for_backward({student, teacher});
-    // The gradients live in saved_data so that the backward can drop this reference.
-    ctx->saved_data["grad_student"] = need_student ? c10::IValue(grad_s) : c10::IValue();
-    ctx->saved_data["grad_teacher"] = need_teacher ? c10::IValue(grad_t) : c10::IValue();
-    ctx->saved_data["labels"] = labels && labels->defined() ? c10::IValue(*labels) : c10::IValue();
-    ctx->saved_data["need_student"] = need_student;
-    ctx->saved_data["need_teacher"] = need_teacher;
-    ctx->saved_data["temperature"] = spec.temperature;
-    ctx->saved_data["divergence"] = static_cast<int64_t>(spec.divergence);
-    ctx->saved_data["beta"] = spec.beta;
-    ctx->saved_data["ignore_index"] = spec.ignore_index;
-    ctx->saved_data["soft_scale"] = spec.soft_scale;
-    ctx->saved_data["hard_scale"] = spec.hard_scale;
-    ctx->saved_data["per_row"] = spec.per_row;
-    ctx->saved_data["divide_by_valid_rows"] = spec.divide_by_valid_rows;
-    return loss;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
-    auto& data = ctx->saved_data;
-    const bool need_student = data["need_student"].toBool();
-    const bool need_teacher = data["need_teacher"].toBool();
-    at::Tensor grad_s = data["grad_student"].isTensor() ? data["grad_student"].toTensor() : at::Tensor();
-    at::Tensor grad_t = data["grad_teacher"].isTensor() ? data["grad_teacher"].toTensor() : at::Tensor();
-    const bool first_backward = (!need_student || grad_s.defined()) && (!need_teacher || grad_t.defined());
-    if (first_backward) {
-      data["grad_student"] = c10::IValue();
-      data["grad_teacher"] = c10::IValue();
-    } else {  // retain_graph: the first backward handed the buffers over; compute them again
-      const auto saved = ctx->get_saved_variables();
-      LossSpec spec;
-      spec.temperature = data["temperature"].toDouble();
-      spec.divergence = static_cast<Divergence>(data["divergence"].toInt());
-      spec.beta = data["beta"].toDouble();
-      spec.ignore_index = data["ignore_index"].toInt();
-      spec.soft_scale = data["soft_scale"].toDouble();
-      spec.hard_scale = data["hard_scale"].toDouble();
-      spec.per_row = data["per_row"].toBool();
-      spec.divide_by_valid_rows = data["divide_by_valid_rows"].toBool();
-      const std::optional<at::Tensor> labels =
-          data["labels"].isTensor() ? std::optional<at::Tensor>(data["labels"].toTensor()) : std::nullopt;
-      at::AutoDispatchBelowADInplaceOrView guard;
-      auto result = call_forward(saved[0], saved[1], labels, spec, need_student, need_teacher);
-      grad_s = std::get<1>(result);
-      grad_t = std::get<2>(result);
-    }
-    const at::Tensor& grad_output = grad_outputs[0];
-    if (need_student) scale_gradient(grad_s, grad_output);
-    if (need_teacher) scale_gradient(grad_t, grad_output);
-    return {need_student ? grad_s : at::Tensor(), need_teacher ? grad_t : at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
-  }
+// The autograd of the four ops: the one internal op, one gradient buffer per input.
+struct SoftTargetLoss : DirectGradients {
+  static constexpr const char* kForwardOp = "fusedkd::_soft_target_forward";
 };
 
-// The op's value: through autograd when a gradient is wanted, else the fused forward alone.
-at::Tensor run_loss(const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels,
-                    const LossSpec& spec) {
-  const bool grad_mode = at::GradMode::is_enabled();
-  const bool need_student = grad_mode && s.requires_grad();
-  const bool need_teacher = grad_mode && t.requires_grad();
-  if (!need_student && !need_teacher) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return std::get<0>(call_forward(s, t, labels, spec, false, false));
-  }
-  return SoftTargetFunction::apply(s, t, labels, spec, need_student, need_teacher);
-}
-
-// Public op kernels. The same functions serve the Autograd key and, below it,
-// CompositeExplicitAutograd (CPU, CUDA, Meta; inference mode): there no input requires grad.
-at::Tensor kl_div_kernel(const at::Tensor& s, const at::Tensor& t, double temperature, c10::string_view reduction,
-                         bool reverse) {
-  return run_loss(s, t, std::nullopt, kl_div_spec(s, t, temperature, reduction, reverse));
-}
-at::Tensor jsd_kernel(const at::Tensor& s, const at::Tensor& t, double temperature, double beta,
-                      c10::string_view reduction) {
-  return run_loss(s, t, std::nullopt, jsd_spec(s, t, temperature, beta, reduction));
-}
-at::Tensor soft_mse_kernel(const at::Tensor& s, const at::Tensor& t, double temperature, c10::string_view reduction) {
-  return run_loss(s, t, std::nullopt, soft_mse_spec(s, t, temperature, reduction));
-}
-at::Tensor kd_loss_kernel(const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels,
-                          double temperature, double soft_weight, double hard_weight, c10::string_view divergence,
-                          double beta, int64_t ignore_index, bool t2_scale) {
-  return run_loss(s, t, labels,
-                  kd_loss_spec(s, t, labels, temperature, soft_weight, hard_weight, divergence, beta, ignore_index,
-                               t2_scale));
-}
-
-// ---------------------------------------------------------------- CPU and Meta kernels
-
-const SoftTargetBackend& cpu_backend() {
-  static const SoftTargetBackend backend{
-      [](const SoftTargetArgs& args) { soft_target_loss_cpu(args, torch_cpu_executor()); },
-      [](DType student, DType teacher) { return DTypePair{student, teacher}; }};
-  return backend;
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
-    const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels, double temperature,
-    int64_t divergence, double beta, int64_t ignore_index, double soft_scale, double hard_scale, bool per_row,
-    bool divide, bool grad_s, bool grad_t) {
-  return soft_target_forward_op(s, t, labels, temperature, divergence, beta, ignore_index, soft_scale, hard_scale,
-                                per_row, divide, grad_s, grad_t, cpu_backend());
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_meta(
-    const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels, double temperature,
-    int64_t, double, int64_t, double, double, bool per_row, bool, bool grad_s, bool grad_t) {
-  check_pair("fusedkd::_soft_target_forward", s, t, labels, temperature);
-  const auto loss_options =
-      s.options().dtype(scalar_type(loss_dtype(kernel_dtype(s.scalar_type()), kernel_dtype(t.scalar_type()))));
-  const at::IntArrayRef leading = s.sizes().slice(0, s.dim() - 1);
-  return {per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options),
-          grad_s ? at::empty(s.sizes(), s.options()) : at::empty({0}, s.options()),
-          grad_t ? at::empty(t.sizes(), t.options()) : at::empty({0}, t.options())};
-}
-
-
-c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view, bool)> kl_div_handle() {
-  return c10::Dispatcher::singleton().findSchemaOrThrow("fusedkd::kl_div", "")
-      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view, bool)>();
+// The op's value for the spec (inputs student and teacher; the rest are the internal op's options).
+at::Tensor run_soft_target(const at::Tensor& s, const at::Tensor& t, const LossSpec& spec) {
+  return run_loss<SoftTargetLoss>(
+      {s, t}, {spec.labels, spec.temperature, static_cast<int64_t>(spec.divergence), spec.beta, spec.ignore_index,
+               spec.soft_scale, spec.hard_scale, spec.per_row, spec.divide_by_valid_rows});
 }
 
 }  // namespace
+
+at::Tensor kl_div_op(const at::Tensor& s, const at::Tensor& t, double temperature, c10::string_view reduction,
+                     bool reverse) {
+  return run_soft_target(s, t, kl_div_spec(s, t, temperature, reduction, reverse));
+}
+at::Tensor jsd_op(const at::Tensor& s, const at::Tensor& t, double temperature, double beta,
+                  c10::string_view reduction) {
+  return run_soft_target(s, t, jsd_spec(s, t, temperature, beta, reduction));
+}
+at::Tensor soft_mse_op(const at::Tensor& s, const at::Tensor& t, double temperature, c10::string_view reduction) {
+  return run_soft_target(s, t, soft_mse_spec(s, t, temperature, reduction));
+}
+at::Tensor kd_loss_op(const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels,
+                      double temperature, double soft_weight, double hard_weight, c10::string_view divergence,
+                      double beta, int64_t ignore_index, bool t2_scale) {
+  return run_soft_target(s, t,
+                         kd_loss_spec(s, t, labels, temperature, soft_weight, hard_weight, divergence, beta,
+                                      ignore_index, t2_scale));
+}
+
 }  // namespace fusedkd::torch_ext
 
 namespace fusedkd {
 
 at::Tensor kl_div(const at::Tensor& student_logits, const at::Tensor& teacher_logits, double temperature,
                   const std::string& reduction, bool reverse) {
-  static const auto op = torch_ext::kl_div_handle();
+  static const auto op = torch_ext::find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double,
+                                                       c10::string_view, bool)>("fusedkd::kl_div");
   return op.call(student_logits, teacher_logits, temperature, reduction, reverse);
 }
 
 at::Tensor jsd(const at::Tensor& student_logits, const at::Tensor& teacher_logits, double temperature, double beta,
                const std::string& reduction) {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fusedkd::jsd", "")
-      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double, c10::string_view)>();
+  static const auto op = torch_ext::find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double, double,
+                                                       c10::string_view)>("fusedkd::jsd");
   return op.call(student_logits, teacher_logits, temperature, beta, reduction);
 }
 
 at::Tensor soft_mse(const at::Tensor& student_logits, const at::Tensor& teacher_logits, double temperature,
                     const std::string& reduction) {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fusedkd::soft_mse", "")
-      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view)>();
+  static const auto op =
+      torch_ext::find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view)>(
+          "fusedkd::soft_mse");
   return op.call(student_logits, teacher_logits, temperature, reduction);
 }
 
@@ -387,37 +277,11 @@ at::Tensor kd_loss(const at::Tensor& student_logits, const at::Tensor& teacher_l
                    const std::optional<at::Tensor>& labels, double temperature, double soft_weight,
                    double hard_weight, const std::string& divergence, double beta, int64_t ignore_index,
                    bool t2_scale) {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("fusedkd::kd_loss", "")
-      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, double,
-                        double, c10::string_view, double, int64_t, bool)>();
+  static const auto op = torch_ext::find_op<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                       const std::optional<at::Tensor>&, double, double, double,
+                                                       c10::string_view, double, int64_t, bool)>("fusedkd::kd_loss");
   return op.call(student_logits, teacher_logits, labels, temperature, soft_weight, hard_weight, divergence, beta,
                  ignore_index, t2_scale);
 }
 
 }  // namespace fusedkd
-
-TORCH_LIBRARY_IMPL(fusedkd, CPU, m) {
-  using namespace fusedkd::torch_ext;
-  m.impl("_soft_target_forward", &forward_cpu);
-}
-
-TORCH_LIBRARY_IMPL(fusedkd, Meta, m) {
-  using namespace fusedkd::torch_ext;
-  m.impl("_soft_target_forward", &forward_meta);
-}
-
-TORCH_LIBRARY_IMPL(fusedkd, Autograd, m) {
-  using namespace fusedkd::torch_ext;
-  m.impl("kl_div", &kl_div_kernel);
-  m.impl("jsd", &jsd_kernel);
-  m.impl("soft_mse", &soft_mse_kernel);
-  m.impl("kd_loss", &kd_loss_kernel);
-}
-
-TORCH_LIBRARY_IMPL(fusedkd, CompositeExplicitAutograd, m) {
-  using namespace fusedkd::torch_ext;
-  m.impl("kl_div", &kl_div_kernel);
-  m.impl("jsd", &jsd_kernel);
-  m.impl("soft_mse", &soft_mse_kernel);
-  m.impl("kd_loss", &kd_loss_kernel);
-}

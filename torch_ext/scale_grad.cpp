@@ -1,13 +1,13 @@
-// fusedkd::_scale_grad_ (common.h): the in-place scaling by grad_output that the backward of every
-// loss op applies to the gradients its forward wrote. CPU and Meta registrations.
-#include <torch/library.h>
+// fusedkd::_scale_grad_ (scale_grad.h): the in-place scaling by grad_output that the backward of
+// every loss op applies to the gradients its forward wrote.
+#include "scale_grad.h"
 
+#include "backend.h"
 #include "common.h"
 
 namespace fusedkd::torch_ext {
 
-void scale_grad_op(at::Tensor& grad, const at::Tensor& grad_output,
-                   const std::function<void(const ScaleElementsArgs&)>& launch) {
+void scale_grad(const Backend& backend, at::Tensor& grad, const at::Tensor& grad_output) {
   const char* op = "fusedkd::_scale_grad_";
   check_same_device(op, "grad", grad, "grad_output", grad_output);
   TORCH_CHECK(grad.is_non_overlapping_and_dense(), op, ": grad must be dense");
@@ -45,26 +45,14 @@ void scale_grad_op(at::Tensor& grad, const at::Tensor& grad_output,
     args.factor_group = grad.numel() / grad_output.numel();
   }
   args.factors = factors.const_data_ptr();
-  launch_kernel(op, [&] { launch(args); });
-}
-
-void scale_gradient(at::Tensor& grad, const at::Tensor& grad_output) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fusedkd::_scale_grad_", "")
-                             .typed<void(at::Tensor&, const at::Tensor&)>();
-  op.call(grad, grad_output);
-}
-
-namespace {
-
-void scale_grad_cpu(at::Tensor& grad, const at::Tensor& grad_output) {
-  scale_grad_op(grad, grad_output, [](const ScaleElementsArgs& args) { scale_elements_cpu(args, torch_cpu_executor()); });
+  launch_kernel(op, [&] { backend.scale_elements(args); });
 }
 
 void scale_grad_meta(at::Tensor&, const at::Tensor&) {}
 
-}  // namespace
-}  // namespace fusedkd::torch_ext
+void scale_gradient(at::Tensor& grad, const at::Tensor& grad_output) {
+  static const auto op = find_op<void(at::Tensor&, const at::Tensor&)>("fusedkd::_scale_grad_");
+  op.call(grad, grad_output);
+}
 
-TORCH_LIBRARY_IMPL(fusedkd, CPU, m) { m.impl("_scale_grad_", &fusedkd::torch_ext::scale_grad_cpu); }
-TORCH_LIBRARY_IMPL(fusedkd, Meta, m) { m.impl("_scale_grad_", &fusedkd::torch_ext::scale_grad_meta); }
+}  // namespace fusedkd::torch_ext

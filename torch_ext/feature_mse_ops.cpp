@@ -1,0 +1,77 @@
+// feature_mse: checks, layout and dtypes, the body of _feature_mse_forward on any backend, its Meta
+// kernel, the public op (autograd: GradientFromForward) and the C++ API.
+#include "autograd.h"
+#include "feature_common.h"
+#include "fusedkd/torch.h"
+#include "ops.h"
+
+namespace fusedkd::torch_ext {
+
+Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, const at::Tensor& teacher,
+                            int64_t reduction, bool grad_student, bool grad_teacher) {
+  const char* op = "fusedkd::feature_mse";
+  const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
+  check_features(op, "student", student, 0);
+  check_features(op, "teacher", teacher, 0);
+  TORCH_CHECK(student.sizes() == teacher.sizes(), op, ": student and teacher must have the same shape, got ",
+              student.sizes(), " and ", teacher.sizes());
+  check_same_device(op, "student", student, "teacher", teacher);
+  // Memory order: the student's when it is dense, with the teacher brought to the same strides. The
+  // dtypes: the inputs' own or a promotion of them (the loss dtype stays the spec's, the gradients
+  // are cast back to their inputs' dtypes).
+  const DTypePair used = backend.compute_dtypes(kernel_dtype(student.scalar_type()), kernel_dtype(teacher.scalar_type()));
+  const at::Tensor s = (student.is_non_overlapping_and_dense() ? student : student.contiguous())
+                           .to(scalar_type(used.student));  // strides kept
+  const at::ScalarType teacher_type = scalar_type(used.teacher);
+  at::Tensor t = teacher;
+  if (teacher_type != teacher.scalar_type() || !teacher.is_non_overlapping_and_dense() ||
+      teacher.strides() != s.strides())
+    t = at::empty_strided(s.sizes(), s.strides(), teacher.options().dtype(teacher_type)).copy_(teacher);
+  const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
+  at::Tensor loss = elementwise ? at::empty_strided(s.sizes(), s.strides(), loss_options) : at::empty({}, loss_options);
+  at::Tensor gs = maybe_empty(grad_student, [&] { return at::empty_strided(s.sizes(), s.strides(), s.options()); }, s);
+  at::Tensor gt = maybe_empty(grad_teacher, [&] { return at::empty_strided(t.sizes(), t.strides(), t.options()); }, t);
+
+  FeatureMseArgs args;
+  args.student = s.const_data_ptr();
+  args.student_dtype = kernel_dtype(s.scalar_type());
+  args.teacher = t.const_data_ptr();
+  args.teacher_dtype = kernel_dtype(t.scalar_type());
+  args.numel = s.numel();
+  args.elementwise_loss = elementwise;
+  args.loss = loss.mutable_data_ptr();
+  args.grad_student = grad_student ? gs.mutable_data_ptr() : nullptr;
+  args.grad_teacher = grad_teacher ? gt.mutable_data_ptr() : nullptr;
+  const at::Tensor workspace =
+      at::empty({static_cast<int64_t>(feature_mse_workspace_bytes(args))}, s.options().dtype(at::kByte));
+  args.workspace = workspace.mutable_data_ptr();
+  launch_reduced(op, reduction_factor(reduction, static_cast<double>(s.numel()), 0), loss, args.scale,
+                 [&] { backend.feature_mse(args); });
+  return {loss, gs.to(student.scalar_type()), gt.to(teacher.scalar_type())};
+}
+
+Tensor3 feature_mse_forward_meta(const at::Tensor& s, const at::Tensor& t, int64_t reduction, bool gs, bool gt) {
+  const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
+  const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
+  return {elementwise ? at::empty_like(s, loss_options) : at::empty({}, loss_options), meta_empty(gs, s, s.options()),
+          meta_empty(gt, t, t.options())};
+}
+
+namespace {
+struct FeatureMseLoss : DirectGradients {
+  static constexpr const char* kForwardOp = "fusedkd::_feature_mse_forward";
+};
+}  // namespace
+
+at::Tensor feature_mse_op(const at::Tensor& s, const at::Tensor& t, c10::string_view reduction) {
+  const Reduction code = parse_reduction("fusedkd::feature_mse", reduction, /*allow_batchmean=*/false);
+  return run_loss<FeatureMseLoss>({s, t}, {static_cast<int64_t>(code)});
+}
+
+}  // namespace fusedkd::torch_ext
+
+at::Tensor fusedkd::feature_mse(const at::Tensor& student, const at::Tensor& teacher, const std::string& reduction) {
+  static const auto op = torch_ext::find_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>(
+      "fusedkd::feature_mse");
+  return op.call(student, teacher, reduction);
+}
