@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "cuda_memory.h"  // tests/: peak CUDA memory, counted as the op tests count it
+#include "cuda_memory.h"  // testing/: peak CUDA memory, counted as the op tests count it
 #include "fusedkd/build_config.h"
 
 #if FUSEDKD_WITH_CUDA

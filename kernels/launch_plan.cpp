@@ -5,7 +5,7 @@
 
 namespace fusedkd {
 
-bool soft_target_cuda_supports(DType student, DType teacher) {
+bool cuda_kernels_take(DType student, DType teacher) {
   if (student == teacher) return true;
   // One of the two float32, the other 16-bit: the pairs mixed-precision training produces.
   const bool one_float32 = (student == DType::Float32) != (teacher == DType::Float32);
@@ -14,7 +14,7 @@ bool soft_target_cuda_supports(DType student, DType teacher) {
 }
 
 DTypePair cuda_kernel_dtypes(DType student, DType teacher) {
-  if (soft_target_cuda_supports(student, teacher)) return {student, teacher};
+  if (cuda_kernels_take(student, teacher)) return {student, teacher};
   // Promote, never demote: float64 on either side runs in float64; a float16/bfloat16 mix keeps
   // the student and reads the teacher as float32 (both 16-bit types convert to it exactly).
   if (student == DType::Float64 || teacher == DType::Float64) return {DType::Float64, DType::Float64};

@@ -72,44 +72,10 @@ void validate(const ScaleElementsArgs& a) {
   check(a.factor_group >= a.numel || a.numel % a.factor_group == 0, "factor_group must divide numel");
 }
 
-FeatureMseArgs projection_error_args(const ProjectedFeatureMseArgs& a) {
-  const ProjectionShape& s = a.shape;
-  FeatureMseArgs mse;
-  mse.student = a.projection;
-  mse.student_dtype = s.is_double ? DType::Float64 : DType::Float32;
-  mse.teacher = a.teacher;
-  mse.teacher_dtype = a.teacher_dtype;
-  mse.numel = s.batch * s.out_channels * s.spatial;
-  mse.bias = a.bias;
-  mse.bias_channels = s.out_channels;
-  mse.bias_inner = s.channels_last ? 1 : s.spatial;
-  mse.scale = a.scale;
-  mse.elementwise_loss = a.elementwise_loss;
-  mse.loss = a.loss;
-  mse.grad_student = a.write_gradient ? a.projection : nullptr;  // dL/dy replaces y
-  mse.grad_teacher = a.grad_teacher;
-  mse.workspace = a.workspace;
-  return mse;
-}
-
 int blas_int(std::int64_t value, const char* what) {
   check(value <= std::numeric_limits<std::int32_t>::max(),
         std::string(what) + " = " + std::to_string(value) + " exceeds the 32-bit sizes of BLAS");
   return static_cast<int>(value);
-}
-
-bool scales_by_rows(const ScaleElementsArgs& a) { return a.factor_group > 1 && a.factor_group < a.numel; }
-
-ScaleRowsArgs as_rows(const ScaleElementsArgs& a) {
-  ScaleRowsArgs rows;
-  rows.grad = a.data;
-  rows.grad_dtype = a.dtype;
-  rows.rows = a.numel / a.factor_group;
-  rows.cols = a.factor_group;
-  rows.grad_output = a.factors;
-  rows.grad_output_is_double = a.factors_are_double;
-  rows.per_row = true;
-  return rows;
 }
 
 void validate(const AttentionTransferArgs& a) {
@@ -170,59 +136,4 @@ void validate_labels_on_host(const SoftTargetArgs& a) {
   }
 }
 
-std::int64_t rows_per_task(std::int64_t cols) {
-  const std::int64_t rows = (std::int64_t{1} << 14) / cols;
-  return rows < 1 ? 1 : rows;
-}
-
 }  // namespace fusedkd::detail
-
-namespace fusedkd {
-
-// The loss dtype rule (fusedkd/dtype.h), for each launcher's arguments.
-bool soft_target_uses_double(const SoftTargetArgs& a) {
-  return loss_dtype(a.student_dtype, a.teacher_dtype) == DType::Float64;
-}
-
-bool feature_mse_uses_double(const FeatureMseArgs& a) {
-  return loss_dtype(a.student_dtype, a.teacher_dtype) == DType::Float64;
-}
-
-// Per-block (CUDA) or per-chunk (CPU) partial sums, in double.
-std::size_t feature_mse_workspace_bytes(const FeatureMseArgs& a) {
-  if (a.elementwise_loss) return 0;
-  const std::int64_t chunks = (a.numel + detail::kFeatureCpuChunk - 1) / detail::kFeatureCpuChunk;
-  return static_cast<std::size_t>(std::max(chunks, detail::kFeatureMaxBlocks)) * 8;
-}
-
-bool attention_transfer_uses_double(const AttentionTransferArgs& a) {
-  return loss_dtype(a.student.dtype, a.teacher.dtype) == DType::Float64;
-}
-
-// The attention maps [N, S] as normalised rows.
-std::size_t attention_transfer_workspace_bytes(const AttentionTransferArgs& a) {
-  return attention_transfer_uses_double(a) ? detail::NormalizedRowsWorkspace<double>::bytes(a.batch, a.spatial)
-                                           : detail::NormalizedRowsWorkspace<float>::bytes(a.batch, a.spatial);
-}
-
-// The Gram matrices [N, N] as normalised rows.
-std::size_t similarity_preserving_workspace_bytes(const SimilarityPreservingArgs& a) {
-  return a.is_double ? detail::NormalizedRowsWorkspace<double>::bytes(a.rows, a.rows)
-                     : detail::NormalizedRowsWorkspace<float>::bytes(a.rows, a.rows);
-}
-
-std::size_t projected_feature_mse_workspace_bytes(const ProjectedFeatureMseArgs& a) {
-  FeatureMseArgs mse;
-  mse.numel = a.shape.batch * a.shape.out_channels * a.shape.spatial;
-  mse.elementwise_loss = a.elementwise_loss;
-  return feature_mse_workspace_bytes(mse);
-}
-
-// Row losses (accumulation type), then, 16-byte aligned, the weight of a valid row (the CUDA
-// kernels compute it on the device from the labels).
-std::size_t soft_target_workspace_bytes(const SoftTargetArgs& a) {
-  const std::size_t acc = soft_target_uses_double(a) ? 8 : 4;
-  return static_cast<std::size_t>(a.rows) * acc + 64;
-}
-
-}  // namespace fusedkd

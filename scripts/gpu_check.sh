@@ -111,16 +111,16 @@ build_fusedkd() {
     -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/gtest-prefix;$BENCH_PREFIX" > "$LOG/build.log" 2>&1 &&
     cmake --build "$BUILD" -j "$JOBS" >> "$LOG/build.log" 2>&1 || { tail -n 40 "$LOG/build.log"; return 1; }
 }
-# Every GoogleTest case with CUDA in its name (all of test_large_index), a JSON report per executable.
+# Every GoogleTest case with CUDA in its name: the CTest label `cuda` (tests/CMakeLists.txt), one
+# process per case, 8 at a time; the log and a JUnit report (ctest_cuda.xml) go with the logs. The
+# failed cases and the skipped ones (on this machine a skip means no device was seen) are listed.
 cuda_tests() {
-  local rc=0 t filter
-  for t in softmax_kernels softmax_ops soft_target_kernels soft_target_ops feature_kernels feature_ops large_index; do
-    case $t in *kernels) filter='*Cuda*' ;; large_index) filter='*' ;; *) filter='*cuda*:*Cuda*' ;; esac
-    "$BUILD/tests/test_$t" --gtest_filter="$filter" --gtest_output=json:"$LOG/${t}_cuda.json" \
-      > "$LOG/${t}_cuda.log" 2>&1 || rc=1
-    echo "test_$t: $(grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test' "$LOG/${t}_cuda.log" | tr -s ' \n' ' ')"
-    grep -E '^\[  FAILED  \] [A-Za-z]' "$LOG/${t}_cuda.log" | head -n 20
-  done
+  cd "$BUILD" || return 1
+  ctest -L '^cuda$' -j 8 --output-on-failure --output-junit "$LOG/ctest_cuda.xml" > "$LOG/ctest_cuda.log" 2>&1
+  local rc=$?
+  grep -E 'tests passed|Total Test time' "$LOG/ctest_cuda.log"
+  echo "skipped: $(grep -cE '^[[:space:]]+[0-9]+ - .* \(Skipped\)$' "$LOG/ctest_cuda.log")"
+  grep -E '^[[:space:]]+[0-9]+ - .* \([A-Za-z ]+\)$' "$LOG/ctest_cuda.log" | head -n 30
   return $rc
 }
 # compute-sanitizer TOOL over the CUDA kernel tests (small shapes; every kernel and row regime).

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <ostream>
+#include <string>
 #include <vector>
 
 #include "fusedkd/build_config.h"
@@ -73,6 +75,16 @@ inline double tolerance(DType dtype) {
 inline double resolution_floor(DType dtype) { return dtype == DType::Float16 ? std::ldexp(1.0, -14) : 0.0; }
 
 enum class Backend { Cpu, Cuda };
+
+inline const char* backend_name(Backend backend) { return backend == Backend::Cpu ? "Cpu" : "Cuda"; }
+
+// GoogleTest prints a Backend parameter by name (not as a byte dump).
+inline void PrintTo(Backend backend, std::ostream* os) { *os << backend_name(backend); }
+
+// Test names of a suite instantiated over ::testing::Values(Backend::Cpu, Backend::Cuda).
+inline std::string backend_test_name(const ::testing::TestParamInfo<Backend>& info) {
+  return backend_name(info.param);
+}
 
 // Why a backend cannot run here, or nullptr.
 inline const char* missing_device(Backend backend) {

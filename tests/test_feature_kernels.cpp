@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fusedkd/feature.h"
+#include "fusedkd/scale.h"
 #include "kernel_test_support.h"
 
 #if FUSEDKD_WITH_CUDA
@@ -55,8 +56,6 @@ std::vector<double> numeric_gradient(std::vector<double> x, const std::function<
   }
   return g;
 }
-
-std::string backend_name(Backend b) { return b == Backend::Cpu ? "Cpu" : "Cuda"; }
 
 class FeatureKernel : public BackendTest {};
 
@@ -468,8 +467,7 @@ TEST_P(FeatureKernel, ProjectionMatchesReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, FeatureKernel, ::testing::Values(Backend::Cpu, Backend::Cuda),
-                         [](const auto& info) { return backend_name(info.param); });
+INSTANTIATE_TEST_SUITE_P(All, FeatureKernel, ::testing::Values(Backend::Cpu, Backend::Cuda), backend_test_name);
 
 }  // namespace
 }  // namespace fusedkd::testing

@@ -148,8 +148,7 @@ TEST_P(LargeIndex, FeatureMseBeyond2To31) {
   EXPECT_NEAR(loss.get(0), expected, 1e-6 * expected);
 }
 
-INSTANTIATE_TEST_SUITE_P(All, LargeIndex, ::testing::Values(Backend::Cpu, Backend::Cuda),
-                         [](const auto& info) { return std::string(info.param == Backend::Cpu ? "Cpu" : "Cuda"); });
+INSTANTIATE_TEST_SUITE_P(All, LargeIndex, ::testing::Values(Backend::Cpu, Backend::Cuda), backend_test_name);
 
 }  // namespace
 }  // namespace fusedkd::testing

@@ -30,11 +30,11 @@ TEST(CudaDtypeRule, EveryPairIsPromotedNeverDemoted) {
     for (const DType t : kAll) {
       const std::string what = std::string(fusedkd::dtype_name(s)) + "/" + fusedkd::dtype_name(t);
       const fusedkd::DTypePair used = fusedkd::cuda_kernel_dtypes(s, t);
-      EXPECT_TRUE(fusedkd::soft_target_cuda_supports(used.student, used.teacher)) << what;
+      EXPECT_TRUE(fusedkd::cuda_kernels_take(used.student, used.teacher)) << what;
       EXPECT_TRUE(holds_exactly(used.student, s)) << what;
       EXPECT_TRUE(holds_exactly(used.teacher, t)) << what;
       EXPECT_EQ(fusedkd::loss_dtype(used.student, used.teacher), fusedkd::loss_dtype(s, t)) << what;
-      if (fusedkd::soft_target_cuda_supports(s, t)) {
+      if (fusedkd::cuda_kernels_take(s, t)) {
         EXPECT_EQ(used.student, s) << what;  // a pair the kernels take is never converted
         EXPECT_EQ(used.teacher, t) << what;
       }

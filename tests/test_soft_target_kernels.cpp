@@ -9,6 +9,7 @@
 #include <cstring>
 #include <iterator>
 #include <limits>
+#include <ostream>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -121,16 +122,34 @@ class RegimeGuard {
 };
 #endif
 
+const char* divergence_name(Divergence d) {
+  const char* names[] = {"kl", "reverse_kl", "jsd", "mse"};
+  return names[static_cast<int>(d)];
+}
+
+const char* regime_name(Regime regime) {
+  const char* names[] = {"auto", "streaming", "cluster2", "cluster4", "cluster16"};
+  return names[static_cast<int>(regime)];
+}
+
 std::string name_of(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
-  const char* div[] = {"kl", "reverse_kl", "jsd", "mse"};
   std::ostringstream s;
-  s << (c.backend == Backend::Cpu ? "Cpu" : "Cuda") << "_" << dtype_name(c.student) << "_" << dtype_name(c.teacher)
-    << "_" << div[static_cast<int>(c.divergence)] << "_R" << c.rows << "_V" << c.cols << (c.labels ? "_labels" : "")
+  s << backend_name(c.backend) << "_" << dtype_name(c.student) << "_" << dtype_name(c.teacher) << "_"
+    << divergence_name(c.divergence) << "_R" << c.rows << "_V" << c.cols << (c.labels ? "_labels" : "")
     << (c.per_row ? "_per_row" : "");
-  const char* regime[] = {"", "_streaming", "_cluster2", "_cluster4", "_cluster16"};
-  s << regime[static_cast<int>(c.regime)] << "_" << info.index;
+  if (c.regime != Regime::Auto) s << "_" << regime_name(c.regime);
+  s << "_" << info.index;
   return s.str();
+}
+
+// How GoogleTest prints a case (--gtest_list_tests, failure messages): every field, by name.
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << "{" << backend_name(c.backend) << ", student " << dtype_name(c.student) << ", teacher "
+      << dtype_name(c.teacher) << ", " << divergence_name(c.divergence);
+  if (c.divergence == Divergence::JSD) *os << " beta " << c.beta;
+  *os << ", rows " << c.rows << ", cols " << c.cols << ", T " << c.temperature << (c.labels ? ", labels" : "")
+      << (c.per_row ? ", per_row" : "") << ", regime " << regime_name(c.regime) << "}";
 }
 
 // What the launcher must produce for a case, in float64: per-row losses, the total, the gradients,
@@ -550,8 +569,8 @@ TEST(SoftTargetLauncher, ShortRowsDoNotDependOnTheirGroup) {
     args.labels = labels.data();
     args.hard_scale = 0.5;
     const std::vector<float> whole = run_in_tasks(args, R, true);
-    EXPECT_EQ(whole, run_in_tasks(args, 1, true)) << "divergence " << static_cast<int>(d);
-    EXPECT_EQ(whole, run_in_tasks(args, 7, true)) << "divergence " << static_cast<int>(d);
+    EXPECT_EQ(whole, run_in_tasks(args, 1, true)) << "divergence " << divergence_name(d);
+    EXPECT_EQ(whole, run_in_tasks(args, 7, true)) << "divergence " << divergence_name(d);
   }
 }
 

@@ -521,7 +521,7 @@ TEST(CudaHostDecisions, DtypeRuleAgreesWithTheCpuPathAndTheMetaKernel) {
       EXPECT_LT(relative_error(loss, cpu), 1e-6) << what;
       const fusedkd::DTypePair used = fusedkd::cuda_kernel_dtypes(fusedkd::torch_ext::kernel_dtype(ts),
                                                                   fusedkd::torch_ext::kernel_dtype(tt));
-      EXPECT_TRUE(fusedkd::soft_target_cuda_supports(used.student, used.teacher)) << what;
+      EXPECT_TRUE(fusedkd::cuda_kernels_take(used.student, used.teacher)) << what;
     }
 }
 

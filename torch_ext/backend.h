@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "fusedkd/feature.h"
+#include "fusedkd/scale.h"
 #include "fusedkd/soft_target.h"
 #include "fusedkd/softmax.h"
 

@@ -26,8 +26,13 @@ struct DTypePair {
   DType teacher;
 };
 
+// The (student, teacher) pairs the CUDA kernels of two-input losses take (soft-target losses,
+// feature_mse): one dtype for both, or float32 with a 16-bit float on either side (what
+// mixed-precision training produces). The one rule: the kernels instantiate exactly these pairs.
+bool cuda_kernels_take(DType student, DType teacher);
+
 // The pair a CUDA kernel computes a (student, teacher) pair in: the pair itself where the kernels
-// take it (soft_target_cuda_supports), else a promotion, never a demotion: float64 on either side
+// take it (cuda_kernels_take), else a promotion, never a demotion: float64 on either side
 // runs both in float64; a float16/bfloat16 mix reads the teacher as float32. The loss dtype is
 // the same before and after (loss_dtype); the gradients are cast back to their inputs' dtypes.
 DTypePair cuda_kernel_dtypes(DType student, DType teacher);

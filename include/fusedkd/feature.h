@@ -4,7 +4,7 @@
 // does not change from run to run.
 //
 // Loss dtype ("acc"): float64 when an input is float64, else float32. Gradients are written as if
-// grad_output were 1; the ops scale them afterwards with scale_elements_*.
+// grad_output were 1; the ops scale them afterwards (fusedkd/scale.h).
 #pragma once
 
 #include <cstddef>
@@ -50,23 +50,6 @@ std::size_t feature_mse_workspace_bytes(const FeatureMseArgs& args);
 bool feature_mse_uses_double(const FeatureMseArgs& args);
 void feature_mse_cpu(const FeatureMseArgs& args, const CpuExecutor& executor = {});
 void feature_mse_cuda(const FeatureMseArgs& args, CUstream_st* stream);
-
-// ---------------------------------------------------------------- gradient scaling
-
-// data[i] *= factors[i / factor_group] in place (the factors in float32, or float64 when
-// factors_are_double). factor_group = numel: one factor for all (nothing is touched when it is
-// exactly 1); 1: one factor per element, in the same memory order; anything between: one factor
-// per run of factor_group consecutive elements (per sample of an [N, ...] gradient).
-struct ScaleElementsArgs {
-  void* data = nullptr;
-  DType dtype = DType::Float32;
-  std::int64_t numel = 0;
-  const void* factors = nullptr;
-  bool factors_are_double = false;
-  std::int64_t factor_group = 1;
-};
-void scale_elements_cpu(const ScaleElementsArgs& args, const CpuExecutor& executor = {});
-void scale_elements_cuda(const ScaleElementsArgs& args, CUstream_st* stream);
 
 // ---------------------------------------------------------------- attention_transfer
 

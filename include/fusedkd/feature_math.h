@@ -10,6 +10,19 @@
 
 namespace fusedkd {
 
+// One element of feature_mse (and of the projection's squared error): d = s - t, its share of the
+// summed loss d^2, its elementwise loss scale d^2, and the student's gradient 2 scale d (the
+// teacher's is the negative).
+template <typename Acc>
+struct MseElement {
+  Acc squared, loss, grad;
+};
+template <typename Acc>
+FUSEDKD_HD MseElement<Acc> mse_element(Acc s, Acc t, Acc scale) {
+  const Acc d = s - t;
+  return {d * d, scale * d * d, Acc(2) * scale * d};
+}
+
 // F.normalize's eps: a row is divided by max(||row||_2, eps).
 constexpr double kNormalizeEps = 1e-12;
 

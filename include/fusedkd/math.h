@@ -10,7 +10,18 @@
 namespace fusedkd {
 
 constexpr double kLog2e = 1.4426950408889634;  // log2(e)
-constexpr double kLn2 = 0.6931471805599453;    // ln(2)
+
+// The temperature as the kernels use it, under one pair of names everywhere: `inv_t` = 1 / T
+// scales a logit difference; `scale_log2` = log2(e) / T turns one into a base-2 exponent (exp2 is
+// the hardware's exponential). Computed once per launch, in double, then rounded to Acc.
+template <typename Acc>
+struct Temperature {
+  Acc inv_t;
+  Acc scale_log2;
+  FUSEDKD_HD static Temperature of(double temperature) {
+    return {static_cast<Acc>(1.0 / temperature), static_cast<Acc>(kLog2e / temperature)};
+  }
+};
 
 template <typename Acc>
 FUSEDKD_HD Acc neg_infinity() {
@@ -105,8 +116,8 @@ FUSEDKD_HD Acc softmax_sum_term(Acc x, Acc max, Acc scale_log2) {
 
 // log_softmax(x / T) given the row statistics, with log_sum = log(stats.sum).
 template <typename Acc>
-FUSEDKD_HD Acc log_softmax_value(Acc x, Acc max, Acc inv_temperature, Acc log_sum) {
-  return (x - max) * inv_temperature - log_sum;
+FUSEDKD_HD Acc log_softmax_value(Acc x, Acc max, Acc inv_t, Acc log_sum) {
+  return (x - max) * inv_t - log_sum;
 }
 
 // Backward of y = softmax(x / T):  dx = (1/T) * y * (dy - sum_j dy_j y_j).
@@ -114,8 +125,8 @@ FUSEDKD_HD Acc log_softmax_value(Acc x, Acc max, Acc inv_temperature, Acc log_su
 // therefore accumulated in double and passed as an unevaluated sum dot_hi + dot_lo, so that
 // dy_k - dot_hi is exact and the small remainder keeps its digits (docs/math.md).
 template <typename Acc>
-FUSEDKD_HD Acc softmax_backward_value(Acc dy, Acc y, Acc dot_hi, Acc dot_lo, Acc inv_temperature) {
-  return inv_temperature * y * ((dy - dot_hi) - dot_lo);
+FUSEDKD_HD Acc softmax_backward_value(Acc dy, Acc y, Acc dot_hi, Acc dot_lo, Acc inv_t) {
+  return inv_t * y * ((dy - dot_hi) - dot_lo);
 }
 
 // Splits a double into its nearest Acc and the remainder.
@@ -132,8 +143,8 @@ FUSEDKD_HD SplitSum<Acc> split_sum(double sum) {
 
 // Backward of z = log_softmax(x / T):  dx = (1/T) * (dy - exp(z) * sum_j dy_j).
 template <typename Acc>
-FUSEDKD_HD Acc log_softmax_backward_value(Acc dy, Acc z, Acc sum_dy, Acc inv_temperature) {
-  return inv_temperature * (dy - exp2_nonpositive(z * Acc(kLog2e)) * sum_dy);
+FUSEDKD_HD Acc log_softmax_backward_value(Acc dy, Acc z, Acc sum_dy, Acc inv_t) {
+  return inv_t * (dy - exp2_nonpositive(z * Acc(kLog2e)) * sum_dy);
 }
 
 }  // namespace fusedkd

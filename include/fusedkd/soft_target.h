@@ -65,9 +65,7 @@ bool soft_target_uses_double(const SoftTargetArgs& args);
 // a host synchronisation and makes the loss (and that row's gradient) NaN instead.
 void soft_target_loss_cpu(const SoftTargetArgs& args, const CpuExecutor& executor = {});
 void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream);
-// The (student, teacher) dtype pairs the CUDA launcher takes; the ops compute any other pair in
-// cuda_kernel_dtypes(student, teacher) (fusedkd/dtype.h), a promotion.
-bool soft_target_cuda_supports(DType student, DType teacher);
+// The CUDA launcher takes the dtype pairs cuda_kernels_take (fusedkd/dtype.h) says.
 
 namespace detail {
 
@@ -99,19 +97,5 @@ void set_cuda_long_row_policy(const CudaLongRowPolicy& policy);
 CudaLongRowPolicy cuda_long_row_policy();
 
 }  // namespace detail
-
-// grad[r, :] *= grad_output[r] (per_row) or grad_output[0], in place; rows whose factor is
-// exactly 1 are not touched. grad_output has the loss dtype (float32, or float64 for float64).
-struct ScaleRowsArgs {
-  void* grad = nullptr;
-  DType grad_dtype = DType::Float32;
-  std::int64_t rows = 0;
-  std::int64_t cols = 0;
-  const void* grad_output = nullptr;
-  bool grad_output_is_double = false;
-  bool per_row = false;
-};
-void scale_rows_cpu(const ScaleRowsArgs& args, const CpuExecutor& executor = {});
-void scale_rows_cuda(const ScaleRowsArgs& args, CUstream_st* stream);
 
 }  // namespace fusedkd

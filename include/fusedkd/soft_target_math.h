@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "fusedkd/math.h"
 #include "fusedkd/soft_target.h"
@@ -112,7 +113,7 @@ struct KDRow {
   Divergence divergence;
   Acc beta, log_beta, log_one_minus_beta;
 
-  FUSEDKD_HD static KDRow make(const KDStats<Acc>& st, Acc inv_temperature, Divergence divergence,
+  FUSEDKD_HD static KDRow make(const KDStats<Acc>& st, Acc inv_t, Divergence divergence,
                                Acc beta) {
     KDRow row;
     row.max_s = st.max_s;
@@ -120,7 +121,7 @@ struct KDRow {
     row.log_z_s = log(st.sum_s);
     row.log_z_t = log(st.sum_t);
     row.log_z_s_hard = log(st.sum_s_hard);
-    row.inv_t = inv_temperature;
+    row.inv_t = inv_t;
     row.divergence = divergence;
     row.beta = beta;
     row.log_beta = divergence == Divergence::JSD ? log(beta) : Acc(0);
@@ -159,11 +160,6 @@ struct KDSums {
   FUSEDKD_HD KDSums operator+(const KDSums& o) const {
     return {loss + o.loss, aux_s + o.aux_s, aux_t + o.aux_t};
   }
-};
-
-template <typename Acc>
-struct KDSumsAdd {
-  FUSEDKD_HD KDSums<Acc> operator()(const KDSums<Acc>& a, const KDSums<Acc>& b) const { return a + b; }
 };
 
 // `p * x` that is exactly 0 when p is 0 (x may then be -inf); a NaN p stays NaN.
@@ -311,25 +307,19 @@ FUSEDKD_HD void kd_soft_gradients(const KDRow<Acc>& row, const KDSums<Acc>& sums
   }
 }
 
-// Runtime-divergence forms (the CUDA kernels branch per row, uniformly across a row's threads).
-template <typename Acc>
-FUSEDKD_HD void kd_accumulate(const KDRow<Acc>& row, Acc s, Acc t, KDSums<Acc>& sums) {
-  switch (row.divergence) {
-    case Divergence::ForwardKL: return kd_accumulate<Divergence::ForwardKL>(row, s, t, sums);
-    case Divergence::ReverseKL: return kd_accumulate<Divergence::ReverseKL>(row, s, t, sums);
-    case Divergence::JSD: return kd_accumulate<Divergence::JSD>(row, s, t, sums);
-    case Divergence::MSE: return kd_accumulate<Divergence::MSE>(row, s, t, sums);
-  }
-}
-
-template <typename Acc>
-FUSEDKD_HD void kd_soft_gradients(const KDRow<Acc>& row, const KDSums<Acc>& sums, Acc s, Acc t,
-                                  Acc& grad_s, Acc& grad_t) {
-  switch (row.divergence) {
-    case Divergence::ForwardKL: return kd_soft_gradients<Divergence::ForwardKL>(row, sums, s, t, grad_s, grad_t);
-    case Divergence::ReverseKL: return kd_soft_gradients<Divergence::ReverseKL>(row, sums, s, t, grad_s, grad_t);
-    case Divergence::JSD: return kd_soft_gradients<Divergence::JSD>(row, sums, s, t, grad_s, grad_t);
-    case Divergence::MSE: return kd_soft_gradients<Divergence::MSE>(row, sums, s, t, grad_s, grad_t);
+// Calls fn(std::integral_constant<Divergence, D>{}) for the divergence known at run time, so that
+// the element loops inside fn are compiled once per divergence with no branch in them (the CPU
+// kernels pick per call, the CUDA kernels per row, uniformly across the row's threads).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename Fn>
+FUSEDKD_HD void with_divergence(Divergence d, Fn&& fn) {
+  switch (d) {
+    case Divergence::ForwardKL: return fn(std::integral_constant<Divergence, Divergence::ForwardKL>{});
+    case Divergence::ReverseKL: return fn(std::integral_constant<Divergence, Divergence::ReverseKL>{});
+    case Divergence::JSD: return fn(std::integral_constant<Divergence, Divergence::JSD>{});
+    case Divergence::MSE: return fn(std::integral_constant<Divergence, Divergence::MSE>{});
   }
 }
 

@@ -1,7 +1,10 @@
+// The CPU launchers of softmax, the soft-target losses and the gradient scaling (feature_launch.cpp
+// has the feature losses'), and the run-time choice of the instruction-set copy.
 #include <cstdlib>
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "../scale_rows.h"
 #include "../validate.h"
 
 namespace fusedkd {
@@ -55,6 +58,13 @@ void soft_target_loss_cpu(const SoftTargetArgs& args, const CpuExecutor& executo
 void scale_rows_cpu(const ScaleRowsArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
   FUSEDKD_CPU_DISPATCH(scale_rows, args, executor)
+}
+
+void scale_elements_cpu(const ScaleElementsArgs& args, const CpuExecutor& executor) {
+  detail::validate(args);
+  if (args.numel == 0) return;
+  if (detail::scales_by_rows(args)) return scale_rows_cpu(detail::as_rows(args), executor);
+  FUSEDKD_CPU_DISPATCH(scale_elements, args, executor)
 }
 
 }  // namespace fusedkd

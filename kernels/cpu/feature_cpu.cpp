@@ -1,4 +1,4 @@
-// CPU feature-map kernels: feature_mse, the gradient scaling, attention_transfer and the
+// CPU feature-map kernels: feature_mse, attention_transfer and the
 // normalised-row loss that attention_transfer and similarity_preserving share. Compiled once per
 // instruction set, like the other kernel files. Totals are sums of per-chunk (or per-row)
 // partials taken in a fixed order, so they do not depend on the thread count.
@@ -8,67 +8,63 @@
 #include "cpu_kernels.h"
 #include "row_buffers.h"
 #include "fusedkd/feature_math.h"
-#include "../validate.h"
+#include "../workspace.h"
 
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
-// Elements per task of the elementwise kernels; the chunking also fixes the summation order.
-constexpr std::int64_t kChunk = 1 << 14;
-
-std::int64_t chunk_count(std::int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+// Elements per task of feature_mse; the chunking also fixes the summation order.
+constexpr std::int64_t kChunk = kTaskElements;
 
 // One chunk straight from the arrays (no bias): the sum (or the elementwise loss), then the
 // gradients, reading the chunk again while it is in cache. `gs` may be `s` itself (in place).
 template <typename TS, typename TT, typename Acc>
 double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss, TS* gs, TT* gt) {
-  const auto diff = [&](std::int64_t i) { return static_cast<Acc>(load_as_acc(s[i])) - static_cast<Acc>(load_as_acc(t[i])); };
+  const auto element = [&](std::int64_t i) {
+    return mse_element(static_cast<Acc>(load_as_acc(s[i])), static_cast<Acc>(load_as_acc(t[i])), scale);
+  };
   Acc sum = 0;
   if (loss) {
 #pragma omp simd
-    for (std::int64_t i = 0; i < n; ++i) loss[i] = scale * diff(i) * diff(i);
+    for (std::int64_t i = 0; i < n; ++i) loss[i] = element(i).loss;
   } else {
 #pragma omp simd reduction(+ : sum)
-    for (std::int64_t i = 0; i < n; ++i) sum += diff(i) * diff(i);
+    for (std::int64_t i = 0; i < n; ++i) sum += element(i).squared;
   }
-  const Acc two_scale = Acc(2) * scale;
   if (gt) {  // before gs, which may overwrite s
 #pragma omp simd
-    for (std::int64_t i = 0; i < n; ++i) gt[i] = StoreFromAcc<TT>::apply(static_cast<acc_t<TT>>(-two_scale * diff(i)));
+    for (std::int64_t i = 0; i < n; ++i) gt[i] = StoreFromAcc<TT>::apply(static_cast<acc_t<TT>>(-element(i).grad));
   }
   if (gs) {
 #pragma omp simd
-    for (std::int64_t i = 0; i < n; ++i) gs[i] = StoreFromAcc<TS>::apply(static_cast<acc_t<TS>>(two_scale * diff(i)));
+    for (std::int64_t i = 0; i < n; ++i) gs[i] = StoreFromAcc<TS>::apply(static_cast<acc_t<TS>>(element(i).grad));
   }
   return static_cast<double>(sum);
 }
 
-// The same with a per-channel bias on the student (the projection): through scratch rows.
+// The same with a per-channel bias on the student (the projection): through scratch rows, the
+// student's gradient in place of its values.
 template <typename Acc>
 double mse_chunk_with_bias(const FeatureMseArgs& a, std::int64_t first, std::int64_t n, Acc* xs, Acc* xt) {
   const Acc* bias = static_cast<const Acc*>(a.bias);
   load_row(a.student, a.student_dtype, first, n, xs);
   load_row(a.teacher, a.teacher_dtype, first, n, xt);
   for (std::int64_t i = 0; i < n; ++i) xs[i] += bias[channel_of(first + i, a.bias_inner, a.bias_channels)];
-  const Acc scale = static_cast<Acc>(a.scale);
   Acc* loss = a.elementwise_loss ? static_cast<Acc*>(a.loss) + first : nullptr;
-  const double sum = mse_chunk<Acc, Acc, Acc>(xs, xt, n, scale, loss, nullptr, nullptr);
-  if (!a.grad_student && !a.grad_teacher) return sum;
-  const Acc two_scale = Acc(2) * scale;
+  const bool gradient = a.grad_student || a.grad_teacher;
+  const double sum = mse_chunk<Acc, Acc, Acc>(xs, xt, n, static_cast<Acc>(a.scale), loss, gradient ? xs : nullptr, nullptr);
+  if (a.grad_teacher) {
 #pragma omp simd
-  for (std::int64_t i = 0; i < n; ++i) {
-    const Acc g = two_scale * (xs[i] - xt[i]);
-    xs[i] = g;
-    xt[i] = -g;
+    for (std::int64_t i = 0; i < n; ++i) xt[i] = -xs[i];
+    store_row(xt, n, a.grad_teacher, a.teacher_dtype, first);
   }
   if (a.grad_student) store_row(xs, n, a.grad_student, a.student_dtype, first);
-  if (a.grad_teacher) store_row(xt, n, a.grad_teacher, a.teacher_dtype, first);
   return sum;
 }
 
 template <typename Acc>
 void run_feature_mse(const FeatureMseArgs& a, const CpuExecutor& executor) {
-  const std::int64_t chunks = chunk_count(a.numel);
+  const std::int64_t chunks = task_count(a.numel);
   double* partials = static_cast<double*>(a.workspace);
   with_storage_type(a.student_dtype, [&](auto s_tag) {
     with_storage_type(a.teacher_dtype, [&](auto t_tag) {
@@ -195,7 +191,7 @@ void run_normalized_rows(const NormalizedRowsArgs& a, const CpuExecutor& executo
   Acc* d_s = static_cast<Acc*>(a.d_s);
   Acc* d_t = static_cast<Acc*>(a.d_t);
   Acc* row_loss = static_cast<Acc*>(a.row_loss);
-  executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
+  executor.run(a.rows, rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t r = begin; r < end; ++r) {
       const std::int64_t offset = r * a.cols;
       row_loss[r] = normalized_row(a_s + offset, a_t + offset, a.cols, static_cast<Acc>(a.scale),
@@ -214,7 +210,7 @@ void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spat
     dispatch_power_kind(p, [&](auto kind) {
       constexpr PowerKind K = decltype(kind)::value;
       const T* x = static_cast<const T*>(map.data);
-      executor.run(batch, detail::rows_per_task(per_sample), [&](std::int64_t begin, std::int64_t end) {
+      executor.run(batch, rows_per_task(per_sample), [&](std::int64_t begin, std::int64_t end) {
         Acc* scratch = scratch_row<Acc>(map.channels_last ? map.channels : spatial, 0);
         for (std::int64_t n = begin; n < end; ++n) {
           if (d) {
@@ -262,38 +258,6 @@ void run_attention_transfer(const AttentionTransferArgs& a, const CpuExecutor& e
 void feature_mse(const FeatureMseArgs& args, const CpuExecutor& executor) {
   if (feature_mse_uses_double(args)) run_feature_mse<double>(args, executor);
   else run_feature_mse<float>(args, executor);
-}
-
-// One factor for all elements, or one per element (the launcher hands per-row factors to
-// scale_rows).
-void scale_elements(const ScaleElementsArgs& a, const CpuExecutor& executor) {
-  const bool single = a.factor_group >= a.numel;
-  const auto factor = [&](std::int64_t i) {
-    return a.factors_are_double ? static_cast<const double*>(a.factors)[i] : static_cast<const float*>(a.factors)[i];
-  };
-  if (single && factor(0) == 1.0) return;  // loss.backward(): nothing to do
-  with_storage_type(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using Acc = acc_t<T>;
-    executor.run(chunk_count(a.numel), 1, [&](std::int64_t begin, std::int64_t end) {
-      const std::int64_t first = begin * kChunk;
-      const std::int64_t last = end * kChunk < a.numel ? end * kChunk : a.numel;
-      T* __restrict g = static_cast<T*>(a.data);
-      const auto scale = [&](const auto* __restrict f) {
-        if (single) {
-          const Acc f0 = static_cast<Acc>(f[0]);
-#pragma omp simd
-          for (std::int64_t i = first; i < last; ++i) g[i] = StoreFromAcc<T>::apply(load_as_acc(g[i]) * f0);
-        } else {
-#pragma omp simd
-          for (std::int64_t i = first; i < last; ++i)
-            g[i] = StoreFromAcc<T>::apply(static_cast<Acc>(load_as_acc(g[i]) * f[i]));
-        }
-      };
-      if (a.factors_are_double) scale(static_cast<const double*>(a.factors));
-      else scale(static_cast<const float*>(a.factors));
-    });
-  });
 }
 
 void attention_transfer(const AttentionTransferArgs& args, const CpuExecutor& executor) {

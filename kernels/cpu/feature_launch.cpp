@@ -11,7 +11,9 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "../projection.h"
 #include "../validate.h"
+#include "../workspace.h"
 
 namespace fusedkd {
 namespace {
@@ -251,13 +253,6 @@ void feature_mse_cpu(const FeatureMseArgs& args, const CpuExecutor& executor) {
     return;
   }
   FUSEDKD_CPU_DISPATCH(feature_mse, args, executor)
-}
-
-void scale_elements_cpu(const ScaleElementsArgs& args, const CpuExecutor& executor) {
-  detail::validate(args);
-  if (args.numel == 0) return;
-  if (detail::scales_by_rows(args)) return scale_rows_cpu(detail::as_rows(args), executor);
-  FUSEDKD_CPU_DISPATCH(scale_elements, args, executor)
 }
 
 void attention_transfer_cpu(const AttentionTransferArgs& args, const CpuExecutor& executor) {

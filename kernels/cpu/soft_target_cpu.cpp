@@ -13,14 +13,14 @@
 #include "cpu_kernels.h"
 #include "row_buffers.h"
 #include "fusedkd/soft_target_math.h"
-#include "../validate.h"
 
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
+// The temperature (inv_t, scale_log2) and the rest of what every row of a call shares.
 template <typename Acc>
-struct RowPlan {
-  Acc inv_t, scale_log2, beta, weight, soft_scale, hard_scale;
+struct RowPlan : Temperature<Acc> {
+  Acc beta, weight, soft_scale, hard_scale;
   bool hard;
 };
 
@@ -242,8 +242,7 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
     for (std::int64_t r = 0; r < a.rows; ++r) valid_rows += a.labels[r] != a.ignore_index;
   }
   RowPlan<Acc> plan;
-  plan.inv_t = static_cast<Acc>(1.0 / a.temperature);
-  plan.scale_log2 = static_cast<Acc>(kLog2e / a.temperature);
+  static_cast<Temperature<Acc>&>(plan) = Temperature<Acc>::of(a.temperature);
   plan.beta = static_cast<Acc>(a.beta);
   plan.weight = a.per_row_loss ? Acc(1)
                                : kd_row_weight<Acc>(a.divide_by_valid_rows, static_cast<Acc>(valid_rows));
@@ -253,7 +252,7 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
 
   Acc* row_losses = a.per_row_loss ? static_cast<Acc*>(a.loss) : static_cast<Acc*>(a.workspace);
   const bool short_rows = a.cols <= kShortRowMax;
-  executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
+  executor.run(a.rows, rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
     if (short_rows) {
       // The rows, then their gradients, transposed.
       const std::int64_t group = a.cols * kShortRowLanes;
@@ -261,31 +260,23 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
       Acc* xt = xs + group;
       Acc* gs = xt + group;
       Acc* gt = gs + group;
-      for (std::int64_t r = begin; r < end; r += kShortRowLanes) {
-        const int rows = static_cast<int>(end - r < kShortRowLanes ? end - r : kShortRowLanes);
-        switch (a.divergence) {
-          case Divergence::ForwardKL: process_short_rows<Divergence::ForwardKL>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
-          case Divergence::ReverseKL: process_short_rows<Divergence::ReverseKL>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
-          case Divergence::JSD: process_short_rows<Divergence::JSD>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
-          case Divergence::MSE: process_short_rows<Divergence::MSE>(a, plan, r, rows, xs, xt, gs, gt, row_losses); break;
+      with_divergence(a.divergence, [&](auto d) {
+        for (std::int64_t r = begin; r < end; r += kShortRowLanes) {
+          const int rows = static_cast<int>(end - r < kShortRowLanes ? end - r : kShortRowLanes);
+          process_short_rows<decltype(d)::value>(a, plan, r, rows, xs, xt, gs, gt, row_losses);
         }
-      }
+      });
       return;
     }
     Acc* xs = scratch_row<Acc>(a.cols, 0);
     Acc* xt = scratch_row<Acc>(a.cols, 1);
-    for (std::int64_t r = begin; r < end; ++r) {
-      const std::int64_t label = a.labels ? a.labels[r] : -1;
-      const bool valid = !a.labels || label != a.ignore_index;
-      Acc value = 0;
-      switch (a.divergence) {
-        case Divergence::ForwardKL: value = process_row<Divergence::ForwardKL>(a, plan, r, valid, label, xs, xt); break;
-        case Divergence::ReverseKL: value = process_row<Divergence::ReverseKL>(a, plan, r, valid, label, xs, xt); break;
-        case Divergence::JSD: value = process_row<Divergence::JSD>(a, plan, r, valid, label, xs, xt); break;
-        case Divergence::MSE: value = process_row<Divergence::MSE>(a, plan, r, valid, label, xs, xt); break;
+    with_divergence(a.divergence, [&](auto d) {
+      for (std::int64_t r = begin; r < end; ++r) {
+        const std::int64_t label = a.labels ? a.labels[r] : -1;
+        const bool valid = !a.labels || label != a.ignore_index;
+        row_losses[r] = process_row<decltype(d)::value>(a, plan, r, valid, label, xs, xt);
       }
-      row_losses[r] = value;
-    }
+    });
   });
   if (a.per_row_loss) return;
   Acc total = 0;  // in row order: the same result for any thread count
@@ -294,25 +285,6 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
 }
 
 }  // namespace
-
-void scale_rows(const ScaleRowsArgs& a, const CpuExecutor& executor) {
-  executor.run(a.rows, detail::rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t r = begin; r < end; ++r) {
-      const std::int64_t i = a.per_row ? r : 0;
-      const double factor = a.grad_output_is_double ? static_cast<const double*>(a.grad_output)[i]
-                                                    : static_cast<const float*>(a.grad_output)[i];
-      if (factor == 1.0) continue;
-      with_storage_type(a.grad_dtype, [&](auto tag) {
-        using T = decltype(tag);
-        using Acc = acc_t<T>;
-        T* __restrict g = static_cast<T*>(a.grad) + r * a.cols;
-        const Acc f = static_cast<Acc>(factor);
-#pragma omp simd
-        for (std::int64_t j = 0; j < a.cols; ++j) g[j] = StoreFromAcc<T>::apply(load_as_acc(g[j]) * f);
-      });
-    }
-  });
-}
 
 void soft_target_loss(const SoftTargetArgs& args, const CpuExecutor& executor) {
   if (soft_target_uses_double(args)) {

@@ -13,7 +13,6 @@
 #include "row_buffers.h"
 #include "fusedkd/dtype.h"
 #include "fusedkd/math.h"
-#include "../validate.h"
 
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
@@ -28,8 +27,7 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
   using Acc = acc_t<T>;
   constexpr bool kThroughScratch = !std::is_same_v<T, Acc>;
   const std::int64_t cols = a.cols;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
-  const Acc scale_log2 = static_cast<Acc>(kLog2e / a.temperature);
+  const Temperature<Acc> temp = Temperature<Acc>::of(a.temperature);
   Acc* scratch = kThroughScratch ? scratch_row<Acc>(cols, 0) : nullptr;
   for (std::int64_t r = begin; r < end; ++r) {
     const T* in = static_cast<const T*>(a.input) + r * a.input_row_stride;
@@ -48,7 +46,7 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
     if (a.kind == SoftmaxKind::Softmax) {
 #pragma omp simd reduction(+ : sum)
       for (std::int64_t j = 0; j < cols; ++j) {
-        dst[j] = softmax_numerator(src[j], m, scale_log2);
+        dst[j] = softmax_numerator(src[j], m, temp.scale_log2);
         sum += dst[j];
       }
       const Acc inv_sum = Acc(1) / sum;
@@ -56,11 +54,11 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
       for (std::int64_t j = 0; j < cols; ++j) dst[j] *= inv_sum;
     } else {
 #pragma omp simd reduction(+ : sum)
-      for (std::int64_t j = 0; j < cols; ++j) sum += softmax_sum_term(src[j], m, scale_log2);
+      for (std::int64_t j = 0; j < cols; ++j) sum += softmax_sum_term(src[j], m, temp.scale_log2);
       const Acc log_sum = std::log(sum);
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j)
-        dst[j] = log_softmax_value(src[j], m, inv_temperature, log_sum);
+        dst[j] = log_softmax_value(src[j], m, temp.inv_t, log_sum);
     }
     if constexpr (kThroughScratch) store_row(scratch, cols, out);
   }
@@ -72,7 +70,7 @@ void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_
   using Acc = acc_t<T>;
   constexpr bool kThroughScratch = !std::is_same_v<T, Acc>;
   const std::int64_t cols = a.cols;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
+  const Acc inv_t = Temperature<Acc>::of(a.temperature).inv_t;
   Acc* dy_scratch = kThroughScratch ? scratch_row<Acc>(cols, 0) : nullptr;
   Acc* y_scratch = kThroughScratch ? scratch_row<Acc>(cols, 1) : nullptr;
   for (std::int64_t r = begin; r < end; ++r) {
@@ -99,14 +97,14 @@ void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_
       const SplitSum<Acc> s = split_sum<Acc>(dot);
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j)
-        dx[j] = softmax_backward_value(dy[j], y[j], s.hi, s.lo, inv_temperature);
+        dx[j] = softmax_backward_value(dy[j], y[j], s.hi, s.lo, inv_t);
     } else {
       Acc sum_dy = 0;
 #pragma omp simd reduction(+ : sum_dy)
       for (std::int64_t j = 0; j < cols; ++j) sum_dy += dy[j];
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j)
-        dx[j] = log_softmax_backward_value(dy[j], y[j], sum_dy, inv_temperature);
+        dx[j] = log_softmax_backward_value(dy[j], y[j], sum_dy, inv_t);
     }
     if constexpr (kThroughScratch) store_row(dy_scratch, cols, dx_row);
   }
@@ -119,8 +117,7 @@ void forward_short_rows(const SoftmaxForwardArgs& a, std::int64_t r0, int rows, 
   constexpr int L = kShortRowLanes;
   const int lanes = opaque_lane_count();
   const std::int64_t cols = a.cols;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
-  const Acc scale_log2 = static_cast<Acc>(kLog2e / a.temperature);
+  const Temperature<Acc> temp = Temperature<Acc>::of(a.temperature);
   load_rows_transposed(static_cast<const T*>(a.input) + r0 * a.input_row_stride, a.input_row_stride, rows, cols, x);
   alignas(64) Acc m[L], sum[L], row_constant[L];
 #pragma omp simd
@@ -135,7 +132,7 @@ void forward_short_rows(const SoftmaxForwardArgs& a, std::int64_t r0, int rows, 
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
       for (int l = 0; l < lanes; ++l) {
-        x[j * L + l] = softmax_numerator(x[j * L + l], m[l], scale_log2);
+        x[j * L + l] = softmax_numerator(x[j * L + l], m[l], temp.scale_log2);
         sum[l] += x[j * L + l];
       }
 #pragma omp simd
@@ -146,12 +143,12 @@ void forward_short_rows(const SoftmaxForwardArgs& a, std::int64_t r0, int rows, 
   } else {
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
-      for (int l = 0; l < lanes; ++l) sum[l] += softmax_sum_term(x[j * L + l], m[l], scale_log2);
+      for (int l = 0; l < lanes; ++l) sum[l] += softmax_sum_term(x[j * L + l], m[l], temp.scale_log2);
     for (int l = 0; l < L; ++l) row_constant[l] = std::log(sum[l]);
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
       for (int l = 0; l < lanes; ++l)
-        x[j * L + l] = log_softmax_value(x[j * L + l], m[l], inv_temperature, row_constant[l]);
+        x[j * L + l] = log_softmax_value(x[j * L + l], m[l], temp.inv_t, row_constant[l]);
   }
   store_rows_transposed(x, rows, cols, static_cast<T*>(a.output) + r0 * cols);
 }
@@ -164,7 +161,7 @@ void backward_short_rows(const SoftmaxBackwardArgs& a, std::int64_t r0, int rows
   constexpr int L = kShortRowLanes;
   const int lanes = opaque_lane_count();
   const std::int64_t cols = a.cols;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / a.temperature);
+  const Acc inv_t = Temperature<Acc>::of(a.temperature).inv_t;
   load_rows_transposed(static_cast<const T*>(a.grad_output) + r0 * a.grad_output_row_stride,
                        a.grad_output_row_stride, rows, cols, dy);
   load_rows_transposed(static_cast<const T*>(a.output) + r0 * a.output_row_stride, a.output_row_stride, rows, cols, y);
@@ -185,7 +182,7 @@ void backward_short_rows(const SoftmaxBackwardArgs& a, std::int64_t r0, int rows
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
       for (int l = 0; l < lanes; ++l)
-        dy[j * L + l] = softmax_backward_value(dy[j * L + l], y[j * L + l], hi[l], lo[l], inv_temperature);
+        dy[j * L + l] = softmax_backward_value(dy[j * L + l], y[j * L + l], hi[l], lo[l], inv_t);
   } else {
     alignas(64) Acc sum_dy[L];
 #pragma omp simd
@@ -196,7 +193,7 @@ void backward_short_rows(const SoftmaxBackwardArgs& a, std::int64_t r0, int rows
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
       for (int l = 0; l < lanes; ++l)
-        dy[j * L + l] = log_softmax_backward_value(dy[j * L + l], y[j * L + l], sum_dy[l], inv_temperature);
+        dy[j * L + l] = log_softmax_backward_value(dy[j * L + l], y[j * L + l], sum_dy[l], inv_t);
   }
   store_rows_transposed(dy, rows, cols, static_cast<T*>(a.grad_input) + r0 * cols);
 }
@@ -218,7 +215,7 @@ void softmax_forward(const SoftmaxForwardArgs& args, const CpuExecutor& executor
   with_storage_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
-    executor.run(args.rows, detail::rows_per_task(args.cols), [&](std::int64_t begin, std::int64_t end) {
+    executor.run(args.rows, rows_per_task(args.cols), [&](std::int64_t begin, std::int64_t end) {
       by_row_length<Acc>(
           args.cols, begin, end,
           [&](std::int64_t r, int n, Acc* x, Acc*) { forward_short_rows<T>(args, r, n, x); },
@@ -231,7 +228,7 @@ void softmax_backward(const SoftmaxBackwardArgs& args, const CpuExecutor& execut
   with_storage_type(args.dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
-    executor.run(args.rows, detail::rows_per_task(args.cols), [&](std::int64_t begin, std::int64_t end) {
+    executor.run(args.rows, rows_per_task(args.cols), [&](std::int64_t begin, std::int64_t end) {
       by_row_length<Acc>(
           args.cols, begin, end,
           [&](std::int64_t r, int n, Acc* dy, Acc* y) { backward_short_rows<T>(args, r, n, dy, y); },

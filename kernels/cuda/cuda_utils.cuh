@@ -7,6 +7,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "fusedkd/dtype.h"
 
@@ -53,6 +56,43 @@ void dispatch_dtype(DType dtype, Fn&& fn) {
     case DType::BFloat16: fn(TypeTag<__nv_bfloat16>{}); break;
   }
 }
+
+// A (student, teacher) pair of device element types: the type both compute in (double when either
+// is double, else float) and the elements per chunk when both are read alike (16 bytes of the
+// wider type).
+template <typename TS, typename TT>
+struct PairTraits {
+  using Acc = std::conditional_t<std::is_same_v<TS, double> || std::is_same_v<TT, double>, double, float>;
+  static constexpr int kWidth = 16 / static_cast<int>(sizeof(TS) > sizeof(TT) ? sizeof(TS) : sizeof(TT));
+};
+
+// Calls fn(TypeTag<TS>{}, TypeTag<TT>{}) for a pair the kernels take (cuda_kernels_take, the one
+// rule: only those pairs are instantiated); std::invalid_argument naming `op` for any other.
+template <typename Fn>
+void dispatch_pair(DType student, DType teacher, const char* op, Fn&& fn) {
+  if (!cuda_kernels_take(student, teacher))
+    throw std::invalid_argument(std::string("fusedkd: ") + op + " does not take student " + dtype_name(student) +
+                                " with teacher " + dtype_name(teacher) + " (cuda_kernel_dtypes gives the pair to use)");
+  if (student == teacher) {
+    return dispatch_dtype(student, [&](auto tag) { fn(tag, tag); });
+  }
+  const bool float_student = student == DType::Float32;
+  const DType half = float_student ? teacher : student;  // the 16-bit side
+  const auto with_half = [&](auto half_tag) {
+    if (float_student) fn(TypeTag<float>{}, half_tag);
+    else fn(half_tag, TypeTag<float>{});
+  };
+  if (half == DType::Float16) with_half(TypeTag<__half>{});
+  else with_half(TypeTag<__nv_bfloat16>{});
+}
+
+// a + b, for the block and warp reductions (any type with an operator+).
+struct Plus {
+  template <typename V>
+  __device__ __forceinline__ V operator()(const V& a, const V& b) const {
+    return a + b;
+  }
+};
 
 __device__ __forceinline__ float to_acc(float x) { return x; }
 __device__ __forceinline__ double to_acc(double x) { return x; }

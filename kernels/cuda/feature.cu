@@ -19,71 +19,25 @@
 #include <string>
 #include <type_traits>
 
-#include "cuda_utils.cuh"
+#include "elementwise.cuh"
 #include "fusedkd/feature.h"
 #include "fusedkd/feature_math.h"
 #include "fusedkd/math.h"
-#include "fusedkd/soft_target.h"
+#include "../projection.h"
 #include "../validate.h"
+#include "../workspace.h"
 
 namespace fusedkd::cuda {
 namespace {
 
 constexpr int kBlock = 256;
 constexpr int kReduceBlock = 1024;
-constexpr int kItems = 8;  // elements per thread per step of the elementwise kernels
 
 void check_cublas(cublasStatus_t status, const char* what) {
   if (status != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error(std::string("fusedkd: cuBLAS error ") + std::to_string(static_cast<int>(status)) +
                              " from " + what);
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
-unsigned int elementwise_grid(std::int64_t numel) {
-  const std::int64_t blocks = grid_size((numel + kItems - 1) / kItems, kBlock, kBlock);
-  return static_cast<unsigned int>(blocks < detail::kFeatureMaxBlocks ? blocks : detail::kFeatureMaxBlocks);
-}
-
-// kItems consecutive elements as accumulation values: aligned 16-byte loads when VECTOR.
-template <bool VECTOR, typename T, typename Acc>
-__device__ __forceinline__ void load_items(const T* p, Acc (&v)[kItems]) {
-  if constexpr (VECTOR) {
-    constexpr int N = Pack<T>::kWidth;
-#pragma unroll
-    for (int j = 0; j < kItems; j += N) {
-      const Pack<T, N> pack = load_pack<T, N>(p + j, /*streaming=*/true);
-#pragma unroll
-      for (int k = 0; k < N; ++k) v[j + k] = static_cast<Acc>(to_acc(pack.v[k]));
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) v[k] = static_cast<Acc>(to_acc(p[k]));
-  }
-}
-
-template <bool VECTOR, typename T, typename Acc>
-__device__ __forceinline__ void store_items(T* p, const Acc (&v)[kItems]) {
-  if constexpr (VECTOR) {
-    constexpr int N = Pack<T>::kWidth;
-#pragma unroll
-    for (int j = 0; j < kItems; j += N) {
-      Pack<T, N> pack;
-#pragma unroll
-      for (int k = 0; k < N; ++k) pack.v[k] = from_acc<T>(static_cast<acc_t<T>>(v[j + k]));
-      store_pack<T, N>(p + j, pack);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) p[k] = from_acc<T>(static_cast<acc_t<T>>(v[k]));
-  }
-}
-
-template <typename V>
-struct Add {
-  __device__ __forceinline__ V operator()(const V& a, const V& b) const { return a + b; }
-};
 
 // ---------------------------------------------------------------- feature_mse
 
@@ -102,26 +56,22 @@ struct MseParams {
   double* partials;
 };
 
-template <typename TS, typename TT>
-using PairAcc = std::conditional_t<std::is_same_v<TS, double> || std::is_same_v<TT, double>, double, float>;
-
-// One element (the tail of the array, numel % kItems elements).
+// The tail of the array (numel % kItems elements), one element a thread.
 template <typename TS, typename TT, typename Acc>
-__device__ __forceinline__ Acc mse_element(const MseParams<Acc>& p, std::int64_t i) {
+__device__ __forceinline__ Acc mse_tail_element(const MseParams<Acc>& p, std::int64_t i) {
   Acc s = static_cast<Acc>(to_acc(static_cast<const TS*>(p.student)[i]));
   if (p.bias) s += p.bias[channel_of(i, p.bias_inner, p.bias_channels)];
-  const Acc d = s - static_cast<Acc>(to_acc(static_cast<const TT*>(p.teacher)[i]));
-  if (p.elementwise_loss) p.elementwise_loss[i] = p.scale * d * d;
-  const Acc g = Acc(2) * p.scale * d;
-  if (p.grad_student) static_cast<TS*>(p.grad_student)[i] = from_acc<TS>(static_cast<acc_t<TS>>(g));
-  if (p.grad_teacher) static_cast<TT*>(p.grad_teacher)[i] = from_acc<TT>(static_cast<acc_t<TT>>(-g));
-  return d * d;
+  const MseElement<Acc> e = mse_element(s, static_cast<Acc>(to_acc(static_cast<const TT*>(p.teacher)[i])), p.scale);
+  if (p.elementwise_loss) p.elementwise_loss[i] = e.loss;
+  if (p.grad_student) static_cast<TS*>(p.grad_student)[i] = from_acc<TS>(static_cast<acc_t<TS>>(e.grad));
+  if (p.grad_teacher) static_cast<TT*>(p.grad_teacher)[i] = from_acc<TT>(static_cast<acc_t<TT>>(-e.grad));
+  return e.squared;
 }
 
-// Elements [first, first + kItems).
+// Elements [first, first + kItems); the loss and the gradients overwrite the loaded values.
 template <bool VECTOR, typename TS, typename TT, typename Acc>
 __device__ __forceinline__ Acc mse_step(const MseParams<Acc>& p, std::int64_t first) {
-  Acc s[kItems], t[kItems];
+  Acc s[kItems], t[kItems], loss[kItems];
   load_items<VECTOR>(static_cast<const TS*>(p.student) + first, s);
   load_items<VECTOR>(static_cast<const TT*>(p.teacher) + first, t);
   if (p.bias) {
@@ -131,39 +81,31 @@ __device__ __forceinline__ Acc mse_step(const MseParams<Acc>& p, std::int64_t fi
   Acc sum = 0;
 #pragma unroll
   for (int k = 0; k < kItems; ++k) {
-    s[k] -= t[k];  // s now holds the difference
-    sum += s[k] * s[k];
+    const MseElement<Acc> e = mse_element(s[k], t[k], p.scale);
+    sum += e.squared;
+    loss[k] = e.loss;
+    s[k] = e.grad;
+    t[k] = -e.grad;
   }
-  if (p.elementwise_loss) {
-    Acc out[kItems];
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) out[k] = p.scale * s[k] * s[k];
-    store_items<VECTOR>(p.elementwise_loss + first, out);
-  }
-  if (p.grad_student || p.grad_teacher) {
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      s[k] *= Acc(2) * p.scale;
-      t[k] = -s[k];
-    }
-    if (p.grad_student) store_items<VECTOR>(static_cast<TS*>(p.grad_student) + first, s);
-    if (p.grad_teacher) store_items<VECTOR>(static_cast<TT*>(p.grad_teacher) + first, t);
-  }
+  if (p.elementwise_loss) store_items<VECTOR>(p.elementwise_loss + first, loss);
+  if (p.grad_student) store_items<VECTOR>(static_cast<TS*>(p.grad_student) + first, s);
+  if (p.grad_teacher) store_items<VECTOR>(static_cast<TT*>(p.grad_teacher) + first, t);
   return sum;
 }
 
 template <bool VECTOR, typename TS, typename TT>
-__global__ void __launch_bounds__(kBlock) feature_mse_kernel(MseParams<PairAcc<TS, TT>> p) {
-  using Acc = PairAcc<TS, TT>;
-  using Reduce = cub::BlockReduce<Acc, kBlock>;
+__global__ void __launch_bounds__(kElementwiseBlock)
+    feature_mse_kernel(MseParams<typename PairTraits<TS, TT>::Acc> p) {
+  using Acc = typename PairTraits<TS, TT>::Acc;
+  using Reduce = cub::BlockReduce<Acc, kElementwiseBlock>;
   __shared__ typename Reduce::TempStorage storage;
   const std::int64_t steps = p.numel / kItems;
   Acc sum = 0;
-  for (std::int64_t step = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x; step < steps;
-       step += static_cast<std::int64_t>(gridDim.x) * kBlock)
+  for (std::int64_t step = static_cast<std::int64_t>(blockIdx.x) * kElementwiseBlock + threadIdx.x; step < steps;
+       step += static_cast<std::int64_t>(gridDim.x) * kElementwiseBlock)
     sum += mse_step<VECTOR, TS, TT>(p, step * kItems);
   if (blockIdx.x == 0 && steps * kItems + threadIdx.x < p.numel)
-    sum += mse_element<TS, TT>(p, steps * kItems + threadIdx.x);
+    sum += mse_tail_element<TS, TT>(p, steps * kItems + threadIdx.x);
   const Acc total = Reduce(storage).Sum(sum);
   if (threadIdx.x == 0 && p.partials) p.partials[blockIdx.x] = static_cast<double>(total);
 }
@@ -179,64 +121,27 @@ __global__ void __launch_bounds__(kReduceBlock) sum_kernel(const In* values, std
   if (threadIdx.x == 0) *out = static_cast<Out>(total * scale);
 }
 
-template <typename Fn>
-void dispatch_pair(DType student, DType teacher, Fn&& fn) {
-  dispatch_dtype(student, [&](auto s) {
-    dispatch_dtype(teacher, [&](auto t) { fn(s, t); });
-  });
-}
-
 void launch_feature_mse(const FeatureMseArgs& a, cudaStream_t stream) {
-  if (!soft_target_cuda_supports(a.student_dtype, a.teacher_dtype))
-    throw std::invalid_argument(std::string("fusedkd: feature_mse_cuda does not take the dtype pair ") +
-                                dtype_name(a.student_dtype) + " / " + dtype_name(a.teacher_dtype));
   const unsigned int grid = elementwise_grid(a.numel);
   const bool vector = aligned16(a.student) && aligned16(a.teacher) && aligned16(a.loss) &&
                       aligned16(a.grad_student) && aligned16(a.grad_teacher);
-  dispatch_pair(a.student_dtype, a.teacher_dtype, [&](auto s_tag, auto t_tag) {
+  dispatch_pair(a.student_dtype, a.teacher_dtype, "feature_mse_cuda", [&](auto s_tag, auto t_tag) {
     using TS = typename decltype(s_tag)::type;
     using TT = typename decltype(t_tag)::type;
-    if constexpr (std::is_same_v<TS, TT> ||
-                  ((std::is_same_v<TS, float> || std::is_same_v<TT, float>) && !std::is_same_v<TS, double> &&
-                   !std::is_same_v<TT, double>)) {
-      using Acc = PairAcc<TS, TT>;
-      MseParams<Acc> p{a.student, a.teacher, a.numel, static_cast<const Acc*>(a.bias), a.bias_channels,
-                       a.bias_inner, static_cast<Acc>(a.scale),
-                       a.elementwise_loss ? static_cast<Acc*>(a.loss) : nullptr, a.grad_student, a.grad_teacher,
-                       a.elementwise_loss ? nullptr : static_cast<double*>(a.workspace)};
-      if (vector) feature_mse_kernel<true, TS, TT><<<grid, kBlock, 0, stream>>>(p);
-      else feature_mse_kernel<false, TS, TT><<<grid, kBlock, 0, stream>>>(p);
+    using Acc = typename PairTraits<TS, TT>::Acc;
+    MseParams<Acc> p{a.student, a.teacher, a.numel, static_cast<const Acc*>(a.bias), a.bias_channels,
+                     a.bias_inner, static_cast<Acc>(a.scale),
+                     a.elementwise_loss ? static_cast<Acc*>(a.loss) : nullptr, a.grad_student, a.grad_teacher,
+                     a.elementwise_loss ? nullptr : static_cast<double*>(a.workspace)};
+    if (vector) feature_mse_kernel<true, TS, TT><<<grid, kElementwiseBlock, 0, stream>>>(p);
+    else feature_mse_kernel<false, TS, TT><<<grid, kElementwiseBlock, 0, stream>>>(p);
+    FUSEDKD_CUDA_CHECK(cudaGetLastError());
+    if (!a.elementwise_loss) {
+      sum_kernel<<<1, kReduceBlock, 0, stream>>>(p.partials, static_cast<std::int64_t>(grid), a.scale,
+                                                 static_cast<Acc*>(a.loss));
       FUSEDKD_CUDA_CHECK(cudaGetLastError());
-      if (!a.elementwise_loss) {
-        sum_kernel<<<1, kReduceBlock, 0, stream>>>(p.partials, static_cast<std::int64_t>(grid), a.scale,
-                                                   static_cast<Acc*>(a.loss));
-        FUSEDKD_CUDA_CHECK(cudaGetLastError());
-      }
     }
   });
-}
-
-// ---------------------------------------------------------------- gradient scaling
-
-// One factor for all (`single`; nothing is touched when it is exactly 1) or one per element.
-template <bool VECTOR, typename T, typename F>
-__global__ void __launch_bounds__(kBlock) scale_elements_kernel(T* data, std::int64_t numel, const F* factors,
-                                                                bool single) {
-  using Acc = acc_t<T>;
-  if (single && factors[0] == F(1)) return;  // loss.backward(): no load, no store
-  const std::int64_t steps = numel / kItems;
-  for (std::int64_t step = static_cast<std::int64_t>(blockIdx.x) * kBlock + threadIdx.x; step < steps;
-       step += static_cast<std::int64_t>(gridDim.x) * kBlock) {
-    const std::int64_t first = step * kItems;
-    Acc v[kItems];
-    load_items<VECTOR>(data + first, v);
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) v[k] *= static_cast<Acc>(factors[single ? 0 : first + k]);
-    store_items<VECTOR>(data + first, v);
-  }
-  const std::int64_t i = steps * kItems + threadIdx.x;
-  if (blockIdx.x == 0 && i < numel)
-    data[i] = from_acc<T>(static_cast<Acc>(to_acc(data[i]) * static_cast<Acc>(factors[single ? 0 : i])));
 }
 
 // ---------------------------------------------------------------- attention transfer
@@ -328,7 +233,7 @@ __global__ void __launch_bounds__(kBlock) normalized_rows_kernel(const Acc* a_s,
       local.a += s[k] * s[k];
       local.b += t[k] * t[k];
     }
-    Sums3<Acc> total = Reduce(storage).Reduce(local, Add<Sums3<Acc>>());
+    Sums3<Acc> total = Reduce(storage).Reduce(local, Plus{});
     if (threadIdx.x == 0) shared = total;
     __syncthreads();
     const RowNorm<Acc> norm_s = row_norm(shared.a), norm_t = row_norm(shared.b);
@@ -341,7 +246,7 @@ __global__ void __launch_bounds__(kBlock) normalized_rows_kernel(const Acc* a_s,
       local.b += as * two_scale * diff;
       local.c += at * two_scale * diff;
     }
-    total = Reduce(storage).Reduce(local, Add<Sums3<Acc>>());
+    total = Reduce(storage).Reduce(local, Plus{});
     if (threadIdx.x == 0) shared = total;
     __syncthreads();
     const Sums3<Acc> sums = shared;
@@ -565,28 +470,6 @@ void feature_mse_cuda(const FeatureMseArgs& args, CUstream_st* stream) {
     return;
   }
   cuda::launch_feature_mse(args, stream);
-}
-
-void scale_elements_cuda(const ScaleElementsArgs& args, CUstream_st* stream) {
-  detail::validate(args);
-  if (args.numel == 0) return;
-  if (detail::scales_by_rows(args)) return scale_rows_cuda(detail::as_rows(args), stream);
-  const bool single = args.factor_group >= args.numel;
-  const unsigned int grid = cuda::elementwise_grid(args.numel);
-  const bool vector = cuda::aligned16(args.data);
-  cuda::dispatch_dtype(args.dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    T* data = static_cast<T*>(args.data);
-    const auto launch = [&](auto factor_tag) {
-      using F = decltype(factor_tag);
-      const F* factors = static_cast<const F*>(args.factors);
-      if (vector) cuda::scale_elements_kernel<true><<<grid, cuda::kBlock, 0, stream>>>(data, args.numel, factors, single);
-      else cuda::scale_elements_kernel<false><<<grid, cuda::kBlock, 0, stream>>>(data, args.numel, factors, single);
-    };
-    if (args.factors_are_double) launch(double{});
-    else launch(float{});
-    FUSEDKD_CUDA_CHECK(cudaGetLastError());
-  });
 }
 
 void attention_transfer_cuda(const AttentionTransferArgs& args, CUstream_st* stream) {

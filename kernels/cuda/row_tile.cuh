@@ -170,7 +170,7 @@ constexpr int kElementsPerThread = 16;
 // Calls launch.tile<THREADS, BLOCK, ITEMS>() for the smallest register tile that holds a row of
 // `cols` elements in chunks of N (ITEMS = ELEMENTS_PER_THREAD / N per thread): a sub-warp or warp
 // per row (several rows per 128-thread block) for short rows, a block per row up to MAX_BLOCK
-// threads for long ones; else launch.streaming(). MAX_BLOCK is where ptxas would start spilling
+// threads for long ones; else launch.long_rows(). MAX_BLOCK is where ptxas would start spilling
 // for the kernel's register tiles (-Xptxas -warn-spills, checked at build time).
 // The choice is detail::register_tile (kernels/launch_plan.h, tested on the CPU); this maps it onto
 // the compiled tile kernels.
@@ -178,7 +178,7 @@ template <int N, int ELEMENTS_PER_THREAD, int MAX_BLOCK, typename Launch>
 void dispatch_row_length(std::int64_t cols, const Launch& launch) {
   constexpr int kItems = ELEMENTS_PER_THREAD / N;
   const detail::RegisterTile tile = detail::register_tile(cols, N, ELEMENTS_PER_THREAD, MAX_BLOCK);
-  if (!tile.fits()) return launch.streaming();
+  if (!tile.fits()) return launch.long_rows();
   if (tile.items == 1 && tile.threads <= 32) {
     switch (tile.threads) {
       case 4: return launch.template tile<4, 128, 1>();
@@ -200,12 +200,7 @@ void dispatch_row_length(std::int64_t cols, const Launch& launch) {
   if constexpr (MAX_BLOCK >= 1024) {
     if (tile.threads == 1024) return launch.template tile<1024, 1024, kItems>();
   }
-  return launch.streaming();  // unreachable: register_tile keeps to MAX_BLOCK
+  return launch.long_rows();  // unreachable: register_tile keeps to MAX_BLOCK
 }
-
-template <typename Acc>
-struct AddOp {
-  __device__ __forceinline__ Acc operator()(Acc a, Acc b) const { return a + b; }
-};
 
 }  // namespace fusedkd::cuda

@@ -48,9 +48,8 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_tile_kernel(ForwardPara
   constexpr int kWidth = Pack<T>::kWidth;
   __shared__ typename Reduce::TempStorage storage;
   const RowGroup<THREADS, BLOCK> g;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
-  const Acc scale = static_cast<Acc>(kLog2e / p.temperature);
-  const SoftmaxStatsMerge<Acc> merge{scale};
+  const Temperature<Acc> temp = Temperature<Acc>::of(p.temperature);
+  const SoftmaxStatsMerge<Acc> merge{temp.scale_log2};
 
   for (std::int64_t row = g.first_row(); row < p.rows; row += g.row_step()) {
     const T* in = static_cast<const T*>(p.input) + row * p.input_row_stride;
@@ -67,7 +66,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_tile_kernel(ForwardPara
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i)
 #pragma unroll
-      for (int k = 0; k < kWidth; ++k) local.sum += softmax_sum_term(x.v[i][k], local.max, scale);
+      for (int k = 0; k < kWidth; ++k) local.sum += softmax_sum_term(x.v[i][k], local.max, temp.scale_log2);
     const SoftmaxStats<Acc> stats = Reduce::run(local, merge, storage, g.group);
 
     if (p.log) {
@@ -76,14 +75,14 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_tile_kernel(ForwardPara
       for (int i = 0; i < ITEMS; ++i)
 #pragma unroll
         for (int k = 0; k < kWidth; ++k)
-          x.v[i][k] = log_softmax_value(x.v[i][k], stats.max, inv_temperature, log_sum);
+          x.v[i][k] = log_softmax_value(x.v[i][k], stats.max, temp.inv_t, log_sum);
     } else {
       const Acc inv_sum = Acc(1) / stats.sum;
 #pragma unroll
       for (int i = 0; i < ITEMS; ++i)
 #pragma unroll
         for (int k = 0; k < kWidth; ++k)
-          x.v[i][k] = softmax_numerator(x.v[i][k], stats.max, scale) * inv_sum;
+          x.v[i][k] = softmax_numerator(x.v[i][k], stats.max, temp.scale_log2) * inv_sum;
     }
     x.store(out, p.cols, head, g.lane);
   }
@@ -96,7 +95,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_tile_kernel(BackwardPa
   constexpr int kWidth = Pack<T>::kWidth;
   __shared__ typename Reduce::TempStorage storage;
   const RowGroup<THREADS, BLOCK> g;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
+  const Acc inv_t = Temperature<Acc>::of(p.temperature).inv_t;
 
   for (std::int64_t row = g.first_row(); row < p.rows; row += g.row_step()) {
     const T* dy_row = static_cast<const T*>(p.grad_output) + row * p.grad_output_row_stride;
@@ -117,15 +116,15 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_tile_kernel(BackwardPa
       for (int k = 0; k < kWidth; ++k)
         local += p.log ? static_cast<double>(dy.v[i][k])
                        : static_cast<double>(dy.v[i][k]) * static_cast<double>(y.v[i][k]);
-    const SplitSum<Acc> reduced = split_sum<Acc>(Reduce::run(local, AddOp<double>{}, storage, g.group));
+    const SplitSum<Acc> reduced = split_sum<Acc>(Reduce::run(local, Plus{}, storage, g.group));
 
 #pragma unroll
     for (int i = 0; i < ITEMS; ++i)
 #pragma unroll
       for (int k = 0; k < kWidth; ++k)
-        dy.v[i][k] = p.log ? log_softmax_backward_value(dy.v[i][k], y.v[i][k], reduced.hi, inv_temperature)
+        dy.v[i][k] = p.log ? log_softmax_backward_value(dy.v[i][k], y.v[i][k], reduced.hi, inv_t)
                            : softmax_backward_value(dy.v[i][k], y.v[i][k], reduced.hi, reduced.lo,
-                                                    inv_temperature);
+                                                    inv_t);
     dy.store(dx_row, p.cols, head, g.lane);
   }
 }
@@ -138,9 +137,8 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_streaming_kernel(Forwar
   using Reduce = RowAllReduce<SoftmaxStats<Acc>, BLOCK, BLOCK>;
   constexpr int kWidth = Pack<T>::kWidth;
   __shared__ typename Reduce::TempStorage storage;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
-  const Acc scale = static_cast<Acc>(kLog2e / p.temperature);
-  const SoftmaxStatsMerge<Acc> merge{scale};
+  const Temperature<Acc> temp = Temperature<Acc>::of(p.temperature);
+  const SoftmaxStatsMerge<Acc> merge{temp.scale_log2};
 
   for (std::int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* in = static_cast<const T*>(p.input) + row * p.input_row_stride;
@@ -157,7 +155,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_streaming_kernel(Forwar
 #pragma unroll
       for (int k = 0; k < kWidth; ++k) chunk.max = v[k] > chunk.max ? v[k] : chunk.max;
 #pragma unroll
-      for (int k = 0; k < kWidth; ++k) chunk.sum += softmax_sum_term(v[k], chunk.max, scale);
+      for (int k = 0; k < kWidth; ++k) chunk.sum += softmax_sum_term(v[k], chunk.max, temp.scale_log2);
       local = merge(local, chunk);
     }
     const SoftmaxStats<Acc> stats = Reduce::run(local, merge, storage, 0);
@@ -169,8 +167,8 @@ __global__ void __launch_bounds__(BLOCK) softmax_forward_streaming_kernel(Forwar
       load_chunk(in, p.cols, head, c, in_vector_ok, /*streaming=*/true, v, Acc(0));
 #pragma unroll
       for (int k = 0; k < kWidth; ++k)
-        v[k] = p.log ? log_softmax_value(v[k], stats.max, inv_temperature, log_sum)
-                     : softmax_numerator(v[k], stats.max, scale) * inv_sum;
+        v[k] = p.log ? log_softmax_value(v[k], stats.max, temp.inv_t, log_sum)
+                     : softmax_numerator(v[k], stats.max, temp.scale_log2) * inv_sum;
       store_chunk(out, p.cols, head, c, /*vector_ok=*/true, v);
     }
   }
@@ -182,7 +180,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_streaming_kernel(Backw
   using Reduce = RowAllReduce<double, BLOCK, BLOCK>;
   constexpr int kWidth = Pack<T>::kWidth;
   __shared__ typename Reduce::TempStorage storage;
-  const Acc inv_temperature = static_cast<Acc>(1.0 / p.temperature);
+  const Acc inv_t = Temperature<Acc>::of(p.temperature).inv_t;
 
   for (std::int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
     const T* dy_row = static_cast<const T*>(p.grad_output) + row * p.grad_output_row_stride;
@@ -207,7 +205,7 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_streaming_kernel(Backw
         for (int k = 0; k < kWidth; ++k) local += static_cast<double>(dy[k]) * static_cast<double>(y[k]);
       }
     }
-    const SplitSum<Acc> reduced = split_sum<Acc>(Reduce::run(local, AddOp<double>{}, storage, 0));
+    const SplitSum<Acc> reduced = split_sum<Acc>(Reduce::run(local, Plus{}, storage, 0));
 
     for (std::int64_t c = threadIdx.x; c < chunks; c += BLOCK) {
       Acc dy[kWidth];
@@ -216,8 +214,8 @@ __global__ void __launch_bounds__(BLOCK) softmax_backward_streaming_kernel(Backw
       load_chunk(y_row, p.cols, head, c, y_vector_ok, /*streaming=*/true, y, Acc(0));
 #pragma unroll
       for (int k = 0; k < kWidth; ++k)
-        dy[k] = p.log ? log_softmax_backward_value(dy[k], y[k], reduced.hi, inv_temperature)
-                      : softmax_backward_value(dy[k], y[k], reduced.hi, reduced.lo, inv_temperature);
+        dy[k] = p.log ? log_softmax_backward_value(dy[k], y[k], reduced.hi, inv_t)
+                      : softmax_backward_value(dy[k], y[k], reduced.hi, reduced.lo, inv_t);
       store_chunk(dx_row, p.cols, head, c, /*vector_ok=*/true, dy);
     }
   }
@@ -235,7 +233,7 @@ struct ForwardLaunch {
     softmax_forward_tile_kernel<T, THREADS, BLOCK, ITEMS>
         <<<grid_size(p.rows, kRowsPerBlock, BLOCK), BLOCK, 0, stream>>>(p);
   }
-  void streaming() const {
+  void long_rows() const {
     softmax_forward_streaming_kernel<T, kStreamingBlock>
         <<<grid_size(p.rows, 1, kStreamingBlock), kStreamingBlock, 0, stream>>>(p);
   }
@@ -251,7 +249,7 @@ struct BackwardLaunch {
     softmax_backward_tile_kernel<T, THREADS, BLOCK, ITEMS>
         <<<grid_size(p.rows, kRowsPerBlock, BLOCK), BLOCK, 0, stream>>>(p);
   }
-  void streaming() const {
+  void long_rows() const {
     softmax_backward_streaming_kernel<T, kStreamingBlock>
         <<<grid_size(p.rows, 1, kStreamingBlock), kStreamingBlock, 0, stream>>>(p);
   }

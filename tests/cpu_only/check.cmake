@@ -1,8 +1,9 @@
 # CTest driver (registered when the main build has CUDA): the kernel library and its GoogleTest
-# suites configured and built again with FUSEDKD_CUDA=OFF, as on a machine without nvcc, then one
-# suite run. It catches code that reaches a CUDA launcher outside `#if FUSEDKD_WITH_CUDA`, which
-# the CUDA build cannot see. Inputs: SOURCE_DIR, WORK_DIR, GENERATOR, CBLAS_INCLUDE_DIR,
-# CBLAS_LIBRARY, PREFIX_PATH (the main build's CMAKE_PREFIX_PATH, '|' for ';').
+# suites configured and built again with FUSEDKD_CUDA=OFF, as on a machine without nvcc, then two
+# suites run (the softmax kernels, the shared math). It catches code that reaches a CUDA launcher
+# outside `#if FUSEDKD_WITH_CUDA`, which the CUDA build cannot see. Inputs: SOURCE_DIR, WORK_DIR,
+# GENERATOR, CBLAS_INCLUDE_DIR, CBLAS_LIBRARY, PREFIX_PATH (the main build's CMAKE_PREFIX_PATH,
+# '|' for ';').
 file(REMOVE_RECURSE "${WORK_DIR}")
 include(${CMAKE_CURRENT_LIST_DIR}/../check_common.cmake)
 string(REPLACE "|" ";" prefix_path "${PREFIX_PATH}")
@@ -12,3 +13,4 @@ run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}" -G "${GENERATOR}" -DCMA
     "-DCMAKE_PREFIX_PATH=${prefix_path}" ${launcher})
 run(${CMAKE_COMMAND} --build "${WORK_DIR}")
 run("${WORK_DIR}/tests/test_softmax_kernels" --gtest_brief=1)
+run("${WORK_DIR}/tests/test_math" --gtest_brief=1)

@@ -1,6 +1,7 @@
 // Peak CUDA memory of a piece of work, read from LibTorch's caching allocator. Shared by the op
 // tests (the memory contract of the soft-target ops) and the benchmarks (the memory
-// target), so both count the same way.
+// target), so both count the same way; testing/ holds what tests/ and bench/ share (both put it
+// on their include path).
 #pragma once
 
 #include "fusedkd/build_config.h"
