@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 #include <ostream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,26 @@ struct Buffer {
   }
   void* data() { return bytes.data(); }
 };
+
+// n normal values (mean 0, standard deviation `scale`) from a fixed seed.
+inline std::vector<double> random_values(std::size_t n, unsigned seed, double scale = 1.0) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, scale);
+  std::vector<double> v(n);
+  for (double& x : v) x = normal(rng);
+  return v;
+}
+
+// ||out - ref|| / ||ref|| (||out - ref|| when ref is 0); infinite where one is NaN and the other not.
+inline double rel_diff(const std::vector<double>& out, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    if (std::isnan(out[i]) != std::isnan(ref[i])) return INFINITY;
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
 
 inline double tolerance(DType dtype) {
   switch (dtype) {

@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "fusedkd/feature.h"
-#include "fusedkd/scale.h"
 #include "kernel_test_support.h"
 
 #if FUSEDKD_WITH_CUDA
@@ -22,24 +21,6 @@
 
 namespace fusedkd::testing {
 namespace {
-
-std::vector<double> random_values(std::size_t n, unsigned seed, double scale = 1.0) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  std::vector<double> v(n);
-  for (double& x : v) x = normal(rng);
-  return v;
-}
-
-double rel_diff(const std::vector<double>& out, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    if (std::isnan(out[i]) != std::isnan(ref[i])) return INFINITY;
-    num += (out[i] - ref[i]) * (out[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
 
 // d loss / d x_i by central differences of a float64 loss.
 std::vector<double> numeric_gradient(std::vector<double> x, const std::function<double(const std::vector<double>&)>& f) {
@@ -143,35 +124,6 @@ TEST_P(FeatureKernel, FeatureMseTotalIsTheSameEveryRun) {
   EXPECT_EQ(totals[0], totals[1]);
   EXPECT_EQ(totals[0], totals[2]);
   EXPECT_NEAR(totals[0], 2.0, 0.02);  // E[(s - t)^2] = 2 for two unit normals
-}
-
-TEST_P(FeatureKernel, ScaleElementsEveryMode) {
-  const Backend backend = GetParam();
-  const std::int64_t numel = 6 * 1031;
-  for (const std::int64_t group : {numel, std::int64_t{1}, std::int64_t{1031}}) {
-    for (const DType dtype : {DType::Float32, DType::BFloat16, DType::Float64}) {
-      const std::vector<double> values = random_values(numel, 9);
-      const std::vector<double> factor_values = random_values(numel / group, 10);
-      Buffer data = Buffer::from(dtype, values);
-      const bool is_double = dtype == DType::Float64;
-      const Buffer factors = Buffer::from(is_double ? DType::Float64 : DType::Float32, factor_values);
-      run_on_backend(backend, {&factors}, {&data}, 0, [&](const auto& in, const auto& out, void*, void* stream) {
-        ScaleElementsArgs a;
-        a.data = out[0];
-        a.dtype = dtype;
-        a.numel = numel;
-        a.factors = in[0];
-        a.factors_are_double = is_double;
-        a.factor_group = group;
-        FUSEDKD_ON_BACKEND(backend, stream, scale_elements_cpu(a),
-                           scale_elements_cuda(a, FUSEDKD_TEST_STREAM(stream)));
-      });
-      std::vector<double> ref(numel);
-      const Buffer rounded = Buffer::from(dtype, values);
-      for (std::int64_t i = 0; i < numel; ++i) ref[i] = rounded.get(i) * factors.get(i / group);
-      EXPECT_LT(rel_diff(data.values(), ref), tolerance(dtype)) << dtype_name(dtype) << " group " << group;
-    }
-  }
 }
 
 // ---------------------------------------------------------------- attention transfer

@@ -1,4 +1,5 @@
-// CUDA feature-map losses. COMPILED, NOT YET RUN ON A GPU (see docs/architecture.md).
+// CUDA feature_mse and attention_transfer (feature_gemm.cu has the two losses built on cuBLAS).
+// COMPILED, NOT YET RUN ON A GPU (see docs/architecture.md).
 //
 // feature_mse: one grid-stride pass in memory order, 8 elements per thread per step (16-byte
 // vector loads when every array is 16-byte aligned), the loss and the gradients from the same
@@ -7,11 +8,7 @@
 // space, channels split over the block's rows; channels-last: a warp per position, lanes along
 // channels), a block per sample for the normalisation, the loss and dL/da, then (with a
 // gradient) a second, elementwise read of x that writes the gradient.
-// similarity_preserving and projected_feature_mse: cuBLAS GEMMs on the handle's stream around
-// the same normalised-row and squared-error kernels. No floating-point atomics anywhere.
-#include <cublas_v2.h>
-
-#include <cub/block/block_reduce.cuh>
+// No floating-point atomics anywhere.
 #include <cub/warp/warp_reduce.cuh>
 
 #include <limits>
@@ -20,24 +17,14 @@
 #include <type_traits>
 
 #include "elementwise.cuh"
+#include "feature_common.cuh"
 #include "fusedkd/feature.h"
 #include "fusedkd/feature_math.h"
-#include "fusedkd/math.h"
-#include "../projection.h"
 #include "../validate.h"
 #include "../workspace.h"
 
 namespace fusedkd::cuda {
 namespace {
-
-constexpr int kBlock = 256;
-constexpr int kReduceBlock = 1024;
-
-void check_cublas(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("fusedkd: cuBLAS error ") + std::to_string(static_cast<int>(status)) +
-                             " from " + what);
-}
 
 // ---------------------------------------------------------------- feature_mse
 
@@ -108,17 +95,6 @@ __global__ void __launch_bounds__(kElementwiseBlock)
     sum += mse_tail_element<TS, TT>(p, steps * kItems + threadIdx.x);
   const Acc total = Reduce(storage).Sum(sum);
   if (threadIdx.x == 0 && p.partials) p.partials[blockIdx.x] = static_cast<double>(total);
-}
-
-// out = scale * sum of `count` values, added in index order per thread and then a fixed tree.
-template <typename In, typename Out>
-__global__ void __launch_bounds__(kReduceBlock) sum_kernel(const In* values, std::int64_t count, double scale, Out* out) {
-  using Reduce = cub::BlockReduce<double, kReduceBlock>;
-  __shared__ typename Reduce::TempStorage storage;
-  double local = 0;
-  for (std::int64_t i = threadIdx.x; i < count; i += kReduceBlock) local += static_cast<double>(values[i]);
-  const double total = Reduce(storage).Sum(local);
-  if (threadIdx.x == 0) *out = static_cast<Out>(total * scale);
 }
 
 void launch_feature_mse(const FeatureMseArgs& a, cudaStream_t stream) {
@@ -210,57 +186,6 @@ __global__ void __launch_bounds__(kBlock) attention_gradient_kernel(const T* x, 
 }
 
 template <typename Acc>
-struct Sums3 {
-  Acc a, b, c;
-  __device__ __forceinline__ Sums3 operator+(const Sums3& o) const { return {a + o.a, b + o.b, c + o.c}; }
-};
-
-// A block per row of a_s / a_t ([rows, cols]): norms, the row loss and the gradients of
-// scale * ||A_s - A_t||^2 (docs/math.md).
-template <typename Acc>
-__global__ void __launch_bounds__(kBlock) normalized_rows_kernel(const Acc* a_s, const Acc* a_t, std::int64_t rows,
-                                                                 std::int64_t cols, Acc scale, Acc* row_loss, Acc* d_s,
-                                                                 Acc* d_t) {
-  using Reduce = cub::BlockReduce<Sums3<Acc>, kBlock>;
-  __shared__ typename Reduce::TempStorage storage;
-  __shared__ Sums3<Acc> shared;
-  const Acc two_scale = Acc(2) * scale;
-  for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const Acc* s = a_s + r * cols;
-    const Acc* t = a_t + r * cols;
-    Sums3<Acc> local{0, 0, 0};
-    for (std::int64_t k = threadIdx.x; k < cols; k += kBlock) {
-      local.a += s[k] * s[k];
-      local.b += t[k] * t[k];
-    }
-    Sums3<Acc> total = Reduce(storage).Reduce(local, Plus{});
-    if (threadIdx.x == 0) shared = total;
-    __syncthreads();
-    const RowNorm<Acc> norm_s = row_norm(shared.a), norm_t = row_norm(shared.b);
-    const Acc inv_s = reciprocal(norm_s.divisor), inv_t = reciprocal(norm_t.divisor);
-    __syncthreads();
-    local = {0, 0, 0};  // loss, sum A_s e, sum A_t e with e = dL/dA_s
-    for (std::int64_t k = threadIdx.x; k < cols; k += kBlock) {
-      const Acc as = s[k] * inv_s, at = t[k] * inv_t, diff = as - at;
-      local.a += diff * diff;
-      local.b += as * two_scale * diff;
-      local.c += at * two_scale * diff;
-    }
-    total = Reduce(storage).Reduce(local, Plus{});
-    if (threadIdx.x == 0) shared = total;
-    __syncthreads();
-    const Sums3<Acc> sums = shared;
-    if (threadIdx.x == 0) row_loss[r] = scale * sums.a;
-    for (std::int64_t k = threadIdx.x; k < cols; k += kBlock) {
-      const Acc as = s[k] * inv_s, at = t[k] * inv_t, e = two_scale * (as - at);
-      if (d_s) d_s[r * cols + k] = normalize_backward(e, as, sums.b, norm_s, inv_s);
-      if (d_t) d_t[r * cols + k] = normalize_backward(-e, at, -sums.c, norm_t, inv_t);
-    }
-    __syncthreads();
-  }
-}
-
-template <typename Acc>
 void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spatial, double p, Acc* a, const Acc* d,
                     void* grad, cudaStream_t stream) {
   dispatch_dtype(map.dtype, [&](auto tag) {
@@ -288,15 +213,6 @@ void attention_side(const FeatureMap& map, std::int64_t batch, std::int64_t spat
 }
 
 template <typename Acc>
-void launch_normalized_rows(const Acc* a_s, const Acc* a_t, std::int64_t rows, std::int64_t cols, double scale,
-                            Acc* row_loss, Acc* d_s, Acc* d_t, cudaStream_t stream) {
-  normalized_rows_kernel<Acc><<<grid_size(rows, 1, kBlock), kBlock, 0, stream>>>(a_s, a_t, rows, cols,
-                                                                                 static_cast<Acc>(scale), row_loss,
-                                                                                 d_s, d_t);
-  FUSEDKD_CUDA_CHECK(cudaGetLastError());
-}
-
-template <typename Acc>
 void launch_attention_transfer(const AttentionTransferArgs& a, cudaStream_t stream) {
   const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, a.batch, a.spatial);
   Acc *a_s = workspace.a_s, *a_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
@@ -311,149 +227,6 @@ void launch_attention_transfer(const AttentionTransferArgs& a, cudaStream_t stre
   }
   if (a.grad_student) attention_side<Acc>(a.student, a.batch, a.spatial, a.p, nullptr, d_s, a.grad_student, stream);
   if (a.grad_teacher) attention_side<Acc>(a.teacher, a.batch, a.spatial, a.p, nullptr, d_t, a.grad_teacher, stream);
-}
-
-// ---------------------------------------------------------------- cuBLAS (column-major)
-
-template <typename T>
-struct BlasType;
-template <>
-struct BlasType<float> {
-  static constexpr cudaDataType_t kData = CUDA_R_32F;
-  // PEDANTIC: full float32 whatever math mode the handle carries. ATen's handle carries
-  // CUBLAS_TF32_TENSOR_OP_MATH when a user allows TF32 (torch.backends.cuda.matmul.allow_tf32,
-  // set_float32_matmul_precision("high")), and with plain CUBLAS_COMPUTE_32F cuBLAS may then
-  // round the inputs to TF32.
-  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_32F_PEDANTIC;
-};
-template <>
-struct BlasType<double> {
-  static constexpr cudaDataType_t kData = CUDA_R_64F;
-  static constexpr cublasComputeType_t kCompute = CUBLAS_COMPUTE_64F;
-};
-
-// Column-major C_i = alpha op(A_i) op(B_i) + beta C_i for i < batch, A_i = a + i * stride_a (and
-// so on; stride 0 repeats a matrix).
-template <typename T>
-void gemm_batched(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha,
-                  const T* a, std::int64_t lda, std::int64_t stride_a, const T* b, std::int64_t ldb,
-                  std::int64_t stride_b, double beta, T* c, std::int64_t ldc, std::int64_t stride_c, std::int64_t batch) {
-  const T al = static_cast<T>(alpha), be = static_cast<T>(beta);
-  using detail::blas_int;
-  constexpr cudaDataType_t type = BlasType<T>::kData;
-  check_cublas(cublasGemmStridedBatchedEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                          blas_int(m, "m"), blas_int(n, "n"), blas_int(k, "k"), &al, a, type,
-                                          blas_int(lda, "lda"), stride_a, b, type, blas_int(ldb, "ldb"), stride_b,
-                                          &be, c, type, blas_int(ldc, "ldc"), stride_c, blas_int(batch, "batch"),
-                                          BlasType<T>::kCompute, CUBLAS_GEMM_DEFAULT),
-               "cublasGemmStridedBatchedEx");
-}
-
-template <typename T>
-void gemm(cublasHandle_t h, bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, double alpha, const T* a,
-          std::int64_t lda, const T* b, std::int64_t ldb, double beta, T* c, std::int64_t ldc) {
-  gemm_batched(h, ta, tb, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1);
-}
-
-cudaStream_t handle_stream(cublasHandle_t handle) {
-  cudaStream_t stream = nullptr;
-  check_cublas(cublasGetStream(handle, &stream), "cublasGetStream");
-  return stream;
-}
-
-template <typename Acc>
-void launch_similarity_preserving(const SimilarityPreservingArgs& a, cublasHandle_t h) {
-  const cudaStream_t stream = handle_stream(h);
-  const std::int64_t n = a.rows;
-  const Acc* fs = static_cast<const Acc*>(a.student);
-  const Acc* ft = static_cast<const Acc*>(a.teacher);
-  const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, n, n);
-  Acc *gram_s = workspace.a_s, *gram_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
-  Acc* row_loss = workspace.row_loss;
-  // Row-major F [n, D] is column-major F^T; G = F F^T is (F^T)^T (F^T).
-  gemm(h, true, false, n, n, a.student_cols, 1.0, fs, a.student_row_stride, fs, a.student_row_stride, 0.0, gram_s, n);
-  gemm(h, true, false, n, n, a.teacher_cols, 1.0, ft, a.teacher_row_stride, ft, a.teacher_row_stride, 0.0, gram_t, n);
-  launch_normalized_rows<Acc>(gram_s, gram_t, n, n, 1.0 / (static_cast<double>(n) * static_cast<double>(n)), row_loss,
-                              a.grad_student ? d_s : nullptr, a.grad_teacher ? d_t : nullptr, stream);
-  sum_kernel<<<1, kReduceBlock, 0, stream>>>(row_loss, n, 1.0, static_cast<Acc*>(a.loss));
-  FUSEDKD_CUDA_CHECK(cudaGetLastError());
-  // dL/dF = (D + D^T) F; column-major: grad^T = F^T D^T + F^T D, D^T being D's buffer read column-major.
-  const auto feature_gradient = [&](const Acc* d, const Acc* f, std::int64_t cols, std::int64_t ld, void* grad) {
-    Acc* g = static_cast<Acc*>(grad);
-    gemm(h, false, false, cols, n, n, 1.0, f, ld, d, n, 0.0, g, cols);
-    gemm(h, false, true, cols, n, n, 1.0, f, ld, d, n, 1.0, g, cols);
-  };
-  if (a.grad_student) feature_gradient(d_s, fs, a.student_cols, a.student_row_stride, a.grad_student);
-  if (a.grad_teacher) feature_gradient(d_t, ft, a.teacher_cols, a.teacher_row_stride, a.grad_teacher);
-}
-
-template <typename Acc>
-void project(const ProjectionShape& s, Acc* y, cublasHandle_t h) {
-  const Acc* x = static_cast<const Acc*>(s.student);
-  const Acc* w = static_cast<const Acc*>(s.weight);
-  if (s.channels_last) {  // column-major Y [Ct, N*S] = W [Ct, Cs] X [Cs, N*S]
-    gemm(h, true, false, s.out_channels, s.batch * s.spatial, s.in_channels, 1.0, w, s.in_channels, x,
-         s.spatial_stride, 0.0, y, s.out_channels);
-  } else {  // column-major Y_n [S, Ct] = X_n [S, Cs] W^T [Cs, Ct], batched over n
-    gemm_batched(h, false, false, s.spatial, s.out_channels, s.in_channels, 1.0, x, s.channel_stride, s.batch_stride,
-                 w, s.in_channels, 0, 0.0, y, s.spatial, s.out_channels * s.spatial, s.batch);
-  }
-}
-
-// dL/db[c]: a block per channel adds G over batch and space in a fixed order.
-template <typename Acc>
-__global__ void __launch_bounds__(kBlock) channel_sum_kernel(const Acc* g, std::int64_t batch, std::int64_t channels,
-                                                             std::int64_t spatial, bool channels_last, Acc* out) {
-  using Reduce = cub::BlockReduce<Acc, kBlock>;
-  __shared__ typename Reduce::TempStorage storage;
-  for (std::int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
-    Acc sum = 0;
-    for (std::int64_t i = threadIdx.x; i < batch * spatial; i += kBlock) {
-      const std::int64_t n = i / spatial, k = i % spatial;
-      sum += g[channels_last ? (n * spatial + k) * channels + c : (n * channels + c) * spatial + k];
-    }
-    const Acc total = Reduce(storage).Sum(sum);
-    if (threadIdx.x == 0) out[c] = total;
-    __syncthreads();
-  }
-}
-
-template <typename Acc>
-void launch_projection_backward(const ProjectionBackwardArgs& a, cublasHandle_t h) {
-  const ProjectionShape& s = a.shape;
-  const cudaStream_t stream = handle_stream(h);
-  const Acc* x = static_cast<const Acc*>(s.student);
-  const Acc* w = static_cast<const Acc*>(s.weight);
-  const Acc* g = static_cast<const Acc*>(a.grad_projection);
-  const std::int64_t cs = s.in_channels, ct = s.out_channels, sp = s.spatial;
-  if (s.channels_last) {
-    if (a.grad_student)  // column-major dX [Cs, N*S] = W^T-as-stored [Cs, Ct] G [Ct, N*S]
-      gemm(h, false, false, cs, s.batch * sp, ct, 1.0, w, cs, g, ct, 0.0, static_cast<Acc*>(a.grad_student), cs);
-    if (a.grad_weight)  // column-major dW^T [Cs, Ct] = X [Cs, N*S] G^T [N*S, Ct]
-      gemm(h, false, true, cs, ct, s.batch * sp, 1.0, x, s.spatial_stride, g, ct, 0.0,
-           static_cast<Acc*>(a.grad_weight), cs);
-  } else {
-    if (a.grad_student)  // column-major dX_n [S, Cs] = G_n [S, Ct] W [Ct, Cs]
-      gemm_batched(h, false, true, sp, cs, ct, 1.0, g, sp, ct * sp, w, cs, 0, 0.0, static_cast<Acc*>(a.grad_student),
-                   sp, cs * sp, s.batch);
-    if (a.grad_weight) {  // column-major dW^T [Cs, Ct] = sum_n X_n^T [Cs, S] G_n [S, Ct], in batch order
-      for (std::int64_t b = 0; b < s.batch; ++b)
-        gemm(h, true, false, cs, ct, sp, 1.0, x + b * s.batch_stride, s.channel_stride, g + b * ct * sp, sp,
-             b == 0 ? 0.0 : 1.0, static_cast<Acc*>(a.grad_weight), cs);
-    }
-  }
-  if (a.grad_weight && s.batch == 0)
-    FUSEDKD_CUDA_CHECK(cudaMemsetAsync(a.grad_weight, 0, sizeof(Acc) * cs * ct, stream));
-  if (a.grad_bias) {
-    channel_sum_kernel<Acc><<<grid_size(ct, 1, kBlock), kBlock, 0, stream>>>(g, s.batch, ct, sp, s.channels_last,
-                                                                             static_cast<Acc*>(a.grad_bias));
-    FUSEDKD_CUDA_CHECK(cudaGetLastError());
-  }
-}
-
-template <typename Acc>
-void zero_loss(void* loss, cudaStream_t stream) {
-  FUSEDKD_CUDA_CHECK(cudaMemsetAsync(loss, 0, sizeof(Acc), stream));
 }
 
 }  // namespace
@@ -483,33 +256,6 @@ void attention_transfer_cuda(const AttentionTransferArgs& args, CUstream_st* str
   }
   if (is_double) cuda::launch_attention_transfer<double>(args, stream);
   else cuda::launch_attention_transfer<float>(args, stream);
-}
-
-void similarity_preserving_cuda(const SimilarityPreservingArgs& args, cublasContext* handle) {
-  detail::validate(args);
-  if (args.rows == 0) {
-    if (args.is_double) cuda::zero_loss<double>(args.loss, cuda::handle_stream(handle));
-    else cuda::zero_loss<float>(args.loss, cuda::handle_stream(handle));
-    return;
-  }
-  if (args.is_double) cuda::launch_similarity_preserving<double>(args, handle);
-  else cuda::launch_similarity_preserving<float>(args, handle);
-}
-
-void projected_feature_mse_cuda(const ProjectedFeatureMseArgs& args, cublasContext* handle) {
-  detail::validate(args);
-  const ProjectionShape& s = args.shape;
-  if (s.batch > 0) {
-    if (s.is_double) cuda::project(s, static_cast<double*>(args.projection), handle);
-    else cuda::project(s, static_cast<float*>(args.projection), handle);
-  }
-  feature_mse_cuda(detail::projection_error_args(args), cuda::handle_stream(handle));
-}
-
-void projection_backward_cuda(const ProjectionBackwardArgs& args, cublasContext* handle) {
-  detail::validate(args);
-  if (args.shape.is_double) cuda::launch_projection_backward<double>(args, handle);
-  else cuda::launch_projection_backward<float>(args, handle);
 }
 
 }  // namespace fusedkd

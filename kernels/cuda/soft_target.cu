@@ -1,13 +1,16 @@
-// CUDA soft-target losses (kl_div, jsd, soft_mse, kd_loss), one fused pass, no host sync.
+// CUDA soft-target losses (kl_div, jsd, soft_mse, kd_loss): the host side. It plans how a row runs
+// (the kernels are in soft_target_kernels.cuh, their shared row pieces in soft_target_rows.cuh)
+// and launches, one fused pass, no host synchronisation.
 //
 // Launch sequence on one stream:
-//   1. (labels, dividing by the valid rows) count_valid_rows_kernel: one block counts the rows
-//      whose label is not ignore_index into the workspace, in a fixed order;
-//   2. the row kernel: a register tile when the row fits (both rows read from device memory once:
-//      3X bytes with a student gradient), else a block per row that sweeps the row three times
-//      (statistics, sums, gradients; the first two reads may be served by L2). Per row it writes
+//   1. (labels, dividing by the valid rows) valid_row_weight_kernel: one block counts the rows
+//      whose label is not ignore_index, in a fixed order, and stores the weight 1/n of one;
+//   2. the row kernel for the row length (docs/architecture.md): a register tile when the row
+//      fits (each row read from device memory once: 3X bytes with a student gradient); else on
+//      chip when the row fits in a block's shared memory or a cluster's (read once, 3X); else
+//      streaming (two sweeps over device memory for KL, three for JSD and MSE). Per row it writes
 //      the row's loss into the workspace (or the per-row output) and, when asked, the gradients
-//      already multiplied by the row's weight (1/n);
+//      already multiplied by the row's weight;
 //   3. (scalar loss) sum_row_losses_kernel: one block adds the row losses in a fixed order.
 // No floating-point atomics anywhere: the result is the same run to run. A label outside
 // [0, V) that is not ignore_index makes its row's loss and gradient NaN (checking it on the
@@ -26,7 +29,7 @@
 namespace fusedkd::cuda {
 namespace {
 
-// ---------------------------------------------------------------- dispatch
+// ---------------------------------------------------------------- planning and launch
 
 // Two register tiles and this math: at 512 threads (128 registers each) ptxas spills, so the
 // tiles stop at 256 threads and rows up to 4093 float32 elements are held in registers
