@@ -40,6 +40,23 @@ std::vector<double> numeric_gradient(std::vector<double> x, const std::function<
 
 class FeatureKernel : public BackendTest {};
 
+// A two-input loss's arguments pointed at one run's buffers: inputs {student, teacher}, outputs
+// {loss} or {loss, grad_student, grad_teacher}, the workspace.
+inline void point_at(const void*& field, const void* data) { field = data; }
+inline void point_at(FeatureMap& field, const void* data) { field.data = data; }
+template <typename Args>
+Args bound(Args a, const std::vector<const void*>& in, const std::vector<void*>& out, void* workspace) {
+  point_at(a.student, in[0]);
+  point_at(a.teacher, in[1]);
+  a.loss = out[0];
+  if (out.size() >= 3) {
+    a.grad_student = out[1];
+    a.grad_teacher = out[2];
+  }
+  a.workspace = workspace;
+  return a;
+}
+
 // ---------------------------------------------------------------- feature_mse
 
 TEST_P(FeatureKernel, FeatureMseMatchesReference) {
@@ -69,13 +86,7 @@ TEST_P(FeatureKernel, FeatureMseMatchesReference) {
         args.elementwise_loss = elementwise;
         run_on_backend(backend, {&s, &t}, {&loss, &gs, &gt}, feature_mse_workspace_bytes(args),
                        [&](const auto& in, const auto& out, void* workspace, void* stream) {
-                         FeatureMseArgs a = args;
-                         a.student = in[0];
-                         a.teacher = in[1];
-                         a.loss = out[0];
-                         a.grad_student = out[1];
-                         a.grad_teacher = out[2];
-                         a.workspace = workspace;
+                         const FeatureMseArgs a = bound(args, in, out, workspace);
                          FUSEDKD_ON_BACKEND(backend, stream, feature_mse_cpu(a),
                                             feature_mse_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                        });
@@ -111,11 +122,7 @@ TEST_P(FeatureKernel, FeatureMseTotalIsTheSameEveryRun) {
     args.scale = 1.0 / numel;
     run_on_backend(backend, {&s, &t}, {&loss}, feature_mse_workspace_bytes(args),
                    [&](const auto& in, const auto& out, void* workspace, void* stream) {
-                     FeatureMseArgs a = args;
-                     a.student = in[0];
-                     a.teacher = in[1];
-                     a.loss = out[0];
-                     a.workspace = workspace;
+                     const FeatureMseArgs a = bound(args, in, out, workspace);
                      FUSEDKD_ON_BACKEND(backend, stream, feature_mse_cpu(a),
                                         feature_mse_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                    });
@@ -193,13 +200,7 @@ TEST_P(FeatureKernel, AttentionTransferMatchesReference) {
           args.per_row_loss = per_row;
           run_on_backend(backend, {&s, &t}, {&loss, &gs, &gt}, attention_transfer_workspace_bytes(args),
                          [&](const auto& in, const auto& out, void* workspace, void* stream) {
-                           AttentionTransferArgs a = args;
-                           a.student.data = in[0];
-                           a.teacher.data = in[1];
-                           a.loss = out[0];
-                           a.grad_student = out[1];
-                           a.grad_teacher = out[2];
-                           a.workspace = workspace;
+                           const AttentionTransferArgs a = bound(args, in, out, workspace);
                            FUSEDKD_ON_BACKEND(backend, stream, attention_transfer_cpu(a),
                                               attention_transfer_cuda(a, FUSEDKD_TEST_STREAM(stream)));
                          });
@@ -279,13 +280,7 @@ TEST_P(FeatureKernel, SimilarityPreservingMatchesReference) {
       args.is_double = is_double;
       run_on_backend(backend, {&fs, &ft}, {&loss, &gs, &gt}, similarity_preserving_workspace_bytes(args),
                      [&](const auto& in, const auto& out, void* workspace, void*) {
-                       SimilarityPreservingArgs a = args;
-                       a.student = in[0];
-                       a.teacher = in[1];
-                       a.loss = out[0];
-                       a.grad_student = out[1];
-                       a.grad_teacher = out[2];
-                       a.workspace = workspace;
+                       const SimilarityPreservingArgs a = bound(args, in, out, workspace);
                        if (backend == Backend::Cpu) {
                          similarity_preserving_cpu(a);
                        } else {
