@@ -130,6 +130,9 @@ sanitize() {
     --gtest_filter='*Cuda*R5_V3*:*Cuda*V1031*:*Cuda*V5000*:*Cuda*V20000*' > "$LOG/sanitizer_${tool}_softmax.log" 2>&1 || rc=1
   "$SANITIZER" --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_soft_target_kernels" \
     --gtest_filter='*Cuda_float32_float32*:*Cuda_bfloat16_float32*' > "$LOG/sanitizer_${tool}_soft_target.log" 2>&1 || rc=1
+  "$SANITIZER" --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_soft_target_cuda_regimes" \
+    --gtest_filter='*Cuda_float32_float32*:*Cuda_bfloat16_float32*' \
+    > "$LOG/sanitizer_${tool}_soft_target_regimes.log" 2>&1 || rc=1
   "$SANITIZER" --tool "$tool" --error-exitcode 1 "$BUILD/tests/test_feature_kernels" \
     --gtest_filter='*Cuda*' > "$LOG/sanitizer_${tool}_feature.log" 2>&1 || rc=1
   local log
@@ -181,9 +184,9 @@ arch80_only() {
   local b=/tmp/fusedkd-gpu-build-80
   cmake -S "$ROOT" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUSEDKD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=80 \
     $DEP_FLAGS $LAUNCHER -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/gtest-prefix;$BENCH_PREFIX" > "$LOG/build80.log" 2>&1 &&
-    cmake --build "$b" -j "$JOBS" --target test_soft_target_kernels >> "$LOG/build80.log" 2>&1 ||
+    cmake --build "$b" -j "$JOBS" --target test_soft_target_cuda_regimes >> "$LOG/build80.log" 2>&1 ||
     { tail -n 20 "$LOG/build80.log"; return 1; }
-  "$b/tests/test_soft_target_kernels" --gtest_filter='SoftTargetCudaPlan.*:SoftTargetCudaErrors.*:CudaRegimes/*' \
+  "$b/tests/test_soft_target_cuda_regimes" --gtest_filter='SoftTargetCudaPlan.*:SoftTargetCudaErrors.*:CudaRegimes/*' \
     > "$LOG/arch80.log" 2>&1
   local rc=$?
   grep -E '^\[ +(PASSED|SKIPPED|FAILED) +\] [0-9]+ test|^\[  FAILED  \] [A-Za-z]' "$LOG/arch80.log" | head -n 20

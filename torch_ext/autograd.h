@@ -13,7 +13,12 @@
 //   static std::vector<bool> wants(const std::vector<bool>& needs);  // the buffers to ask for
 //   static variable_list gradients(variable_list scaled_buffers, const variable_list& inputs,
 //                                  const std::vector<bool>& needs);   // one per input
-// DirectGradients is the common case: one buffer per input, the buffer is the gradient.
+//   static constexpr bool kGradientsReadInputs;  // whether gradients() reads `inputs`
+// DirectGradients is the common case: one buffer per input, the buffer is the gradient. The saved
+// inputs are unpacked only when they are read (the recompute, or kGradientsReadInputs): the first
+// backward then neither checks their version counters (an input changed in place after the
+// forward does not matter, its gradient was computed before) nor runs saved-tensor unpack hooks
+// (no copy back under torch.autograd.graph.save_on_cpu).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -28,6 +33,7 @@ namespace fusedkd::torch_ext {
 using torch::autograd::variable_list;
 
 struct DirectGradients {
+  static constexpr bool kGradientsReadInputs = false;
   static std::vector<bool> wants(const std::vector<bool>& needs) { return needs; }
   static variable_list gradients(variable_list buffers, const variable_list&, const std::vector<bool>&) {
     return buffers;
@@ -49,8 +55,8 @@ std::vector<at::Tensor> fused_forward(at::TensorList inputs, const std::vector<c
 template <typename Loss>
 class GradientFromForward : public torch::autograd::Function<GradientFromForward<Loss>> {
  public:
-  // `given`: the defined inputs; `present[i]`: input i is one of them (autograd takes no undefined
-  // tensor, and an optional input may be absent).
+  // `given`: the defined inputs; `present[i]`: input i is one of them (an optional input, such as
+  // a bias, may be absent; it has no gradient and is passed to the internal op as None).
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList given,
                             const std::vector<c10::IValue>& options, const std::vector<bool>& present,
                             const std::vector<bool>& needs) {
@@ -72,12 +78,14 @@ class GradientFromForward : public torch::autograd::Function<GradientFromForward
     const std::vector<bool> present = bool_vector(data["present"]);
     const std::vector<bool> needs = bool_vector(data["needs"]);
     const std::vector<bool> wants = Loss::wants(needs);
-    const variable_list inputs = all_inputs(ctx->get_saved_variables(), present);
+    const bool recompute = !data["buffers"].isList();  // retain_graph: the first backward took them
+    variable_list inputs(present.size());
+    if (recompute || Loss::kGradientsReadInputs) inputs = all_inputs(ctx->get_saved_variables(), present);
     variable_list buffers;
-    if (data["buffers"].isList()) {
+    if (!recompute) {
       for (const c10::IValue& buffer : data["buffers"].toListRef()) buffers.push_back(buffer.toTensor());
       data["buffers"] = c10::IValue();  // handed over below: no copy
-    } else {  // retain_graph: the first backward took the buffers; compute them again
+    } else {  // compute them again
       at::AutoDispatchBelowADInplaceOrView guard;
       const auto& options = data["options"].toTupleRef().elements();
       std::vector<at::Tensor> out =

@@ -8,12 +8,16 @@
 //   projected_feature_mse_ops.cpp  projected_feature_mse              -> _projected_feature_mse_forward,
 //                                                                       _projection_backward
 //   scale_grad.cpp           _scale_grad_ (the backward of every loss op)
-// Three kinds of function per op, named alike across the files:
-//   <op>_forward(const Backend&, ...)  the internal op's body, any device (registered per backend
-//                                      by register_backend_kernels below);
-//   <op>_meta(...)                     shapes and dtypes only (torch.compile, opcheck);
-//   <op>_op(...)                       a public loss op: argument checks, then run_loss (autograd.h),
-//                                      registered for Autograd and CompositeExplicitAutograd.
+// The kinds of function, named alike across the files:
+//   <name>(const Backend&, ...)   an op's body on any device, registered per backend by
+//                                 register_backend_kernels below: the loss ops' internal forwards
+//                                 (<op>_forward), softmax_forward / softmax_backward, scale_grad,
+//                                 projection_backward;
+//   <name>_meta(...)              its Meta kernel: shapes and dtypes only (torch.compile, opcheck);
+//   <op>_op(...)                  a public op's Autograd kernel: for the loss ops, argument checks
+//                                 then run_loss (autograd.h), also registered for
+//                                 CompositeExplicitAutograd; softmax_op, a torch::autograd::Function
+//                                 whose backward is its own op.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -115,6 +115,9 @@ Tensor3 projection_backward(const Backend& backend, const at::Tensor& grad_proje
                             const at::Tensor& weight, bool grad_student, bool grad_weight, bool grad_bias) {
   const char* op = "fusedkd::_projection_backward";
   check_projection(op, student, weight, std::nullopt);
+  // (the backend runs on grad_projection's device, its first argument)
+  check_features(op, "grad_projection", grad_projection, 2);
+  check_same_device(op, "grad_projection", grad_projection, "student", student);
   const Projection p = make_projection(student, weight, grad_projection.scalar_type());
   const std::vector<int64_t> sizes = projected_sizes(student, weight.size(0));
   TORCH_CHECK(grad_projection.sizes() == at::IntArrayRef(sizes), op, ": grad_projection must be ",
@@ -159,6 +162,7 @@ namespace {
 // the gradients of x, W and b run once grad_output has scaled it.
 struct ProjectedFeatureMseLoss {
   static constexpr const char* kForwardOp = "fusedkd::_projected_feature_mse_forward";
+  static constexpr bool kGradientsReadInputs = true;
   static std::vector<bool> wants(const std::vector<bool>& needs) {
     return {needs[0] || needs[1] || needs[2], needs[3]};
   }

@@ -1,7 +1,7 @@
 // fusedkd::_scale_grad_, the backward of every loss op (autograd.h): grad *= grad_output in place,
 // where grad_output is one value (also a broadcast one), the leading dims of grad (one factor per
 // row; grad's rows must be contiguous blocks), or grad's shape (one factor per element). The
-// kernels: scale_elements_cpu / scale_elements_cuda (fusedkd/feature.h).
+// kernels: scale_elements_cpu / scale_elements_cuda (fusedkd/scale.h).
 #pragma once
 
 #include <ATen/ATen.h>

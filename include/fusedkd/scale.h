@@ -1,7 +1,7 @@
 // Gradient scaling: the backward of every loss op multiplies the gradients its forward wrote (as if
 // grad_output were 1) by grad_output, in place. Factors are float32, or float64 when the gradient
-// is float64 (the loss dtype); a factor of exactly 1 leaves its elements untouched (no load, no
-// store: the common loss.backward()).
+// is float64 (the loss dtype). A single factor, or a row's factor, of exactly 1 leaves its elements
+// untouched (no load, no store: the common loss.backward()); per-element factors are all applied.
 #pragma once
 
 #include <cstdint>

@@ -62,10 +62,10 @@ bool soft_target_uses_double(const SoftTargetArgs& args);
 
 // Throw std::invalid_argument for arguments no kernel can run with. The CPU launcher also throws
 // for a label outside [0, cols) that is not ignore_index; the CUDA launcher cannot check without
-// a host synchronisation and makes the loss (and that row's gradient) NaN instead.
+// a host synchronisation and makes the loss (and that row's gradient) NaN instead. The CUDA
+// launcher takes the dtype pairs cuda_kernels_take (fusedkd/dtype.h) accepts.
 void soft_target_loss_cpu(const SoftTargetArgs& args, const CpuExecutor& executor = {});
 void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream);
-// The CUDA launcher takes the dtype pairs cuda_kernels_take (fusedkd/dtype.h) says.
 
 namespace detail {
 

@@ -12,13 +12,17 @@ namespace fusedkd::cpu {
 // Elements one task of a parallel loop handles (about 16k: enough work to amortise the
 // scheduling). feature_mse also sums in chunks of this size, so its total does not depend on the
 // thread count.
+// (An unnamed namespace: each instruction-set copy keeps its own, so no copy built for a wider
+// instruction set can stand in for another's.)
 constexpr std::int64_t kTaskElements = 1 << 14;
-inline std::int64_t task_count(std::int64_t elements) { return (elements + kTaskElements - 1) / kTaskElements; }
+namespace {
+std::int64_t task_count(std::int64_t elements) { return (elements + kTaskElements - 1) / kTaskElements; }
 // Rows handed to one task: rows of `cols` elements making some kTaskElements, at least 1.
-inline std::int64_t rows_per_task(std::int64_t cols) {
+std::int64_t rows_per_task(std::int64_t cols) {
   const std::int64_t rows = kTaskElements / cols;
   return rows < 1 ? 1 : rows;
 }
+}  // namespace
 
 // Rows a_s, a_t ([rows, cols], contiguous, float or double) normalised like F.normalize; per row
 // row_loss[r] = scale * ||A_s - A_t||^2 and, when non-null, d_s / d_t = the gradient of that loss

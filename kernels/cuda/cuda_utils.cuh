@@ -1,4 +1,5 @@
-// Small CUDA helpers shared by the kernels: error checks, element types, 16-byte packs.
+// Small CUDA helpers shared by the kernels: error checks, device limits, element types and the
+// (student, teacher) pairs the kernels take (dispatch_pair), 16-byte packs, a reduction functor.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -55,7 +55,7 @@ __device__ __forceinline__ Acc mse_tail_element(const MseParams<Acc>& p, std::in
   return e.squared;
 }
 
-// Elements [first, first + kItems); the loss and the gradients overwrite the loaded values.
+// Elements [first, first + kItems); the gradients overwrite the loaded values.
 template <bool VECTOR, typename TS, typename TT, typename Acc>
 __device__ __forceinline__ Acc mse_step(const MseParams<Acc>& p, std::int64_t first) {
   Acc s[kItems], t[kItems], loss[kItems];

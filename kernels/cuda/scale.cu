@@ -1,6 +1,6 @@
 // CUDA gradient scaling (fusedkd/scale.h): one factor for all elements or one per element (a
 // grid-stride elementwise kernel), or one per row (a block per row, chunked by the row's
-// alignment). A factor of exactly 1 skips its elements: no load, no store.
+// alignment). A single or per-row factor of exactly 1 skips its elements: no load, no store.
 #include <limits>
 #include <stdexcept>
 

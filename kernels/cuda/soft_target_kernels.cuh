@@ -7,6 +7,7 @@
 #include "soft_target_rows.cuh"
 
 namespace fusedkd::cuda {
+namespace {  // one translation unit (soft_target.cu) includes this
 
 template <typename TS, typename TT, int THREADS, int BLOCK, int ITEMS>
 __global__ void __launch_bounds__(BLOCK, 1) soft_target_tile_kernel(Params<typename PairTraits<TS, TT>::Acc> p) {
@@ -297,4 +298,5 @@ __global__ void __launch_bounds__(kReduceBlock) sum_row_losses_kernel(Params<Acc
   if (threadIdx.x == 0) *loss = total * row_weight(p);
 }
 
+}  // namespace
 }  // namespace fusedkd::cuda

@@ -14,6 +14,7 @@
 #include "row_tile.cuh"
 
 namespace fusedkd::cuda {
+namespace {  // one translation unit (soft_target.cu) includes this
 
 // Threads of the long-row kernel: 512, or 256 for double (more registers per thread).
 template <typename Acc>
@@ -238,4 +239,5 @@ struct OnChipLayout {
 template <typename Acc>
 constexpr int kOnChipLoadsInFlight = std::is_same_v<Acc, double> ? 2 : 4;
 
+}  // namespace
 }  // namespace fusedkd::cuda
