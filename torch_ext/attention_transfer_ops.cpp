@@ -56,12 +56,8 @@ Tensor3 attention_transfer_forward(const Backend& backend, const at::Tensor& stu
   args.spatial = spatial_size(s);
   args.p = p;
   args.per_row_loss = per_row;
-  args.loss = loss.mutable_data_ptr();
-  args.grad_student = grad_student ? gs.mutable_data_ptr() : nullptr;
-  args.grad_teacher = grad_teacher ? gt.mutable_data_ptr() : nullptr;
   const at::Tensor workspace =
-      at::empty({static_cast<int64_t>(attention_transfer_workspace_bytes(args))}, s.options().dtype(at::kByte));
-  args.workspace = workspace.mutable_data_ptr();
+      bind_outputs(args, loss, grad_student, gs, grad_teacher, gt, attention_transfer_workspace_bytes, s.options());
   const double batch_size = static_cast<double>(batch);
   launch_reduced(op, reduction_factor(reduction, batch_size * static_cast<double>(args.spatial), batch_size), loss,
                  args.scale, [&] { backend.attention_transfer(args); });

@@ -63,6 +63,22 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
+// A loss launcher's outputs in `args`: the loss, each gradient when wanted (else null), and a
+// workspace of workspace_bytes(args) bytes allocated with `options` (call it last: the size may
+// depend on every other argument). The returned tensor holds the workspace: keep it until the
+// launch has been enqueued (the caching allocator keeps it for the stream).
+template <typename Args>
+at::Tensor bind_outputs(Args& args, const at::Tensor& loss, bool grad_student, const at::Tensor& gs,
+                        bool grad_teacher, const at::Tensor& gt, std::size_t (*workspace_bytes)(const Args&),
+                        const at::TensorOptions& options) {
+  args.loss = loss.mutable_data_ptr();
+  args.grad_student = grad_student ? gs.mutable_data_ptr() : nullptr;
+  args.grad_teacher = grad_teacher ? gt.mutable_data_ptr() : nullptr;
+  at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes(args))}, options.dtype(at::kByte));
+  args.workspace = workspace.mutable_data_ptr();
+  return workspace;
+}
+
 // The CPU kernels run on LibTorch's intra-op thread pool (at::parallel_for).
 const CpuExecutor& torch_cpu_executor();
 

@@ -39,12 +39,8 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
   args.teacher_dtype = kernel_dtype(t.scalar_type());
   args.numel = s.numel();
   args.elementwise_loss = elementwise;
-  args.loss = loss.mutable_data_ptr();
-  args.grad_student = grad_student ? gs.mutable_data_ptr() : nullptr;
-  args.grad_teacher = grad_teacher ? gt.mutable_data_ptr() : nullptr;
   const at::Tensor workspace =
-      at::empty({static_cast<int64_t>(feature_mse_workspace_bytes(args))}, s.options().dtype(at::kByte));
-  args.workspace = workspace.mutable_data_ptr();
+      bind_outputs(args, loss, grad_student, gs, grad_teacher, gt, feature_mse_workspace_bytes, s.options());
   launch_reduced(op, reduction_factor(reduction, static_cast<double>(s.numel()), 0), loss, args.scale,
                  [&] { backend.feature_mse(args); });
   return {loss, gs.to(student.scalar_type()), gt.to(teacher.scalar_type())};

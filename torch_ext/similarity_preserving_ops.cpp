@@ -52,12 +52,8 @@ Tensor3 similarity_preserving_forward(const Backend& backend, const at::Tensor& 
   args.teacher_row_stride = row_stride(ft);
   args.rows = batch;
   args.is_double = compute == at::kDouble;
-  args.loss = loss.mutable_data_ptr();
-  args.grad_student = grad_student ? gs.mutable_data_ptr() : nullptr;
-  args.grad_teacher = grad_teacher ? gt.mutable_data_ptr() : nullptr;
-  const at::Tensor workspace =
-      at::empty({static_cast<int64_t>(similarity_preserving_workspace_bytes(args))}, fs.options().dtype(at::kByte));
-  args.workspace = workspace.mutable_data_ptr();
+  const at::Tensor workspace = bind_outputs(args, loss, grad_student, gs, grad_teacher, gt,
+                                            similarity_preserving_workspace_bytes, fs.options());
   launch_kernel(op, [&] { backend.similarity_preserving(args); });
   if (grad_student) gs = gs.reshape(student.sizes()).to(student.scalar_type());
   if (grad_teacher) gt = gt.reshape(teacher.sizes()).to(teacher.scalar_type());

@@ -86,12 +86,8 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   args.hard_scale = hard_scale;
   args.divide_by_valid_rows = divide_by_valid_rows;
   args.per_row_loss = per_row;
-  args.loss = loss.mutable_data_ptr();
-  args.grad_student = grad_student ? grad_s.mutable_data_ptr() : nullptr;
-  args.grad_teacher = grad_teacher ? grad_t.mutable_data_ptr() : nullptr;
-  const at::Tensor workspace = at::empty({static_cast<int64_t>(soft_target_workspace_bytes(args))},
-                                         student.options().dtype(at::kByte));
-  args.workspace = workspace.mutable_data_ptr();
+  const at::Tensor workspace = bind_outputs(args, loss, grad_student, grad_s, grad_teacher, grad_t,
+                                            soft_target_workspace_bytes, student.options());
   launch_kernel("fusedkd::_soft_target_forward", [&] { backend.soft_target(args); });
   return in_input_dtypes();
 }
