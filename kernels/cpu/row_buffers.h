@@ -77,6 +77,13 @@ Acc row_max(const Acc* __restrict x, std::int64_t cols) {
 // last row are padded with zeros and their results dropped. Every lane runs the same code, so a
 // row's result does not depend on the rows it is grouped with.
 constexpr int kShortRowLanes = 16;
+
+// Row sums of long rows (docs/numerics.md) add vector-wide partials over blocks of kSumBlock
+// elements in the accumulation type, and the blocks' totals in double: a float sum over a whole
+// long row rounds at every add of a comparable term, and its error moves every probability of the
+// row alike. Within a block a lane adds kSumBlock / 16 terms; the double total costs one
+// horizontal add per block.
+constexpr std::int64_t kSumBlock = 1024;
 constexpr std::int64_t kShortRowMax = 31;  // longest row taken this way
 
 // kShortRowLanes as a value the compiler cannot see through. With a constant trip count of 16,

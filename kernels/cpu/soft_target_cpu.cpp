@@ -52,45 +52,64 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   st.max_s = row_max(xs, cols);
   st.max_t = row_max(xt, cols);
   // The three sums in one sweep (the hard one only when there is a cross-entropy), and for the KL
-  // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm).
+  // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm); blocks of
+  // kSumBlock, totals in double (row_buffers.h).
   constexpr bool kKL = is_kl(D);
-  const Acc sum_s_hard_empty = plan.hard ? Acc(0) : Acc(1);
-  Acc sum_s = 0, sum_t = 0, sum_s_hard = sum_s_hard_empty, cross = 0;
-  if (plan.hard) {
-#pragma omp simd reduction(+ : sum_s, sum_t, sum_s_hard, cross)
-    for (std::int64_t j = 0; j < cols; ++j) {
-      sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
-      sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
-      sum_s_hard += softmax_sum_term(xs[j], st.max_s, Acc(kLog2e));
-      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
+  double sum_s = 0, sum_t = 0, sum_s_hard = plan.hard ? 0.0 : 1.0, cross = 0;
+  for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
+    const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
+    Acc bs = 0, bt = 0, bh = 0, bc = 0;
+    if (plan.hard) {
+#pragma omp simd reduction(+ : bs, bt, bh, bc)
+      for (std::int64_t j = j0; j < j1; ++j) {
+        bs += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
+        bt += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
+        bh += softmax_sum_term(xs[j], st.max_s, Acc(kLog2e));
+        if constexpr (kKL) bc += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
+      }
+    } else {
+#pragma omp simd reduction(+ : bs, bt, bc)
+      for (std::int64_t j = j0; j < j1; ++j) {
+        bs += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
+        bt += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
+        if constexpr (kKL) bc += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
+      }
     }
-  } else {
-#pragma omp simd reduction(+ : sum_s, sum_t, cross)
-    for (std::int64_t j = 0; j < cols; ++j) {
-      sum_s += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
-      sum_t += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
-      if constexpr (kKL) cross += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
-    }
+    sum_s += bs;
+    sum_t += bt;
+    sum_s_hard += bh;
+    cross += bc;
   }
-  st.sum_s = sum_s;
-  st.sum_t = sum_t;
-  st.sum_s_hard = sum_s_hard;
-  const KDRow<Acc> row = KDRow<Acc>::make(st, plan.inv_t, D, plan.beta);
+  st.sum_s = static_cast<Acc>(sum_s);
+  st.sum_t = static_cast<Acc>(sum_t);
+  st.sum_s_hard = static_cast<Acc>(sum_s_hard);
+  KDRow<Acc> row = KDRow<Acc>::make(st, plan.inv_t, D, plan.beta);
+  // The logarithms of the double sums, rounded once.
+  row.log_z_s = static_cast<Acc>(std::log(sum_s));
+  row.log_z_t = static_cast<Acc>(std::log(sum_t));
+  row.log_z_s_hard = static_cast<Acc>(std::log(sum_s_hard));
 
   KDSums<Acc> sums{Acc(0), Acc(0), Acc(0)};
   if constexpr (kKL) {
-    sums.loss = kl_from_cross(st, row, cross);
+    sums.loss = kl_from_cross(st, row, static_cast<Acc>(cross));
   } else {
-    Acc loss = 0, aux_s = 0, aux_t = 0;
-#pragma omp simd reduction(+ : loss, aux_s, aux_t)
-    for (std::int64_t j = 0; j < cols; ++j) {
-      KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
-      kd_accumulate<D>(row, xs[j], xt[j], e);
-      loss += e.loss;
-      aux_s += e.aux_s;
-      aux_t += e.aux_t;
+    double loss = 0, aux_s = 0, aux_t = 0;
+    for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
+      const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
+      Acc bl = 0, bs = 0, bt = 0;
+#pragma omp simd reduction(+ : bl, bs, bt)
+      for (std::int64_t j = j0; j < j1; ++j) {
+        KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
+        kd_accumulate<D>(row, xs[j], xt[j], e);
+        bl += e.loss;
+        bs += e.aux_s;
+        bt += e.aux_t;
+      }
+      loss += bl;
+      aux_s += bs;
+      aux_t += bt;
     }
-    sums = {loss, aux_s, aux_t};
+    sums = {static_cast<Acc>(loss), static_cast<Acc>(aux_s), static_cast<Acc>(aux_t)};
   }
   const Acc cross_entropy = plan.hard ? row.cross_entropy(xs[label]) : Acc(0);
 

@@ -42,20 +42,31 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
       dst = out;
     }
     const Acc m = row_max(src, cols);
-    Acc sum = 0;
+    // The sum in blocks of kSumBlock, the total in double (row_buffers.h).
+    double sum = 0;
     if (a.kind == SoftmaxKind::Softmax) {
-#pragma omp simd reduction(+ : sum)
-      for (std::int64_t j = 0; j < cols; ++j) {
-        dst[j] = softmax_numerator(src[j], m, temp.scale_log2);
-        sum += dst[j];
+      for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
+        const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
+        Acc block = 0;
+#pragma omp simd reduction(+ : block)
+        for (std::int64_t j = j0; j < j1; ++j) {
+          dst[j] = softmax_numerator(src[j], m, temp.scale_log2);
+          block += dst[j];
+        }
+        sum += block;
       }
-      const Acc inv_sum = Acc(1) / sum;
+      const Acc inv_sum = static_cast<Acc>(1.0 / sum);
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j) dst[j] *= inv_sum;
     } else {
-#pragma omp simd reduction(+ : sum)
-      for (std::int64_t j = 0; j < cols; ++j) sum += softmax_sum_term(src[j], m, temp.scale_log2);
-      const Acc log_sum = std::log(sum);
+      for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
+        const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
+        Acc block = 0;
+#pragma omp simd reduction(+ : block)
+        for (std::int64_t j = j0; j < j1; ++j) block += softmax_sum_term(src[j], m, temp.scale_log2);
+        sum += block;
+      }
+      const Acc log_sum = static_cast<Acc>(std::log(sum));
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j)
         dst[j] = log_softmax_value(src[j], m, temp.inv_t, log_sum);
