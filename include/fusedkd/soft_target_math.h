@@ -270,14 +270,19 @@ FUSEDKD_HD KLStats<Acc> kl_stats_of(const Acc (&s)[N], const Acc (&t)[N], Acc sc
   return r;
 }
 
+// The KL divergence from C, the sum Z_x it is relative to, and the two log-normalisers (any
+// floating type: the CPU kernels pass their double sums).
+template <typename T>
+FUSEDKD_HD T kl_from_sums(T cross, T z_x, T log_z_x, T log_z_y) {
+  return cross / z_x + (log_z_y - log_z_x);
+}
+
 // The KL divergence of the row from its final statistics and C.
 template <typename Acc>
 FUSEDKD_HD Acc kl_from_cross(const KDStats<Acc>& stats, const KDRow<Acc>& row, Acc cross) {
   const bool reverse = row.divergence == Divergence::ReverseKL;
-  const Acc z_x = reverse ? stats.sum_s : stats.sum_t;
-  const Acc log_z_x = reverse ? row.log_z_s : row.log_z_t;
-  const Acc log_z_y = reverse ? row.log_z_t : row.log_z_s;
-  return cross / z_x + (log_z_y - log_z_x);
+  return kl_from_sums(cross, reverse ? stats.sum_s : stats.sum_t, reverse ? row.log_z_s : row.log_z_t,
+                      reverse ? row.log_z_t : row.log_z_s);
 }
 
 // ---------------------------------------------------------------- C. gradients

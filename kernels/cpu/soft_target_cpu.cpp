@@ -91,7 +91,10 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
 
   KDSums<Acc> sums{Acc(0), Acc(0), Acc(0)};
   if constexpr (kKL) {
-    sums.loss = kl_from_cross(st, row, static_cast<Acc>(cross));
+    // From the double sums: C / Z_x and the logarithms nearly cancel on peaked rows.
+    constexpr bool kReverse = D == Divergence::ReverseKL;
+    sums.loss = static_cast<Acc>(kl_from_sums(cross, kReverse ? sum_s : sum_t, std::log(kReverse ? sum_s : sum_t),
+                                              std::log(kReverse ? sum_t : sum_s)));
   } else {
     double loss = 0, aux_s = 0, aux_t = 0;
     for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
