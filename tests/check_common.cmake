@@ -1,4 +1,4 @@
-# Shared by the CTest driver scripts (install_consumer/check.cmake, cpu_only/check.cmake):
+# Shared by the CTest driver scripts (install_consumer/check.cmake, sanitized_cpu/check.cmake):
 # run() stops the script on the first failing command; `launcher` puts ccache in front of the C++
 # compiler of a nested build when there is one.
 function(run)

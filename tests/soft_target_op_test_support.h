@@ -60,7 +60,10 @@ class SoftTargetOps : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (const char* why = missing_device(device())) GTEST_SKIP() << why;
   }
-  // Loss and gradients of `ours` against `reference`, both functions of (s, t) leaves.
+  // Loss and gradients of `ours` against `reference` in float64, both functions of (s, t) leaves,
+  // within max(tolerance, 3x the error of `reference` itself evaluated in the inputs' dtypes): the
+  // bound of docs/numerics.md, so a case where float32 is ill-conditioned for everyone does not
+  // fail on rounding the composite shares. The upstream gradient is drawn from a fixed seed.
   template <typename Ours, typename Ref>
   void compare(const at::Tensor& s0, const at::Tensor& t0, bool teacher_grad, Ours&& ours, Ref&& reference,
                const std::string& what) {
@@ -73,21 +76,30 @@ class SoftTargetOps : public ::testing::TestWithParam<std::string> {
     const at::Tensor t64 = t0.detach().to(at::kDouble).requires_grad_(teacher_grad);
     const at::Tensor ref = reference(s64, t64);
     ASSERT_EQ(loss.sizes(), ref.sizes()) << what;
+    const at::Tensor s_low = s0.detach().clone().requires_grad_(true);
+    const at::Tensor t_low = t0.detach().clone().requires_grad_(teacher_grad);
+    const at::Tensor ref_low = reference(s_low, t_low);  // the composite in the inputs' dtypes
     const double tol = tolerance(s0.scalar_type(), t0.scalar_type());
-    EXPECT_LT(relative_error(loss, ref), tol) << what << " loss " << loss << " ref " << ref;
-    const at::Tensor upstream = torch::randn(loss.sizes(), torch::kDouble);
-    std::vector<at::Tensor> inputs = {s};
-    std::vector<at::Tensor> inputs64 = {s64};
+    const auto bound = [&](const at::Tensor& composite, const at::Tensor& exact) {
+      return std::max(tol, 3 * relative_error(composite.to(exact.dtype()), exact));
+    };
+    EXPECT_LE(relative_error(loss, ref), bound(ref_low, ref)) << what << " loss " << loss << " ref " << ref;
+    at::Generator generator = at::detail::createCPUGenerator(20261130);
+    const at::Tensor upstream = at::randn(loss.sizes(), generator, at::TensorOptions(at::kDouble));
+    std::vector<at::Tensor> inputs = {s}, inputs64 = {s64}, inputs_low = {s_low};
     if (teacher_grad) {
       inputs.push_back(t);
       inputs64.push_back(t64);
+      inputs_low.push_back(t_low);
     }
     const auto grads = torch::autograd::grad({loss}, inputs, {upstream.to(loss.dtype()).to(loss.device())});
-    const auto grads64 = torch::autograd::grad({ref}, inputs64, {upstream});
+    const auto grads64 = torch::autograd::grad({ref}, inputs64, {upstream.to(ref.device())});
+    const auto grads_low = torch::autograd::grad({ref_low}, inputs_low, {upstream.to(ref_low.dtype()).to(ref_low.device())});
     for (size_t i = 0; i < grads.size(); ++i) {
       EXPECT_EQ(grads[i].scalar_type(), inputs[i].scalar_type()) << what;
       EXPECT_EQ(grads[i].sizes(), inputs[i].sizes()) << what;
-      EXPECT_LT(relative_error(grads[i], grads64[i]), tol) << what << (i == 0 ? " student" : " teacher") << " gradient";
+      EXPECT_LE(relative_error(grads[i], grads64[i]), bound(grads_low[i], grads64[i]))
+          << what << (i == 0 ? " student" : " teacher") << " gradient";
     }
   }
 };

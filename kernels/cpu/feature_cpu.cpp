@@ -23,13 +23,18 @@ double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss,
   const auto element = [&](std::int64_t i) {
     return mse_element(static_cast<Acc>(load_as_acc(s[i])), static_cast<Acc>(load_as_acc(t[i])), scale);
   };
-  Acc sum = 0;
+  double sum = 0;  // in blocks of kSumBlock with a double total (row_buffers.h)
   if (loss) {
 #pragma omp simd
     for (std::int64_t i = 0; i < n; ++i) loss[i] = element(i).loss;
   } else {
-#pragma omp simd reduction(+ : sum)
-    for (std::int64_t i = 0; i < n; ++i) sum += element(i).squared;
+    for (std::int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+      const std::int64_t i1 = i0 + kSumBlock < n ? i0 + kSumBlock : n;
+      Acc block = 0;
+#pragma omp simd reduction(+ : block)
+      for (std::int64_t i = i0; i < i1; ++i) block += element(i).squared;
+      sum += block;
+    }
   }
   if (gt) {  // before gs, which may overwrite s
 #pragma omp simd
@@ -39,7 +44,7 @@ double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss,
 #pragma omp simd
     for (std::int64_t i = 0; i < n; ++i) gs[i] = StoreFromAcc<TS>::apply(static_cast<acc_t<TS>>(element(i).grad));
   }
-  return static_cast<double>(sum);
+  return sum;
 }
 
 // The same with a per-channel bias on the student (the projection): through scratch rows, the
