@@ -7,6 +7,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/scripts/setup.sh"
 "$ROOT/scripts/build.sh"
 BUILD="${FUSEDKD_BUILD_DIR:-$ROOT/build}"
+# The nested builds CTest runs (the sanitized CPU build, the install check) share ccache's entries
+# across clones, as build.sh's do.
+export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
 
 echo "== C++ tests (CTest)"
 ctest --test-dir "$BUILD" --output-on-failure -j "$(nproc)"
