@@ -1,7 +1,8 @@
 // Every op on the CPU gives the same bits whatever the intra-op thread count (1 to 4), and when
 // called from several threads at once (4 threads x many calls of mixed shapes, against the
 // results of the same calls made one after another): the row partition, the deterministic
-// reductions and the per-device plan caches hold under both.
+// reductions and the per-device plan caches hold under both. On CUDA (scripts/gpu_check.sh): the
+// same bits run after run, and from two host threads on two streams at once.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -13,7 +14,13 @@
 #include <thread>
 #include <vector>
 
+#include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
+
+#if FUSEDKD_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace {
 
@@ -24,9 +31,11 @@ struct Call {
   std::function<std::vector<at::Tensor>(int seed)> run;
 };
 
-at::Tensor leaf(at::IntArrayRef shape, int seed, at::ScalarType type = at::kFloat, double scale = 3.0) {
+// A leaf on `device` made from `seed` on the CPU (the same values on every device).
+at::Tensor leaf(at::IntArrayRef shape, int seed, at::Device device, at::ScalarType type = at::kFloat,
+                double scale = 3.0) {
   const at::Generator g = at::detail::createCPUGenerator(static_cast<std::uint64_t>(seed));
-  return (at::randn(shape, g, at::TensorOptions().dtype(at::kDouble)) * scale).to(type).requires_grad_(true);
+  return (at::randn(shape, g, at::TensorOptions().dtype(at::kDouble)) * scale).to(device, type).requires_grad_(true);
 }
 
 std::vector<at::Tensor> value_and_grads(const at::Tensor& out, const std::vector<at::Tensor>& inputs) {
@@ -38,59 +47,64 @@ std::vector<at::Tensor> value_and_grads(const at::Tensor& out, const std::vector
 
 // The ops on shapes large enough to be split over threads (several tasks per op), with seeds
 // varying the shapes a little so that concurrent calls differ.
-std::vector<Call> calls() {
+std::vector<Call> calls(at::Device d = at::kCPU) {
   const auto rows = [](int seed) { return 300 + 7 * (seed % 5); };
   return {
       {"softmax_t",
        [=](int seed) {
-         const at::Tensor x = leaf({rows(seed), 1000}, seed);
+         const at::Tensor x = leaf({rows(seed), 1000}, seed, d);
          return value_and_grads(fusedkd::softmax_t(x, 2.0), {x});
        }},
       {"log_softmax_t bf16",
        [=](int seed) {
-         const at::Tensor x = leaf({rows(seed), 777}, seed, at::kBFloat16);
+         const at::Tensor x = leaf({rows(seed), 777}, seed, d, at::kBFloat16);
          return value_and_grads(fusedkd::log_softmax_t(x, 0.7), {x});
        }},
       {"kd_loss kl with labels",
        [=](int seed) {
-         const at::Tensor s = leaf({rows(seed), 1000}, seed), t = leaf({rows(seed), 1000}, seed + 1);
-         const at::Tensor y = at::arange(rows(seed), at::kLong).remainder(1000);
+         const at::Tensor s = leaf({rows(seed), 1000}, seed, d), t = leaf({rows(seed), 1000}, seed + 1, d);
+         const at::Tensor y = at::arange(rows(seed), at::TensorOptions(at::kLong).device(d)).remainder(1000);
          return value_and_grads(fusedkd::kd_loss(s, t, y, 2.0, 0.7, 0.3, "kl"), {s, t});
        }},
       {"kl_div reverse none",
        [=](int seed) {
-         const at::Tensor s = leaf({rows(seed), 12}, seed), t = leaf({rows(seed), 12}, seed + 1);
+         const at::Tensor s = leaf({rows(seed), 12}, seed, d), t = leaf({rows(seed), 12}, seed + 1, d);
          return value_and_grads(fusedkd::kl_div(s, t, 1.5, "none", true), {s, t});
        }},
       {"jsd",
        [=](int seed) {
-         const at::Tensor s = leaf({rows(seed), 3000}, seed), t = leaf({rows(seed), 3000}, seed + 1);
+         const at::Tensor s = leaf({rows(seed), 3000}, seed, d), t = leaf({rows(seed), 3000}, seed + 1, d);
          return value_and_grads(fusedkd::jsd(s, t, 1.0, 0.3), {s, t});
        }},
       {"soft_mse",
        [=](int seed) {
-         const at::Tensor s = leaf({rows(seed), 10}, seed), t = leaf({rows(seed), 10}, seed + 1);
+         const at::Tensor s = leaf({rows(seed), 10}, seed, d), t = leaf({rows(seed), 10}, seed + 1, d);
          return value_and_grads(fusedkd::soft_mse(s, t, 4.0), {s, t});
        }},
       {"feature_mse",
        [=](int seed) {
-         const at::Tensor s = leaf({64, 32, 14, 14}, seed, at::kFloat, 1.0), t = leaf({64, 32, 14, 14}, seed + 1, at::kFloat, 1.0);
+         const at::Tensor s = leaf({64, 32, 14, 14}, seed, d, at::kFloat, 1.0);
+         const at::Tensor t = leaf({64, 32, 14, 14}, seed + 1, d, at::kFloat, 1.0);
          return value_and_grads(fusedkd::feature_mse(s, t), {s, t});
        }},
       {"attention_transfer",
        [=](int seed) {
-         const at::Tensor s = leaf({64, 16, 14, 14}, seed, at::kFloat, 1.0), t = leaf({64, 48, 14, 14}, seed + 1, at::kFloat, 1.0);
+         const at::Tensor s = leaf({64, 16, 14, 14}, seed, d, at::kFloat, 1.0);
+         const at::Tensor t = leaf({64, 48, 14, 14}, seed + 1, d, at::kFloat, 1.0);
          return value_and_grads(fusedkd::attention_transfer(s, t, 2.0), {s, t});
        }},
       {"projected_feature_mse",
        [=](int seed) {
-         const at::Tensor s = leaf({32, 16, 7, 7}, seed, at::kFloat, 1.0), w = leaf({64, 16}, seed + 1, at::kFloat, 0.2);
-         const at::Tensor b = leaf({64}, seed + 2, at::kFloat, 1.0), t = leaf({32, 64, 7, 7}, seed + 3, at::kFloat, 1.0);
+         const at::Tensor s = leaf({32, 16, 7, 7}, seed, d, at::kFloat, 1.0);
+         const at::Tensor w = leaf({64, 16}, seed + 1, d, at::kFloat, 0.2);
+         const at::Tensor b = leaf({64}, seed + 2, d, at::kFloat, 1.0);
+         const at::Tensor t = leaf({32, 64, 7, 7}, seed + 3, d, at::kFloat, 1.0);
          return value_and_grads(fusedkd::projected_feature_mse(s, w, b, t), {s, w, b});
        }},
       {"similarity_preserving",
        [=](int seed) {
-         const at::Tensor s = leaf({96, 16, 7, 7}, seed, at::kFloat, 1.0), t = leaf({96, 64, 7, 7}, seed + 1, at::kFloat, 1.0);
+         const at::Tensor s = leaf({96, 16, 7, 7}, seed, d, at::kFloat, 1.0);
+         const at::Tensor t = leaf({96, 64, 7, 7}, seed + 1, d, at::kFloat, 1.0);
          return value_and_grads(fusedkd::similarity_preserving(s, t), {s, t});
        }},
   };
@@ -151,5 +165,43 @@ TEST(Concurrency, CallsFromFourThreadsGiveTheSequentialBits) {
   EXPECT_EQ(mismatches.load(), 0);
   EXPECT_EQ(failures.load(), 0);
 }
+
+#if FUSEDKD_WITH_CUDA
+TEST(Determinism, CudaSameBitsRunAfterRun) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  for (const Call& call : calls(at::kCUDA)) {
+    const std::vector<at::Tensor> reference = call.run(11);
+    for (int k = 0; k < 3; ++k) EXPECT_TRUE(same_bits(call.run(11), reference)) << call.name << ", run " << k + 2;
+  }
+}
+
+TEST(Concurrency, CudaTwoStreamsGiveTheSequentialBits) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<Call> ops = calls(at::kCUDA);
+  constexpr int kThreads = 2, kCallsPerThread = 40;
+  const auto op_of = [&](int i, int k) { return static_cast<std::size_t>((i + k) % static_cast<int>(ops.size())); };
+  const auto seed_of = [](int i, int k) { return (i * 31 + k) % 5; };
+  std::vector<std::vector<std::vector<at::Tensor>>> expected(ops.size(), std::vector<std::vector<at::Tensor>>(5));
+  for (std::size_t o = 0; o < ops.size(); ++o)
+    for (int seed = 0; seed < 5; ++seed) expected[o][seed] = ops[o].run(seed);  // the default stream, in turn
+  std::atomic<int> mismatches{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i)
+    threads.emplace_back([&, i] {
+      // Each thread's work (inputs, the op, its backward, the comparison) on a stream of its own.
+      const c10::cuda::CUDAStreamGuard stream(c10::cuda::getStreamFromPool());
+      for (int k = 0; k < kCallsPerThread; ++k) {
+        try {
+          if (!same_bits(ops[op_of(i, k)].run(seed_of(i, k)), expected[op_of(i, k)][seed_of(i, k)])) ++mismatches;
+        } catch (...) {
+          ++failures;
+        }
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(failures.load(), 0);
+}
+#endif
 
 }  // namespace

@@ -311,7 +311,7 @@ TEST_P(FeatureOps, EmptyBatch) {
   EXPECT_EQ(fusedkd::feature_mse(s, s, "sum").item<double>(), 0.0);
   EXPECT_EQ(fusedkd::attention_transfer(s, t, 2.0, "sum").item<double>(), 0.0);
   EXPECT_EQ(fusedkd::attention_transfer(s, t, 2.0, "none").numel(), 0);
-  EXPECT_EQ(fusedkd::similarity_preserving(s, t).item<double>(), 0.0);
+  EXPECT_TRUE(fusedkd::similarity_preserving(s, t).isnan().item<bool>());  // ||.||^2 / N^2: 0 / 0
   const at::Tensor w = features({2, 3}, at::kFloat, device(), 29);
   EXPECT_EQ(fusedkd::projected_feature_mse(s, w, std::nullopt, t, "sum").item<double>(), 0.0);
 }
@@ -323,6 +323,7 @@ TEST_P(FeatureOps, BadInputs) {
   expect_error([&] { fusedkd::feature_mse(s, t); }, {"feature_mse", "same shape"});
   expect_error([&] { fusedkd::feature_mse(s, s, "batchmean"); }, {"feature_mse", "reduction"});
   expect_error([&] { fusedkd::feature_mse(s.to(at::kInt), s); }, {"feature_mse", "student", "float"});
+  expect_error([&] { fusedkd::feature_mse(s.sum(), s.sum()); }, {"feature_mse", "student", "at least 1 dims"});
   expect_error([&] { fusedkd::attention_transfer(s, t.slice(2, 0, 3)); }, {"attention_transfer", "spatial"});
   expect_error([&] { fusedkd::attention_transfer(s, t.slice(0, 0, 1)); }, {"attention_transfer", "batch"});
   expect_error([&] { fusedkd::attention_transfer(s, t, 0.0); }, {"attention_transfer", "p must be"});

@@ -88,7 +88,8 @@ double kl_via_runs(const std::vector<float>& s, const std::vector<float>& t, dou
     }
     runs = next;
   }
-  const KDRow<float> row = KDRow<float>::make(runs[0].stats, inv_t, reverse ? Divergence::ReverseKL : Divergence::ForwardKL, 0.5f);
+  const KDRow<float> row = KDRow<float>::make(runs[0].stats, inv_t, reverse ? Divergence::ReverseKL : Divergence::ForwardKL,
+                                               Mixture<float>::of(0.5));
   return kl_from_cross(runs[0].stats, row, runs[0].cross);
 }
 

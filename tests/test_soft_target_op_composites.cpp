@@ -148,13 +148,15 @@ TEST_P(SoftTargetOps, DtypesMixedDtypesShapesAndLayouts) {
 }
 
 TEST_P(SoftTargetOps, EmptyBatchesAndLongRows) {
-  // R = 0: totals are 0, "none" gives an empty tensor, gradients are empty.
+  // R = 0: "sum" is 0, "mean" and "batchmean" are 0 / 0 = NaN (as torch's), "none" gives an empty
+  // tensor, gradients are empty; kd_loss's n = 0 is 0 (the spec's rule).
   for (const std::string reduction : {"none", "sum", "mean", "batchmean"}) {
     const at::Tensor s = torch::zeros({0, 7}, torch::TensorOptions().device(device())).requires_grad_(true);
     const at::Tensor t = torch::zeros({0, 7}, torch::TensorOptions().device(device()));
     const at::Tensor loss = fusedkd::kl_div(s, t, 2.0, reduction);
     EXPECT_EQ(loss.numel(), reduction == "none" ? 0 : 1) << reduction;
-    if (reduction != "none") EXPECT_EQ(loss.item<float>(), 0.0f) << reduction;
+    if (reduction == "sum") EXPECT_EQ(loss.item<float>(), 0.0f) << reduction;
+    if (reduction == "mean" || reduction == "batchmean") EXPECT_TRUE(std::isnan(loss.item<float>())) << reduction;
     EXPECT_EQ(torch::autograd::grad({loss.sum()}, {s})[0].sizes(), s.sizes());
   }
   const at::Tensor s0 = torch::zeros({2, 0, 5}, torch::TensorOptions().device(device()));

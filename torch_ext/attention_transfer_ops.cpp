@@ -41,8 +41,8 @@ Tensor3 attention_transfer_forward(const Backend& backend, const at::Tensor& stu
   const bool per_row = reduction == static_cast<int64_t>(Reduction::None);
   check_attention_pair(op, student, teacher, p);
   const bool s_last = prefers_channels_last(student), t_last = prefers_channels_last(teacher);
-  const at::Tensor s = to_layout(student, s_last, student.scalar_type());
-  const at::Tensor t = to_layout(teacher, t_last, teacher.scalar_type());
+  const at::Tensor s = to_layout(student, s_last, kernel_input_type(student, grad_student));
+  const at::Tensor t = to_layout(teacher, t_last, kernel_input_type(teacher, grad_teacher));
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const int64_t batch = s.size(0);
   at::Tensor loss = per_row ? at::empty({batch}, loss_options) : at::empty({}, loss_options);
@@ -69,7 +69,7 @@ Tensor3 attention_transfer_forward_meta(const at::Tensor& s, const at::Tensor& t
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const bool per_row = reduction == static_cast<int64_t>(Reduction::None);
   return {per_row ? at::empty_symint({s.sym_size(0)}, loss_options) : at::empty({}, loss_options),
-          meta_empty(gs, s, s.options()), meta_empty(gt, t, t.options())};
+          meta_empty(gs, s, gradient_buffer_options(s)), meta_empty(gt, t, gradient_buffer_options(t))};
 }
 
 namespace {

@@ -5,7 +5,8 @@
 // that writes, in the pass that computes the loss, gradient buffers for grad_output = 1 (empty
 // when not wanted). GradientFromForward keeps the buffers; the backward scales them in place by
 // grad_output (fusedkd::_scale_grad_, scale_grad.h) and hands them over, dropping its own
-// reference, so no copy is made. A second backward through the same graph (retain_graph=True)
+// reference, so no copy is made; a gradient whose buffer is not in its input's dtype (float32 for
+// float16, common.h: gradient_buffer_type) is rounded to that dtype only after the scaling. A second backward through the same graph (retain_graph=True)
 // runs the forward again from the saved inputs.
 //
 // A Loss says which internal op that is and how its buffers become the inputs' gradients:
@@ -70,6 +71,9 @@ class GradientFromForward : public torch::autograd::Function<GradientFromForward
     ctx->saved_data["options"] = c10::ivalue::Tuple::create(options);
     ctx->saved_data["present"] = bool_list(present);
     ctx->saved_data["needs"] = bool_list(needs);
+    c10::List<int64_t> dtypes;  // the gradients' dtypes, without unpacking the saved inputs
+    for (const at::Tensor& x : given) dtypes.push_back(static_cast<int64_t>(x.scalar_type()));
+    ctx->saved_data["dtypes"] = dtypes;
     return out[0];
   }
 
@@ -101,9 +105,13 @@ class GradientFromForward : public torch::autograd::Function<GradientFromForward
       }
     }
     const variable_list grads = Loss::gradients(std::move(buffers), inputs, needs);
+    const c10::List<int64_t> dtypes = data["dtypes"].toIntList();
     variable_list given_grads;  // one per given input, then none for the three other arguments
-    for (std::size_t i = 0; i < inputs.size(); ++i)
-      if (present[i]) given_grads.push_back(needs[i] ? grads[i] : at::Tensor());
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      if (!present[i]) continue;
+      const auto dtype = static_cast<at::ScalarType>(dtypes.get(given_grads.size()));
+      given_grads.push_back(needs[i] ? grads[i].to(dtype) : at::Tensor());
+    }
     given_grads.resize(given_grads.size() + 3);
     return given_grads;
   }

@@ -60,6 +60,16 @@ at::ScalarType loss_scalar_type(std::initializer_list<at::ScalarType> inputs) {
   return scalar_type(loss);
 }
 
+at::ScalarType gradient_buffer_type(at::ScalarType input) { return input == at::kHalf ? at::kFloat : input; }
+
+at::ScalarType kernel_input_type(const at::Tensor& x, bool gradient_wanted) {
+  return gradient_wanted ? gradient_buffer_type(x.scalar_type()) : x.scalar_type();
+}
+
+at::TensorOptions gradient_buffer_options(const at::Tensor& x) {
+  return x.options().dtype(gradient_buffer_type(x.scalar_type()));
+}
+
 RowView row_view(const at::Tensor& x) {
   const std::int64_t cols = x.size(-1);
   const std::int64_t rows = cols == 0 ? 0 : x.numel() / cols;

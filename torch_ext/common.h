@@ -27,6 +27,18 @@ at::ScalarType scalar_type(DType dtype);
 // float64 when one is float64, else float32.
 at::ScalarType loss_scalar_type(std::initializer_list<at::ScalarType> inputs);
 
+// The dtype of the gradient buffer a loss op's forward writes for an input, for grad_output = 1
+// (GradientFromForward scales it by grad_output, then casts it to the input's dtype): float32 for a
+// float16 input, else the input's dtype. A float16 buffer would round the gradient before the
+// scaling: under loss scaling (GradScaler's 65536) small gradients would be lost to underflow, and
+// with |grad_output| < 1 a gradient above 65504 would be inf.
+at::ScalarType gradient_buffer_type(at::ScalarType input);
+// The dtype the kernels read an input in: gradient_buffer_type when its gradient is wanted (the
+// kernels write a gradient in the dtype they read), else the input's own.
+at::ScalarType kernel_input_type(const at::Tensor& x, bool gradient_wanted);
+// x's options with its gradient buffer's dtype (Meta kernels).
+at::TensorOptions gradient_buffer_options(const at::Tensor& x);
+
 // A [*, V] tensor seen as rows: every row's elements are contiguous and row r starts at
 // data + r * row_stride. Views whose leading dims collapse to one stride are used as they are;
 // anything else is copied to contiguous memory first.

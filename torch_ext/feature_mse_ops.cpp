@@ -11,15 +11,16 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
                             int64_t reduction, bool grad_student, bool grad_teacher) {
   const char* op = "fusedkd::feature_mse";
   const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
-  check_features(op, "student", student, 0);
-  check_features(op, "teacher", teacher, 0);
+  check_features(op, "student", student, 1);
+  check_features(op, "teacher", teacher, 1);
   TORCH_CHECK(student.sizes() == teacher.sizes(), op, ": student and teacher must have the same shape, got ",
               student.sizes(), " and ", teacher.sizes());
   check_same_device(op, "student", student, "teacher", teacher);
   // Memory order: the student's when it is dense, with the teacher brought to the same strides. The
   // dtypes: the inputs' own or a promotion of them (the loss dtype stays the spec's, the gradients
-  // are cast back to their inputs' dtypes).
-  const DTypePair used = backend.compute_dtypes(kernel_dtype(student.scalar_type()), kernel_dtype(teacher.scalar_type()));
+  // are returned as their inputs' gradient buffers).
+  const DTypePair used = backend.compute_dtypes(kernel_dtype(kernel_input_type(student, grad_student)),
+                                                kernel_dtype(kernel_input_type(teacher, grad_teacher)));
   const at::Tensor s = (student.is_non_overlapping_and_dense() ? student : student.contiguous())
                            .to(scalar_type(used.student));  // strides kept
   const at::ScalarType teacher_type = scalar_type(used.teacher);
@@ -43,14 +44,15 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
       bind_outputs(args, loss, grad_student, gs, grad_teacher, gt, feature_mse_workspace_bytes, s.options());
   launch_reduced(op, reduction_factor(reduction, static_cast<double>(s.numel()), 0), loss, args.scale,
                  [&] { backend.feature_mse(args); });
-  return {loss, gs.to(student.scalar_type()), gt.to(teacher.scalar_type())};
+  return {loss, gs.to(gradient_buffer_type(student.scalar_type())),
+          gt.to(gradient_buffer_type(teacher.scalar_type()))};
 }
 
 Tensor3 feature_mse_forward_meta(const at::Tensor& s, const at::Tensor& t, int64_t reduction, bool gs, bool gt) {
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
-  return {elementwise ? at::empty_like(s, loss_options) : at::empty({}, loss_options), meta_empty(gs, s, s.options()),
-          meta_empty(gt, t, t.options())};
+  return {elementwise ? at::empty_like(s, loss_options) : at::empty({}, loss_options), meta_empty(gs, s, gradient_buffer_options(s)),
+          meta_empty(gt, t, gradient_buffer_options(t))};
 }
 
 namespace {

@@ -17,7 +17,8 @@ TORCH_LIBRARY(fusedkd, m) {
 }
 
 // The soft-target losses (../shared/spec/ops.md) and their internal op: one fused forward that
-// also returns the gradients (scaled for grad_output = 1; empty when not asked for).
+// also returns the gradients (scaled for grad_output = 1; empty when not asked for; in float32 for
+// a float16 input, common.h: gradient_buffer_type).
 TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
   m.def("kl_div(Tensor student_logits, Tensor teacher_logits, float temperature=1.0, "
         "str reduction=\"batchmean\", bool reverse=False) -> Tensor");

@@ -84,7 +84,8 @@ Tensor3 projected_feature_mse_forward(const Backend& backend, const at::Tensor& 
                         has_bias ? bias->scalar_type() : at::kFloat});
   const Projection p = make_projection(student, weight, compute);
   const at::ScalarType teacher_type =
-      scalar_type(backend.compute_dtypes(kernel_dtype(compute), kernel_dtype(teacher.scalar_type())).teacher);
+      scalar_type(backend.compute_dtypes(kernel_dtype(compute), kernel_dtype(kernel_input_type(teacher, grad_teacher)))
+                      .teacher);
   const at::Tensor t = to_layout(teacher, p.channels_last, teacher_type);
   const at::Tensor b = has_bias ? bias->to(compute).contiguous() : at::Tensor();
   const auto options = p.x.options();
@@ -107,7 +108,7 @@ Tensor3 projected_feature_mse_forward(const Backend& backend, const at::Tensor& 
   args.workspace = workspace.mutable_data_ptr();
   launch_reduced(op, reduction_factor(reduction, static_cast<double>(t.numel()), 0), loss, args.scale,
                  [&] { backend.projected_feature_mse(args); });
-  if (grad_teacher && gt.scalar_type() != teacher.scalar_type()) gt = gt.to(teacher.scalar_type());
+  if (grad_teacher) gt = gt.to(gradient_buffer_type(teacher.scalar_type()));
   return {loss, keep_gradient ? projection : at::empty({0}, options), gt};
 }
 
@@ -144,7 +145,7 @@ Tensor3 projected_feature_mse_forward_meta(const at::Tensor& s, const at::Tensor
       {s.scalar_type(), w.scalar_type(), t.scalar_type(), has_bias ? b->scalar_type() : at::kFloat}));
   const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
   return {elementwise ? at::empty_like(t, options) : at::empty({}, options), meta_empty(keep, t, options),
-          meta_empty(gt, t, t.options())};
+          meta_empty(gt, t, gradient_buffer_options(t))};
 }
 
 Tensor3 projection_backward_meta(const at::Tensor& g, const at::Tensor& s, const at::Tensor& w, bool gx, bool gw,

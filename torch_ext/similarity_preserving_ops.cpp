@@ -1,5 +1,7 @@
 // similarity_preserving: checks, the [N, D] row view, the body of _similarity_preserving_forward on
 // any backend, its Meta kernel, the public op (autograd: GradientFromForward) and the C++ API.
+#include <cmath>
+
 #include "autograd.h"
 #include "feature_common.h"
 #include "fusedkd/torch.h"
@@ -55,14 +57,16 @@ Tensor3 similarity_preserving_forward(const Backend& backend, const at::Tensor& 
   const at::Tensor workspace = bind_outputs(args, loss, grad_student, gs, grad_teacher, gt,
                                             similarity_preserving_workspace_bytes, fs.options());
   launch_kernel(op, [&] { backend.similarity_preserving(args); });
-  if (grad_student) gs = gs.reshape(student.sizes()).to(student.scalar_type());
-  if (grad_teacher) gt = gt.reshape(teacher.sizes()).to(teacher.scalar_type());
+  if (batch == 0) loss.fill_(std::nan(""));  // ||G~_s - G~_t||^2 / N^2 of no samples: 0 / 0, as torch's
+  if (grad_student) gs = gs.reshape(student.sizes()).to(gradient_buffer_type(student.scalar_type()));
+  if (grad_teacher) gt = gt.reshape(teacher.sizes()).to(gradient_buffer_type(teacher.scalar_type()));
   return {loss, gs, gt};
 }
 
 Tensor3 similarity_preserving_forward_meta(const at::Tensor& s, const at::Tensor& t, bool gs, bool gt) {
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
-  return {at::empty({}, loss_options), meta_empty(gs, s, s.options()), meta_empty(gt, t, t.options())};
+  return {at::empty({}, loss_options), meta_empty(gs, s, gradient_buffer_options(s)),
+          meta_empty(gt, t, gradient_buffer_options(t))};
 }
 
 namespace {

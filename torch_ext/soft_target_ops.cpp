@@ -43,8 +43,9 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
               "fusedkd::_soft_target_forward: unknown divergence ", divergence);
   const bool has_labels = labels && labels->defined();
   // The dtypes the kernels compute in: the inputs' own, or a promotion of them (never a demotion:
-  // the loss dtype stays the spec's, and the gradients are cast back to their inputs' dtypes).
-  const DType student_dtype = kernel_dtype(student.scalar_type()), teacher_dtype = kernel_dtype(teacher.scalar_type());
+  // the loss dtype stays the spec's; the gradients are returned as their inputs' gradient buffers).
+  const DType student_dtype = kernel_dtype(kernel_input_type(student, grad_student)),
+              teacher_dtype = kernel_dtype(kernel_input_type(teacher, grad_teacher));
   const DTypePair used = backend.compute_dtypes(student_dtype, teacher_dtype);
   const at::Tensor student_used = student.to(scalar_type(used.student));  // the same tensor when unchanged
   const at::Tensor teacher_used = teacher.to(scalar_type(used.teacher));
@@ -58,13 +59,13 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
                                    : at::empty({0}, student_used.options());
   at::Tensor grad_t = grad_teacher ? at::empty(teacher_used.sizes(), teacher_used.options().memory_format(contiguous))
                                    : at::empty({0}, teacher_used.options());
-  const auto in_input_dtypes = [&] {
-    return std::tuple<at::Tensor, at::Tensor, at::Tensor>{loss, grad_s.to(student.scalar_type()),
-                                                          grad_t.to(teacher.scalar_type())};
+  const auto as_buffers = [&] {
+    return std::tuple<at::Tensor, at::Tensor, at::Tensor>{loss, grad_s.to(gradient_buffer_type(student.scalar_type())),
+                                                          grad_t.to(gradient_buffer_type(teacher.scalar_type()))};
   };
-  if (s.rows == 0) {
-    loss.zero_();
-    return in_input_dtypes();
+  if (s.rows == 0) {  // the sum over no rows, 0, but NaN for a NaN scale (apply_reduction: the mean of nothing)
+    loss.fill_(std::isnan(soft_scale) ? std::nan("") : 0.0);
+    return as_buffers();
   }
   const at::Tensor labels_long = has_labels ? labels->to(at::kLong).contiguous() : at::Tensor();
 
@@ -89,7 +90,7 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   const at::Tensor workspace = bind_outputs(args, loss, grad_student, grad_s, grad_teacher, grad_t,
                                             soft_target_workspace_bytes, student.options());
   launch_kernel("fusedkd::_soft_target_forward", [&] { backend.soft_target(args); });
-  return in_input_dtypes();
+  return as_buffers();
 }
 
 Tensor3 soft_target_forward_meta(const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& labels,
@@ -99,8 +100,8 @@ Tensor3 soft_target_forward_meta(const at::Tensor& s, const at::Tensor& t, const
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const at::IntArrayRef leading = s.sizes().slice(0, s.dim() - 1);
   return {per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options),
-          grad_s ? at::empty(s.sizes(), s.options()) : at::empty({0}, s.options()),
-          grad_t ? at::empty(t.sizes(), t.options()) : at::empty({0}, t.options())};
+          grad_s ? at::empty(s.sizes(), gradient_buffer_options(s)) : at::empty({0}, s.options()),
+          grad_t ? at::empty(t.sizes(), gradient_buffer_options(t)) : at::empty({0}, t.options())};
 }
 
 namespace {
@@ -120,16 +121,19 @@ struct LossSpec {
   bool divide_by_valid_rows = true;
 };
 
-void apply_reduction(const char* op, c10::string_view reduction, int64_t cols, LossSpec& spec) {
+// kl_div, jsd and soft_mse: the reduction over the rows of logits `s`. "mean" and "batchmean" of no
+// rows are 0 / 0 = NaN, as torch's (kd_loss's n = 0 is 0 instead: the spec's rule).
+void apply_reduction(const char* op, c10::string_view reduction, const at::Tensor& s, LossSpec& spec) {
   switch (parse_reduction(op, reduction, /*allow_batchmean=*/true)) {
     case Reduction::None:
       spec.per_row = true;
       spec.divide_by_valid_rows = false;
-      break;
-    case Reduction::Sum: spec.divide_by_valid_rows = false; break;
-    case Reduction::Mean: spec.soft_scale /= static_cast<double>(cols); break;  // torch's mean: / (R * V)
+      return;
+    case Reduction::Sum: spec.divide_by_valid_rows = false; return;
+    case Reduction::Mean: spec.soft_scale /= static_cast<double>(s.size(-1)); break;  // torch's mean: / (R * V)
     case Reduction::BatchMean: break;
   }
+  if (s.sym_numel() == 0) spec.soft_scale = std::nan("");  // (a guard, not a sync, under torch.compile)
 }
 
 void check_beta(const char* op, double beta) {
@@ -150,7 +154,7 @@ LossSpec kl_div_spec(const at::Tensor& s, const at::Tensor& t, double temperatur
   LossSpec spec;
   spec.temperature = temperature;
   spec.divergence = reverse ? Divergence::ReverseKL : Divergence::ForwardKL;
-  apply_reduction(op, reduction, s.size(-1), spec);
+  apply_reduction(op, reduction, s, spec);
   return spec;
 }
 
@@ -163,7 +167,7 @@ LossSpec jsd_spec(const at::Tensor& s, const at::Tensor& t, double temperature, 
   spec.temperature = temperature;
   spec.divergence = jsd_divergence(beta);
   spec.beta = beta;
-  apply_reduction(op, reduction, s.size(-1), spec);
+  apply_reduction(op, reduction, s, spec);
   return spec;
 }
 
@@ -173,7 +177,7 @@ LossSpec soft_mse_spec(const at::Tensor& s, const at::Tensor& t, double temperat
   LossSpec spec;
   spec.temperature = temperature;
   spec.divergence = Divergence::MSE;
-  apply_reduction(op, reduction, s.size(-1), spec);
+  apply_reduction(op, reduction, s, spec);
   return spec;
 }
 

@@ -20,7 +20,8 @@ namespace {
 // The temperature (inv_t, scale_log2) and the rest of what every row of a call shares.
 template <typename Acc>
 struct RowPlan : Temperature<Acc> {
-  Acc beta, weight, soft_scale, hard_scale;
+  Mixture<Acc> mixture;
+  Acc weight, soft_scale, hard_scale;
   bool hard;
 };
 
@@ -83,7 +84,7 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   st.sum_s = static_cast<Acc>(sum_s);
   st.sum_t = static_cast<Acc>(sum_t);
   st.sum_s_hard = static_cast<Acc>(sum_s_hard);
-  KDRow<Acc> row = KDRow<Acc>::make(st, plan.inv_t, D, plan.beta);
+  KDRow<Acc> row = KDRow<Acc>::make(st, plan.inv_t, D, plan.mixture);
   // The logarithms of the double sums, rounded once.
   row.log_z_s = static_cast<Acc>(std::log(sum_s));
   row.log_z_t = static_cast<Acc>(std::log(sum_t));
@@ -182,7 +183,8 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
       for (int l = 0; l < lanes; ++l) cross[l] += kl_cross<D>(xs[j * L + l], xt[j * L + l], max_s[l], max_t[l], plan);
 
   // Per-lane row constants (the logarithms), kept as arrays so the sweeps below vectorise.
-  const KDRow<Acc> base = KDRow<Acc>::make(KDStats<Acc>{Acc(0), Acc(1), Acc(1), Acc(0), Acc(1)}, plan.inv_t, D, plan.beta);
+  const KDRow<Acc> base =
+      KDRow<Acc>::make(KDStats<Acc>{Acc(0), Acc(1), Acc(1), Acc(0), Acc(1)}, plan.inv_t, D, plan.mixture);
   alignas(64) Acc log_z_s[L], log_z_t[L], log_z_h[L];
   for (int l = 0; l < L; ++l) {
     log_z_s[l] = std::log(sum_s[l]);
@@ -191,13 +193,14 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
   }
   // Built field by field from scalars: a copy of `base` inside the lane loops is a memory copy
   // that keeps GCC from vectorising them.
-  const Acc inv_t = base.inv_t, beta = base.beta, log_beta = base.log_beta,
+  const Acc inv_t = base.inv_t, beta = base.beta, one_minus_beta = base.one_minus_beta, log_beta = base.log_beta,
             log_one_minus_beta = base.log_one_minus_beta;
   auto lane_row = [&](int l) __attribute__((always_inline)) {
     KDRow<Acc> row;
     row.inv_t = inv_t;
     row.divergence = D;
     row.beta = beta;
+    row.one_minus_beta = one_minus_beta;
     row.log_beta = log_beta;
     row.log_one_minus_beta = log_one_minus_beta;
     row.max_s = max_s[l];
@@ -265,7 +268,7 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
   }
   RowPlan<Acc> plan;
   static_cast<Temperature<Acc>&>(plan) = Temperature<Acc>::of(a.temperature);
-  plan.beta = static_cast<Acc>(a.beta);
+  plan.mixture = Mixture<Acc>::of(a.beta);
   plan.weight = a.per_row_loss ? Acc(1)
                                : kd_row_weight<Acc>(a.divide_by_valid_rows, static_cast<Acc>(valid_rows));
   plan.soft_scale = static_cast<Acc>(a.soft_scale);

@@ -215,7 +215,7 @@ void launch_loss(const SoftTargetArgs& a, cudaStream_t stream) {
   p.rows = a.rows;
   p.cols = static_cast<int>(a.cols);
   p.divergence = a.divergence;
-  p.beta = static_cast<Acc>(a.beta);
+  p.mixture = Mixture<Acc>::of(a.beta);
   p.labels = a.labels;
   p.ignore_index = a.ignore_index;
   p.soft_scale = static_cast<Acc>(a.soft_scale);

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(BLOCK, 1) soft_target_tile_kernel(Params<typen
         if (p.hard) local.sum_s_hard += softmax_sum_term(xs.v[i][k], local.max_s, Acc(kLog2e));
       }
     const KDStats<Acc> stats = StatsReduce::run(local, merge, stats_storage, g.group);
-    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.beta);
+    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.mixture);
 
     KDSums<Acc> partial{Acc(0), Acc(0), Acc(0)};
     with_divergence(kd.divergence, [&](auto d) {
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(BLOCK, 2) soft_target_streaming_kernel(Params<
       }
       stats = StatsReduce::run(local, merge, stats_storage, 0);
     }
-    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.beta);
+    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.mixture);
 
     KDSums<Acc> sums{Acc(0), Acc(0), Acc(0)};
     if (kl) {
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(BLOCK)
     }
     const KDStats<Acc> stats = combine_over_cluster(StatsReduce::run(local, merge, stats_storage, 0), merge, split,
                                                     stats_published, stats_combined);
-    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.beta);
+    const KDRow<Acc> kd = KDRow<Acc>::make(stats, p.inv_t, p.divergence, p.mixture);
 
     KDSums<Acc> partial{Acc(0), Acc(0), Acc(0)};
     with_divergence(kd.divergence, [&](auto d) {

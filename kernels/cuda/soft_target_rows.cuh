@@ -32,7 +32,7 @@ struct Params : Temperature<Acc> {
   std::int64_t rows;
   int cols;
   Divergence divergence;
-  Acc beta;
+  Mixture<Acc> mixture;
   const std::int64_t* labels;
   std::int64_t ignore_index;
   Acc soft_scale;

@@ -253,10 +253,7 @@ class Case:
         self.layouts = {}
         self.grad = []          # names of the tensors that require grad
         self.notes = []
-        self.skip_value = None  # reason the forward value is not compared
         self.has_nan = False    # a NaN was put into an input
-        self.known_bugs = []    # (name, composite, fp16_stored): how known open bugs would show (verify)
-        self.known_bug = None   # the name of the one this case failed by, if it failed only by one
         self.out_dtype = None
         self.keywords = self.gen.chance(0.5)  # call fusedkd.<op>(..., name=value) rather than torch.ops
         self.composite = None   # (**tensors) -> output (any dtype)
@@ -381,9 +378,8 @@ def sample(t):
 
 
 def run_case(case):
-    """Runs the op once, then checks it against its composite (``verify``); a case that fails
-    only where a known open bug (``case.known_bugs``: see test_randomized's named tests) says it
-    would is recorded in ``case.known_bug`` instead. Returns (problems, summary lines)."""
+    """Runs the op once, then checks it against its composite (``verify``). Returns (problems,
+    summary lines)."""
     summary = []
     ins = with_grad(case.tensors, case.grad)
     with torch.set_grad_enabled(bool(case.grad)):
@@ -393,27 +389,18 @@ def run_case(case):
         w, note = grad_output_for(case.gen, out)
         summary.append(note)
         grads = torch.autograd.grad(out, [ins[k] for k in case.grad], w)
-    problems = verify(case, out, w, grads, case.composite, summary)
-    for name, composite, fp16_stored in case.known_bugs if problems else ():
-        again = verify(case, out, w, grads, composite, [], fp16_stored)
-        if not again:
-            case.known_bug = name
-            summary.append(f"passes as the known open bug: {name}")
-            return [], summary
-    return problems, summary
+    return verify(case, out, w, grads, summary), summary
 
 
-def verify(case, out, w, grads, composite, summary, fp16_stored=()):
-    """Checks the op's output and gradients against ``composite`` (float64; and in the inputs'
-    own precision for the bound). ``fp16_stored``: the inputs whose float16 gradient is expected
-    as the open bug makes it, the gradient for grad_output 1 rounded to float16, times
-    grad_output."""
+def verify(case, out, w, grads, summary):
+    """Checks the op's output and gradients against the case's composite (float64; and in the
+    inputs' own precision for the bound)."""
     problems, names = [], case.grad
     ref_ins = with_grad(case.tensors, names, F64)
-    ref = composite(**ref_ins)
+    ref = case.composite(**ref_ins)
     low_ins = with_grad(case.tensors, names)
     try:
-        low = composite(**low_ins)
+        low = case.composite(**low_ins)
     except RuntimeError as e:  # a composite torch cannot run in that dtype: no err_composite
         low = None
         summary.append(f"composite in own precision failed: {str(e).splitlines()[0][:100]}")
@@ -427,15 +414,12 @@ def verify(case, out, w, grads, composite, summary, fp16_stored=()):
         plain = {k: (v.detach().to(F64) if v is not None and v.is_floating_point() else v)
                  for k, v in case.tensors.items()}
         floors = case.noise(plain, None if w is None else w.detach().to(F64), eps)
-    if case.skip_value:
-        summary.append(f"forward value not compared: {case.skip_value}")
-    else:
-        compare("forward", out, ref, low, floors["forward"], problems, summary)
+    compare("forward", out, ref, low, floors["forward"], problems, summary)
     if not names:
         return problems
     w64 = w.detach().to(F64)
     ref_grads = torch.autograd.grad(ref, [ref_ins[k] for k in names], w64, allow_unused=True,
-                                    materialize_grads=True, retain_graph=bool(fp16_stored))
+                                    materialize_grads=True)
     low_grads = [None] * len(names)
     if low is not None and low.requires_grad:
         low_grads = torch.autograd.grad(low, [low_ins[k] for k in names], w.to(low.dtype), allow_unused=True,
@@ -444,10 +428,5 @@ def verify(case, out, w, grads, composite, summary, fp16_stored=()):
         if g.dtype != case.tensors[k].dtype or tuple(g.shape) != tuple(case.tensors[k].shape):
             problems.append(f"grad {k}: dtype {g.dtype} shape {tuple(g.shape)}, expected those of the input")
             continue
-        if k in fp16_stored and g.dtype == F16:
-            r1, = torch.autograd.grad(ref, [ref_ins[k]], torch.ones_like(ref), allow_unused=True,
-                                      materialize_grads=True, retain_graph=True)
-            r = r1.to(F16).to(F64) * w64.reshape(tuple(w64.shape) + (1,) * (g.dim() - w64.dim()))
-            lg = None
         compare(f"grad {k}", g, r, lg, floors[k], problems, summary, nan_lenient=case.has_nan)
     return problems

@@ -48,29 +48,19 @@ Knobs (environment):
   FUSEDKD_RANDOM_THREADS  torch's intra-op threads while the cases run (default 1: on a loaded
                           machine OpenMP threads of tiny ops wait on each other, ~30x slower;
                           2 or more also runs the CPU kernels' row split over several tasks).
-  FUSEDKD_RANDOM_KNOWN_BUGS=0  no known-bug exemption (see below): to see a fix, or the bugs.
 Case i is of family SCHEDULE[i % len(SCHEDULE)]; there is one pytest test per op family (and
 device), which runs its share and reports every failing case with its description (op,
 arguments, shapes, strides, offsets, dtypes, layouts, seed and index) and the command that
 replays it. The generators live in randomized_soft.py and randomized_feature.py, the checking
 in randomized_check.py.
 
-Known open issues (the named tests at the end, xfail(strict) while open):
-  - FP16_BUG: a float16 gradient of the loss ops is rounded before the grad_output scaling;
-  - BETA_BUG (randomized_soft.py): jsd / kd_loss(divergence="jsd") form 1 - beta in float32.
-A case that fails, but passes against the composite as the bug computes it (case.known_bugs),
-is counted and reported as a warning, not a failure; when a bug is fixed, its named test
-XPASSes (strict: fails) and its entry here goes with its xfail mark.
-  - Not compared in the cases: the soft-target ops and similarity_preserving return 0 for the
-    mean of an empty batch where the spec's formula (and torch) give 0/0 = NaN.
-  - feature_mse accepts 0-dim tensors (the spec's errors say "fewer than 1 dim").
+The bugs these cases found are kept, shrunk, as the named regression tests at the end.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-import warnings
 
 import pytest
 import torch
@@ -78,10 +68,9 @@ import torch.nn.functional as F
 
 import fusedkd  # noqa: F401  (loads the op library)
 from randomized_check import F16, TOL, Case, run_case
-from randomized_feature import (at_map, make_attention_transfer, make_feature_mse, make_projected_feature_mse,
-                                make_similarity_preserving, mse)
-from randomized_soft import jsd_rows, kl_rows, make_kd_loss, make_pair_loss, make_softmax, mse_rows
-from test_feature import gram
+from randomized_feature import (make_attention_transfer, make_feature_mse, make_projected_feature_mse,
+                                make_similarity_preserving)
+from randomized_soft import jsd_rows, make_kd_loss, make_pair_loss, make_softmax
 
 ops = torch.ops.fusedkd
 HAVE_CUDA = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
@@ -95,7 +84,6 @@ ONLY = os.environ.get("FUSEDKD_RANDOM_CASE")
 ONLY = int(ONLY) if ONLY not in (None, "") else None
 VERBOSE = os.environ.get("FUSEDKD_RANDOM_VERBOSE", "") not in ("", "0")
 THREADS = int(os.environ.get("FUSEDKD_RANDOM_THREADS", "1"))
-KNOWN_BUGS = os.environ.get("FUSEDKD_RANDOM_KNOWN_BUGS", "1") not in ("", "0")
 
 # Case i is of family SCHEDULE[i % len(SCHEDULE)] (kd_loss, the op with most options, twice).
 SCHEDULE = [
@@ -115,26 +103,11 @@ MAKERS = {
     "similarity_preserving": make_similarity_preserving,
     "projected_feature_mse": make_projected_feature_mse,
 }
-# The gradients formed in the forward and scaled by grad_output in the backward (the open bug
-# FP16_BUG: a float16 one is rounded before that scaling): every loss op's, but for
-# projected_feature_mse only the teacher's (the rest come from GEMMs in the backward).
-FP16_BUG = "test_regression_fp16_gradient_rounded_before_grad_output_scaling"
-GRADIENT_FROM_FORWARD = {"kl_div": ("student_logits", "teacher_logits"), "jsd": ("student_logits", "teacher_logits"),
-                         "soft_mse": ("student_logits", "teacher_logits"),
-                         "kd_loss": ("student_logits", "teacher_logits"), "feature_mse": ("student", "teacher"),
-                         "attention_transfer": ("student", "teacher"), "similarity_preserving": ("student", "teacher"),
-                         "projected_feature_mse": ("teacher",)}
 
 
 def make_case(index, device, seed=SEED):
     case = Case(SCHEDULE[index % len(SCHEDULE)], index, device, seed)
     MAKERS[case.family](case)
-    stored = GRADIENT_FROM_FORWARD.get(case.family)
-    if stored:
-        case.known_bugs += [(FP16_BUG, case.composite, stored)] + [
-            (f"{name} and {FP16_BUG}", composite, stored) for name, composite, _ in case.known_bugs]
-    if not KNOWN_BUGS:
-        case.known_bugs = []
     return case
 
 
@@ -150,7 +123,7 @@ def test_randomized(family, device):
     indices = case_indices(family)
     if not indices:
         pytest.skip(f"no {family} case selected (FUSEDKD_RANDOM_CASE={ONLY})")
-    failures, known = [], []
+    failures = []
     start, threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
@@ -166,15 +139,9 @@ def test_randomized(family, device):
                 print(text + "".join(f"\n  {s}" for s in summary) + "".join(f"\n  FAIL {p}" for p in problems))
             if problems:
                 failures.append(text + "".join(f"\n  FAIL {p}" for p in problems))
-            elif case is not None and case.known_bug:
-                known.append((i, case.known_bug))
     finally:
         torch.set_num_threads(threads)
     elapsed = time.perf_counter() - start
-    for bug in sorted(set(name for _, name in known)):
-        hit = [i for i, name in known if name == bug]
-        warnings.warn(f"{family} on {device}: {len(hit)} of {len(indices)} cases passed only as the known open bug "
-                      f"{bug} (cases {hit[:10]})")
     if failures:
         shown = "\n\n".join(failures[:6])
         pytest.fail(f"{len(failures)} of {len(indices)} {family} cases failed on {device} "
@@ -183,20 +150,12 @@ def test_randomized(family, device):
 
 
 # ----------------------------------------------------------------------------- named regressions
-# Found by the cases above (or beside them) and shrunk; xfail(strict) while open, so the suite
-# stays green and a fix shows as XPASS (then drop the mark).
-
-FP16_REASON = (
-    "open bug: for float16 inputs the loss ops form their gradient in the forward as if grad_output were 1, "
-    "round it to float16, and only scale it by grad_output in the backward: under loss scaling "
-    "(torch.amp.GradScaler) small gradients are lost to float16 underflow, and with |grad_output| < 1 a gradient "
-    "whose unscaled value exceeds 65504 comes out inf (projected_feature_mse: its teacher's gradient; softmax_t "
-    "and log_softmax_t are not affected)"
-)
+# Bugs found by the cases above (or beside them), shrunk; each test failed before its fix.
 
 
 def _fp16_case(op):
-    """A float16 input whose gradient, for grad_output 1, lies in float16's subnormal range."""
+    """Float16 inputs whose gradient, for grad_output 1, lies in float16's subnormal range (below
+    6.1e-5): rounded there, it kept a few bits or none."""
     g = torch.Generator().manual_seed(0)
     if op in ("kl_div", "jsd", "soft_mse", "kd_loss"):
         s, t = torch.zeros(1, 2), torch.tensor([[0.0, 1e-3]])
@@ -204,45 +163,42 @@ def _fp16_case(op):
               "jsd": lambda a, b: ops.jsd(a, b, 100.0, 0.5, "sum"),
               "soft_mse": lambda a, b: ops.soft_mse(a, b, 100.0, "sum"),
               "kd_loss": lambda a, b: ops.kd_loss(a, b, None, 100.0)}[op]
-        composite = {"kl_div": lambda a, b: kl_rows(F.log_softmax(b / 100, -1), F.log_softmax(a / 100, -1)).sum(),
-                     "jsd": lambda a, b: jsd_rows(F.log_softmax(a / 100, -1), F.log_softmax(b / 100, -1), 0.5).sum(),
-                     "soft_mse": lambda a, b: mse_rows(F.log_softmax(a / 100, -1), F.log_softmax(b / 100, -1)).sum(),
-                     "kd_loss": lambda a, b: kl_rows(F.log_softmax(b / 100, -1), F.log_softmax(a / 100, -1)).sum()}[op]
     elif op == "feature_mse":
         s, t = torch.full((8, 64, 16, 16), 0.01), torch.zeros(8, 64, 16, 16)
-        fn, composite = ops.feature_mse, lambda a, b: mse(a, b, "mean")
+        fn = ops.feature_mse
     elif op == "attention_transfer":
         s, t = torch.ones(2, 1, 64, 64), torch.ones(2, 1, 64, 64)
         s[..., :32] = 2.0
         fn = lambda a, b: ops.attention_transfer(a, b, 2.0, "mean")  # noqa: E731
-        composite = lambda a, b: (at_map(a, 2.0) - at_map(b, 2.0)).pow(2).mean()  # noqa: E731
     elif op == "similarity_preserving":
         s = torch.randn(4, 8, 16, 16, generator=g) * 0.1
         t = s + 1e-3 * torch.randn(4, 8, 16, 16, generator=g)
-        fn, composite = ops.similarity_preserving, lambda a, b: (gram(a) - gram(b)).pow(2).sum() / 16
-    else:  # projected_feature_mse's teacher gradient: the input here is the (float16) teacher
+        fn = ops.similarity_preserving
+    else:  # projected_feature_mse's teacher gradient (formed in the forward): the input here is the teacher
         s, t = torch.zeros(8, 64, 16, 16), torch.full((8, 64, 16, 16), 0.01)
-        w = torch.eye(64, dtype=torch.float16)
-        fn = lambda a, b: ops.projected_feature_mse(b, w, None, a)  # noqa: E731
-        composite = lambda a, b: mse(b, a, "mean")  # noqa: E731  (W = I: the projection is the student)
-    return s.half(), t.half(), fn, composite
+        fn = lambda a, b: ops.projected_feature_mse(b, torch.eye(64, dtype=a.dtype), None, a)  # noqa: E731
+    return s.half(), t.half(), fn
 
 
-@pytest.mark.xfail(strict=True, reason=FP16_REASON)
 @pytest.mark.parametrize("op", ["kl_div", "jsd", "soft_mse", "kd_loss", "feature_mse", "attention_transfer",
                                 "similarity_preserving", "projected_feature_mse"])
-def test_regression_fp16_gradient_rounded_before_grad_output_scaling(op):
-    s, t, fn, composite = _fp16_case(op)
-    s = s.requires_grad_()
+def test_regression_fp16_gradient_rounded_after_grad_output_scaling(op):
+    # The loss ops form their gradients in the forward, for grad_output 1, and the backward scales
+    # them. For float16 inputs they were rounded to float16 before that scaling: under GradScaler's
+    # 65536 a small gradient was lost to underflow (float16 subnormals). A float16 gradient must be
+    # the float32 computation's, times grad_output, rounded once: compared with the same op on the
+    # inputs upcast to float32 (the float32 path is checked against float64 by the cases above).
+    s, t, fn = _fp16_case(op)
     scale = 65536.0  # GradScaler's default initial scale
-    g, = torch.autograd.grad(fn(s, t) * scale, [s])
-    s64 = s.detach().double().requires_grad_()
-    ref, = torch.autograd.grad(composite(s64, t.double()) * scale, [s64])
-    err = ((g.double() - ref).norm() / ref.norm()).item()
-    assert err < TOL[F16], f"relative error {err:.3g} of the float16 gradient (the float64 one is representable)"
+    s16 = s.requires_grad_()
+    g, = torch.autograd.grad(fn(s16, t) * scale, [s16])
+    s32 = s.detach().float().requires_grad_()
+    ref, = torch.autograd.grad(fn(s32, t.float()) * scale, [s32])
+    assert g.dtype == F16
+    err = ((g.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert err < TOL[F16], f"relative error {err:.3g} of the float16 gradient (the scaled one is representable)"
 
 
-@pytest.mark.xfail(strict=True, reason=FP16_REASON)
 def test_regression_fp16_gradient_overflows_before_grad_output_scaling():
     # Reverse KL at T = 0.05: d l / d s = -+1e5 for grad_output 1 (inf in float16); with 0.5 it is
     # -+5e4, which float16 holds.
@@ -253,12 +209,11 @@ def test_regression_fp16_gradient_overflows_before_grad_output_scaling():
     assert torch.isfinite(g).all() and ((g.double() - ref).norm() / ref.norm()).item() < TOL[F16], g
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open bug: jsd and kd_loss(divergence='jsd') round beta to float32 and form 1 - beta in float32 (for non-float64 "
-    "inputs), so the weight 1 - beta is off by up to 2^-24 / (1 - beta) relative: at beta = 0.99999 the student "
-    "gradient is 1.36e-3 off (the float32 composite: 5e-7); form 1 - beta (and its log) in double on the host"))
 @pytest.mark.parametrize("op", ["jsd", "kd_loss"])
 def test_regression_jsd_one_minus_beta_formed_in_float32(op):
+    # jsd and kd_loss(divergence="jsd") rounded beta to float32 and formed 1 - beta in float32: the
+    # weight 1 - beta was off by up to 2^-24 / (1 - beta) relative, at beta = 0.99999 a student
+    # gradient 1.36e-3 off (the float32 composite: 5e-7). Now formed in double (fusedkd::Mixture).
     beta = 0.99999
     s, t = torch.zeros(1, 2, requires_grad=True), torch.tensor([[0.0, 1.0]])
     loss = ops.jsd(s, t, 1.0, beta, "sum") if op == "jsd" else ops.kd_loss(s, t, None, 1.0, divergence="jsd", beta=beta)
@@ -269,28 +224,28 @@ def test_regression_jsd_one_minus_beta_formed_in_float32(op):
     assert err < TOL[torch.float32], f"relative error {err:.3g} of the student gradient"
 
 
-EMPTY_REASON = (
-    "spec deviation (or a spec gap to close): for an empty batch (R = 0) the spec's \"mean\" (sum / (R * V)) and "
-    "\"batchmean\" (sum / R), and similarity_preserving's / N^2, are 0 / 0 = NaN, as in torch and in this library's "
-    "feature_mse / attention_transfer / projected_feature_mse; kl_div, jsd, soft_mse and similarity_preserving "
-    "return 0 (kd_loss's 0 for n = 0 is in the spec)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=EMPTY_REASON)
 @pytest.mark.parametrize("op,reduction", [("kl_div", "mean"), ("kl_div", "batchmean"), ("jsd", "mean"),
                                           ("jsd", "batchmean"), ("soft_mse", "mean"), ("soft_mse", "batchmean"),
                                           ("similarity_preserving", None)])
 def test_regression_empty_batch_mean_is_nan(op, reduction):
-    s, t = torch.zeros(0, 5), torch.zeros(0, 5)
-    out = {"kl_div": lambda: ops.kl_div(s, t, 1.0, reduction), "jsd": lambda: ops.jsd(s, t, 1.0, 0.5, reduction),
-           "soft_mse": lambda: ops.soft_mse(s, t, 1.0, reduction),
-           "similarity_preserving": lambda: ops.similarity_preserving(s, t)}[op]()
+    # The spec's "mean" (sum / (R * V)) and "batchmean" (sum / R), and similarity_preserving's / N^2,
+    # are 0 / 0 = NaN for an empty batch, as torch's composites (kd_loss's n = 0 is 0: the spec's
+    # own rule); these ops returned 0. The gradients stay empty, and "sum" stays 0.
+    s = torch.zeros(0, 5, requires_grad=True)
+    t = torch.zeros(0, 5)
+    call = {"kl_div": lambda r: ops.kl_div(s, t, 1.0, r), "jsd": lambda r: ops.jsd(s, t, 1.0, 0.5, r),
+            "soft_mse": lambda r: ops.soft_mse(s, t, 1.0, r),
+            "similarity_preserving": lambda r: ops.similarity_preserving(s, t)}[op]
+    out = call(reduction)
     assert torch.isnan(out), out
+    g, = torch.autograd.grad(out, [s])
+    assert g.shape == s.shape
+    if reduction is not None:
+        assert call("sum").item() == 0.0
+    assert ops.kd_loss(s, t, None, 1.0).item() == 0.0
 
 
 def test_empty_batch_mean_of_feature_ops_is_nan():
-    # The other side of the inconsistency above (torch's behaviour): pinned so that a decision changes both.
     s, t = torch.zeros(0, 3, 4, 4), torch.zeros(0, 2, 4, 4)
     assert torch.isnan(ops.feature_mse(s, s, "mean"))
     assert torch.isnan(ops.attention_transfer(s, t, 2.0, "mean"))
@@ -298,11 +253,12 @@ def test_empty_batch_mean_of_feature_ops_is_nan():
     assert torch.isnan(ops.projected_feature_mse(s, torch.ones(2, 3), None, t, "mean"))
 
 
-@pytest.mark.xfail(strict=True, reason="spec deviation: the spec's errors (all ops) include 'fewer than 1 dim', "
-                                       "but feature_mse accepts two 0-dim tensors (torch's F.mse_loss does too)")
 def test_regression_feature_mse_rejects_0_dim():
-    with pytest.raises(RuntimeError, match="dim"):
+    # The spec's errors (all ops) include "fewer than 1 dim"; feature_mse accepted two 0-dim tensors.
+    with pytest.raises(RuntimeError, match="student must have at least 1 dims"):
         ops.feature_mse(torch.tensor(1.5), torch.tensor(0.5))
+    with pytest.raises(RuntimeError, match="teacher must have at least 1 dims"):
+        ops.feature_mse(torch.ones(1), torch.tensor(0.5))
 
 
 @pytest.mark.parametrize("op", ["softmax_t", "log_softmax_t", "kl_div", "kl_div_reverse", "jsd", "soft_mse"])
