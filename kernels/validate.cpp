@@ -131,7 +131,7 @@ void validate_labels_on_host(const SoftTargetArgs& a) {
   for (std::int64_t r = 0; r < a.rows; ++r) {
     const std::int64_t y = a.labels[r];
     if (y == a.ignore_index || (y >= 0 && y < a.cols)) continue;  // the message is built only for a bad label
-    check(false, "label " + std::to_string(y) + " of row " + std::to_string(r) + " is outside [0, " +
+    check(false, "labels: label " + std::to_string(y) + " of row " + std::to_string(r) + " is outside [0, " +
                      std::to_string(a.cols) + ") and is not ignore_index (" + std::to_string(a.ignore_index) + ")");
   }
 }
