@@ -24,10 +24,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-if ! "$VENV/bin/python" -c "import torch, pytest, numpy, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
+# scikit-build-core: the build backend of `pip install .` (pyproject.toml; python/tests/test_package.py).
+if ! "$VENV/bin/python" -c "import torch, pytest, numpy, scikit_build_core, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   echo "setup: creating $VENV with torch==$TORCH_VERSION"
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" numpy pytest
+  "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" numpy pytest "scikit-build-core==1.1.2"
 fi
 echo "setup: ok ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'))"

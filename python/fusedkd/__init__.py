@@ -1,12 +1,14 @@
 """fusedkd: fused knowledge-distillation losses as PyTorch custom ops.
 
 Importing this package loads the op library (libfusedkd_torch.so) into ``torch.ops.fusedkd``.
-The library is looked up, in order, at ``$FUSEDKD_TORCH_LIBRARY``, next to this package, in the
-repository's ``build/torch_ext/``, and in an installed prefix's ``lib/``.
+The library is looked up, in order, at ``$FUSEDKD_TORCH_LIBRARY``, next to this package (a pip
+install), in the repository's ``build/torch_ext/`` (a developer's checkout with
+``PYTHONPATH=python``), and in an installed prefix's ``lib/``.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -37,7 +39,19 @@ def _load() -> Path:
     )
 
 
+def _version() -> str:
+    try:  # a pip install: generated from CMakeLists.txt's project() line at build time
+        from ._version import __version__ as version
+
+        return version
+    except ImportError:  # a checkout: read that line
+        cmake = Path(__file__).resolve().parent.parent.parent / "CMakeLists.txt"
+        match = re.search(r"project\(fusedkd VERSION ([0-9][0-9.]*)", cmake.read_text()) if cmake.is_file() else None
+        return match.group(1) if match else "unknown"
+
+
 library_path = _load()
+__version__ = _version()
 
 
 # The functional API and the loss modules (they call torch.ops.fusedkd, loaded above).
@@ -55,4 +69,4 @@ from .functional import (  # noqa: E402
 )
 from . import functional, nn  # noqa: E402
 
-__all__ = [*functional.__all__, "functional", "nn", "library_path"]
+__all__ = [*functional.__all__, "functional", "nn", "library_path", "__version__"]
