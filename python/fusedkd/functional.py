@@ -1,6 +1,8 @@
 """The functional API: every fusedkd op with the operator contract's keyword arguments and
 defaults (``../shared/spec/ops.md``). Each is one ``torch.ops.fusedkd`` call, with autograd, on CPU
-and CUDA tensors; the docstrings give the plain-PyTorch composite it equals."""
+and CUDA tensors; the docstrings give the plain-PyTorch composite it equals and an example
+(run as doctests by python/tests/test_examples.py, with ``s, t`` random ``[4, 10]`` logits, ``y``
+labels, ``fs, ft`` ``[2, 3, 8, 8]`` / ``[2, 5, 8, 8]`` maps and ``F = torch.nn.functional``)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -26,13 +28,18 @@ __all__ = [
 def softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``torch.softmax(logits / temperature, dim=-1)``, in logits' dtype.
 
-    >>> fusedkd.softmax_t(torch.randn(4, 10), temperature=2.0).sum(-1)  # ones
+    >>> fusedkd.softmax_t(s, temperature=2.0).allclose(torch.softmax(s / 2.0, -1))
+    True
     """
     return _ops.softmax_t(logits, temperature)
 
 
 def log_softmax_t(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``torch.log_softmax(logits / temperature, dim=-1)``, in logits' dtype."""
+    """``torch.log_softmax(logits / temperature, dim=-1)``, in logits' dtype.
+
+    >>> fusedkd.log_softmax_t(s, temperature=0.5).allclose(torch.log_softmax(s / 0.5, -1))
+    True
+    """
     return _ops.log_softmax_t(logits, temperature)
 
 
@@ -51,7 +58,9 @@ def kl_div(
     log_target=True)`` (``"batchmean"`` divides by the number of rows, ``"none"`` gives one value
     per row). The loss is float32, or float64 when an input is.
 
-    >>> loss = fusedkd.kl_div(student_logits, teacher_logits, temperature=2.0)
+    >>> ref = F.kl_div(F.log_softmax(s / 2, -1), F.log_softmax(t / 2, -1), reduction="batchmean", log_target=True)
+    >>> fusedkd.kl_div(s, t, temperature=2.0).allclose(ref)
+    True
     """
     return _ops.kl_div(student_logits, teacher_logits, temperature, reduction, reverse)
 
@@ -65,7 +74,11 @@ def jsd(
 ) -> torch.Tensor:
     """Generalized Jensen-Shannon divergence ``beta KL(p || m) + (1 - beta) KL(q || m)`` with
     ``m = beta p + (1 - beta) q`` (``beta = 0``: KL(p || q); ``beta = 1``: KL(q || p)), ``p`` the
-    teacher's and ``q`` the student's softened distributions."""
+    teacher's and ``q`` the student's softened distributions, ``log m`` formed in log space.
+
+    >>> fusedkd.jsd(s, t, temperature=2.0, beta=0.0).allclose(fusedkd.kl_div(s, t, temperature=2.0))
+    True
+    """
     return _ops.jsd(student_logits, teacher_logits, temperature, beta, reduction)
 
 
@@ -76,7 +89,11 @@ def soft_mse(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """``F.mse_loss(softmax(s / T), softmax(t / T), reduction=reduction)`` (the seed's first
-    example's soft term)."""
+    example's soft term).
+
+    >>> fusedkd.soft_mse(s, t, temperature=5.0).allclose(F.mse_loss(F.softmax(s / 5, -1), F.softmax(t / 5, -1)))
+    True
+    """
     return _ops.soft_mse(student_logits, teacher_logits, temperature, reduction)
 
 
@@ -101,6 +118,9 @@ def kd_loss(
     ``kd_loss(s, t, y, temperature=10, soft_weight=alpha, hard_weight=1)``.
 
     >>> loss = fusedkd.kd_loss(s, t, y, temperature=2.0, soft_weight=0.9, hard_weight=0.1, t2_scale=True)
+    >>> ref = 0.1 * F.cross_entropy(s, y) + 0.9 * 4.0 * fusedkd.kl_div(s, t, temperature=2.0)
+    >>> loss.allclose(ref)
+    True
     """
     return _ops.kd_loss(
         student_logits, teacher_logits, labels, temperature, soft_weight, hard_weight, divergence, beta,
@@ -110,7 +130,11 @@ def kd_loss(
 
 def feature_mse(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """``F.mse_loss(student, teacher, reduction=reduction)`` with the gradient written in the same
-    pass; channels-last maps are read as they lie."""
+    pass; channels-last maps are read as they lie.
+
+    >>> fusedkd.feature_mse(fs, fs * 0.5).allclose(F.mse_loss(fs, fs * 0.5))
+    True
+    """
     return _ops.feature_mse(student, teacher, reduction)
 
 
@@ -119,7 +143,12 @@ def attention_transfer(
 ) -> torch.Tensor:
     """Attention transfer (Zagoruyko & Komodakis): ``a(x) = F.normalize(x.abs().pow(p).mean(1)
     .flatten(1), dim=1)`` and ``(a(s) - a(t)).pow(2)`` reduced by ``reduction`` (``"mean"`` over
-    N x spatial, ``"batchmean"``, ``"sum"``, ``"none"`` per sample); channel counts may differ."""
+    N x spatial, ``"batchmean"``, ``"sum"``, ``"none"`` per sample); channel counts may differ.
+
+    >>> def a(x): return F.normalize(x.abs().pow(2).mean(1).flatten(1), dim=1)
+    >>> fusedkd.attention_transfer(fs, ft).allclose((a(fs) - a(ft)).pow(2).mean())
+    True
+    """
     return _ops.attention_transfer(student, teacher, p, reduction)
 
 
@@ -132,11 +161,22 @@ def projected_feature_mse(
 ) -> torch.Tensor:
     """FitNets hint: ``F.mse_loss(F.conv2d(student, weight[..., None, None], bias), teacher)``
     for a 1x1 regressor ``weight`` of shape ``[C_t, C_s]`` (or ``[C_t, C_s, 1, 1]``), any number
-    of spatial dims; the projection need not outlive the op."""
+    of spatial dims; the projection need not outlive the op.
+
+    >>> w, b = torch.randn(5, 3), torch.randn(5)
+    >>> ref = F.mse_loss(F.conv2d(fs, w[..., None, None], b), ft)
+    >>> fusedkd.projected_feature_mse(fs, w, b, ft).allclose(ref)
+    True
+    """
     return _ops.projected_feature_mse(student, weight, bias, teacher, reduction)
 
 
 def similarity_preserving(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Similarity-preserving loss (Tung & Mori): ``G(x) = F.normalize(f @ f.T, dim=1)`` with
-    ``f = x.flatten(1)``, loss ``(G(s) - G(t)).pow(2).sum() / N^2``."""
+    ``f = x.flatten(1)``, loss ``(G(s) - G(t)).pow(2).sum() / N^2``.
+
+    >>> def G(x): return F.normalize(x.flatten(1) @ x.flatten(1).T, dim=1)
+    >>> fusedkd.similarity_preserving(fs, ft).allclose((G(fs) - G(ft)).pow(2).sum() / 2**2)
+    True
+    """
     return _ops.similarity_preserving(student, teacher)
