@@ -1,5 +1,7 @@
 #include "feature_common.h"
 
+#include "outputs.h"
+
 #include <cmath>
 
 namespace fusedkd::torch_ext {
@@ -42,7 +44,7 @@ at::Tensor to_layout(const at::Tensor& x, bool channels_last, at::ScalarType dty
 }
 
 at::Tensor empty_layout(at::IntArrayRef sizes, bool channels_last, const at::TensorOptions& options) {
-  return at::empty_strided(sizes, layout_strides(sizes, channels_last), options);
+  return empty_strided_output(sizes, layout_strides(sizes, channels_last), options);
 }
 
 bool prefers_channels_last(const at::Tensor& x) {

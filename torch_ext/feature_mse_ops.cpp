@@ -4,6 +4,7 @@
 #include "feature_common.h"
 #include "fusedkd/torch.h"
 #include "ops.h"
+#include "outputs.h"
 
 namespace fusedkd::torch_ext {
 
@@ -29,9 +30,11 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
       teacher.strides() != s.strides())
     t = at::empty_strided(s.sizes(), s.strides(), teacher.options().dtype(teacher_type)).copy_(teacher);
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
-  at::Tensor loss = elementwise ? at::empty_strided(s.sizes(), s.strides(), loss_options) : at::empty({}, loss_options);
-  at::Tensor gs = maybe_empty(grad_student, [&] { return at::empty_strided(s.sizes(), s.strides(), s.options()); }, s);
-  at::Tensor gt = maybe_empty(grad_teacher, [&] { return at::empty_strided(t.sizes(), t.strides(), t.options()); }, t);
+  at::Tensor loss =
+      elementwise ? empty_strided_output(s.sizes(), s.strides(), loss_options) : at::empty({}, loss_options);
+  const auto like = [](const at::Tensor& x) { return empty_strided_output(x.sizes(), x.strides(), x.options()); };
+  at::Tensor gs = maybe_empty(grad_student, [&] { return like(s); }, s);
+  at::Tensor gt = maybe_empty(grad_teacher, [&] { return like(t); }, t);
 
   FeatureMseArgs args;
   args.student = s.const_data_ptr();
@@ -51,8 +54,8 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
 Tensor3 feature_mse_forward_meta(const at::Tensor& s, const at::Tensor& t, int64_t reduction, bool gs, bool gt) {
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const bool elementwise = reduction == static_cast<int64_t>(Reduction::None);
-  return {elementwise ? at::empty_like(s, loss_options) : at::empty({}, loss_options), meta_empty(gs, s, gradient_buffer_options(s)),
-          meta_empty(gt, t, gradient_buffer_options(t))};
+  return {elementwise ? at::empty_like(s, loss_options) : at::empty({}, loss_options),
+          meta_empty(gs, s, gradient_buffer_options(s)), meta_empty(gt, t, gradient_buffer_options(t))};
 }
 
 namespace {

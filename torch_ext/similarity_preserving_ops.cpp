@@ -6,6 +6,7 @@
 #include "feature_common.h"
 #include "fusedkd/torch.h"
 #include "ops.h"
+#include "outputs.h"
 
 namespace fusedkd::torch_ext {
 namespace {
@@ -42,8 +43,8 @@ Tensor3 similarity_preserving_forward(const Backend& backend, const at::Tensor& 
   const at::ScalarType compute = loss_scalar_type({student.scalar_type(), teacher.scalar_type()});
   const at::Tensor fs = feature_rows(student, compute), ft = feature_rows(teacher, compute);
   at::Tensor loss = at::empty({}, fs.options());
-  at::Tensor gs = maybe_empty(grad_student, [&] { return at::empty(fs.sizes(), fs.options()); }, fs);
-  at::Tensor gt = maybe_empty(grad_teacher, [&] { return at::empty(ft.sizes(), ft.options()); }, ft);
+  at::Tensor gs = maybe_empty(grad_student, [&] { return empty_output(fs.sizes(), fs.options()); }, fs);
+  at::Tensor gt = maybe_empty(grad_teacher, [&] { return empty_output(ft.sizes(), ft.options()); }, ft);
 
   SimilarityPreservingArgs args;
   args.student = fs.const_data_ptr();

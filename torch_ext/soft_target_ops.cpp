@@ -8,6 +8,7 @@
 #include "common.h"
 #include "fusedkd/torch.h"
 #include "ops.h"
+#include "outputs.h"
 
 namespace fusedkd::torch_ext {
 namespace {
@@ -54,10 +55,9 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   const auto loss_options = student.options().dtype(loss_scalar_type({student.scalar_type(), teacher.scalar_type()}));
   const at::IntArrayRef leading = student.sizes().slice(0, student.dim() - 1);
   at::Tensor loss = per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options);
-  const auto contiguous = at::MemoryFormat::Contiguous;
-  at::Tensor grad_s = grad_student ? at::empty(student.sizes(), student_used.options().memory_format(contiguous))
+  at::Tensor grad_s = grad_student ? empty_output(student.sizes(), student_used.options())
                                    : at::empty({0}, student_used.options());
-  at::Tensor grad_t = grad_teacher ? at::empty(teacher_used.sizes(), teacher_used.options().memory_format(contiguous))
+  at::Tensor grad_t = grad_teacher ? empty_output(teacher_used.sizes(), teacher_used.options())
                                    : at::empty({0}, teacher_used.options());
   const auto as_buffers = [&] {
     return std::tuple<at::Tensor, at::Tensor, at::Tensor>{loss, grad_s.to(gradient_buffer_type(student.scalar_type())),

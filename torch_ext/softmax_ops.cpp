@@ -5,6 +5,7 @@
 #include "common.h"
 #include "fusedkd/torch.h"
 #include "ops.h"
+#include "outputs.h"
 
 namespace fusedkd::torch_ext {
 namespace {
@@ -41,7 +42,7 @@ template <SoftmaxKind K>
 at::Tensor softmax_forward(const Backend& backend, const at::Tensor& logits, double temperature) {
   check_forward(logits, temperature, K);
   const RowView in = row_view(logits);
-  at::Tensor out = at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_output(logits.sizes(), logits.options());
   if (in.rows == 0) return out;
   SoftmaxForwardArgs args;
   args.input = in.tensor.const_data_ptr();
@@ -64,7 +65,7 @@ at::Tensor softmax_backward(const Backend& backend, const at::Tensor& grad_outpu
   const at::Tensor grad = grad_output.to(output.scalar_type());
   const RowView dy = row_view(grad);
   const RowView y = row_view(output);
-  at::Tensor grad_input = at::empty(output.sizes(), output.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_input = empty_output(output.sizes(), output.options());
   if (y.rows == 0) return grad_input;
   SoftmaxBackwardArgs args;
   args.grad_output = dy.tensor.const_data_ptr();

@@ -1,0 +1,70 @@
+"""Large CPU outputs come from fusedkd's huge-page allocator (torch_ext/outputs.h): they must be
+ordinary tensors (resizable, freed, usable as .grad) with the same bits as with the allocator off
+(FUSEDKD_CPU_HUGE_PAGES=0, read once per process: compared in a subprocess)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+import fusedkd
+
+# Outputs of 8 MiB and more take the huge-page path: [2100 x 1000] float32 is 8.4 MB.
+PROBE = """
+import torch, fusedkd
+g = torch.Generator().manual_seed(5)
+s = torch.randn(2100, 1000, generator=g).requires_grad_()
+t = torch.randn(2100, 1000, generator=g)
+f = torch.randn(64, 32, 32, 32, generator=g).requires_grad_()
+outs = [fusedkd.softmax_t(s, temperature=2.0)]
+outs += torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])
+outs += torch.autograd.grad(fusedkd.feature_mse(f, f.detach() * 0.5), [f])
+outs += torch.autograd.grad((fusedkd.softmax_t(s, temperature=2.0) * t).sum(), [s])
+torch.save([o.detach() for o in outs], {path!r})
+"""
+
+
+def test_large_outputs_are_ordinary_tensors_with_the_same_bits(tmp_path):
+    results = {}
+    for setting in ("1", "0"):
+        path = str(tmp_path / f"outs{setting}.pt")
+        env = dict(os.environ, FUSEDKD_CPU_HUGE_PAGES=setting)
+        subprocess.run([sys.executable, "-c", PROBE.format(path=path)], env=env, check=True)
+        results[setting] = torch.load(path)
+    for a, b in zip(results["1"], results["0"]):
+        assert torch.equal(a, b)
+
+
+def test_large_gradient_becomes_a_resizable_grad():
+    s = torch.randn(2100, 1000, requires_grad=True)
+    t = torch.randn(2100, 1000)
+    for _ in range(2):  # the first backward hands the buffer over as .grad, the second adds to it
+        fusedkd.kl_div(s, t, temperature=2.0).backward()
+    ref = 2 * torch.autograd.grad(fusedkd.kl_div(s, t, temperature=2.0), [s])[0]
+    torch.testing.assert_close(s.grad, ref)
+    s.grad.resize_(3000, 1000)  # a storage that can grow (LibTorch's allocator takes over)
+    s.grad.zero_()
+    out = fusedkd.softmax_t(s.detach(), temperature=2.0)
+    out.resize_(10)
+    assert out.shape == (10,)
+
+
+def test_large_gradient_lies_on_huge_pages():
+    import re
+
+    import pytest
+
+    mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    if "[never]" in mode:
+        pytest.skip("transparent huge pages are off on this machine")
+
+    def huge_kb():
+        return int(re.search(r"AnonHugePages:\s+(\d+)", open("/proc/self/smaps_rollup").read()).group(1))
+
+    s, t = torch.randn(2100, 1000, requires_grad=True), torch.randn(2100, 1000)
+    before = huge_kb()
+    grad, = torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])
+    assert huge_kb() - before >= 4096, "the 8.4 MB gradient holds no 2 MiB page"
+    del grad

@@ -1,0 +1,20 @@
+// Fresh outputs of the ops (results and gradient buffers). Large CPU ones are placed on
+// transparent huge pages: a fresh [R x V] buffer is otherwise filled page by page on first touch,
+// a fault and a zeroing per 4 KiB, which cost more than the kernel that writes it (docs/benchmarks.md:
+// writing a fresh 0.5 GB float32 tensor took 95 ms with 4 KiB pages, 30 ms with 2 MiB ones, on
+// this project's VM). FUSEDKD_CPU_HUGE_PAGES=0 in the environment turns this off (read once).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace fusedkd::torch_ext {
+
+// at::empty(sizes, options) (contiguous) and at::empty_strided(sizes, strides, options), but from
+// the huge-page allocator for a CPU tensor of at least kHugePageThreshold bytes. The tensors are
+// ordinary resizable CPU tensors.
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+at::Tensor empty_strided_output(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options);
+
+constexpr std::size_t kHugePageThreshold = std::size_t{8} << 20;  // 8 MiB: under 25% of a 2 MiB page in slack
+
+}  // namespace fusedkd::torch_ext
