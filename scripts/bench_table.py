@@ -23,11 +23,17 @@ def gbs(run):
 
 
 def main(path, copy_gbs=None):
+    print(tables(path, copy_gbs))
+
+
+def tables(path, copy_gbs=None):
+    """The Markdown tables of one Google Benchmark JSON file, as a string."""
+    lines = []
+    out = lines.append
     with open(path) as f:
         text = f.read()
     if not text.strip():
-        print(f"{path}: no benchmark results")
-        return
+        return f"{path}: no benchmark results"
     data = json.loads(text)
     # With --benchmark_repetitions the median of the repetitions is used, else the single run.
     runs = {}
@@ -40,7 +46,7 @@ def main(path, copy_gbs=None):
         if kind == "aggregate" or key not in runs:
             runs[key] = b
     ctx = data.get("context", {})
-    print(f"Host: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs, "
+    out(f"Host: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs, "
           f"torch {ctx.get('torch', '?')} ({ctx.get('torch_threads', '?')} threads), "
           f"CUDA device: {ctx.get('cuda_device', '?')}, date {ctx.get('date', '?')}\n")
     memory = any("extra_per_grad" in r for r in runs.values())
@@ -51,8 +57,8 @@ def main(path, copy_gbs=None):
     head, rule = head + " composite (us) | GB/s | speedup |", rule + "---:|---:|---:|"
     if memory:
         head, rule = head + " extra memory, fusedkd (x grad) | composite (x grad) |", rule + "---:|---:|"
-    print(head)
-    print(rule)
+    out(head)
+    out(rule)
     for key in sorted(k for k in runs if k[-1] == "fusedkd"):
         ours = runs[key]
         other = runs.get(key[:-1] + ("composite",))
@@ -66,19 +72,20 @@ def main(path, copy_gbs=None):
         line += f" {t_other:.1f} | {gbs(other):.1f} | {t_other / t_ours:.2f}x |"
         if memory:
             line += "".join(f" {r['extra_per_grad']:.2f} |" if "extra_per_grad" in r else " |" for r in (ours, other))
-        print(line)
+        out(line)
     # Variants of fusedkd itself (impl "fusedkd-<variant>", e.g. a kernel forced by policy) beside
     # the default fusedkd run of the same case.
     variants = sorted(k for k in runs if k[-1].startswith("fusedkd-") and k[:-1] + ("fusedkd",) in runs)
     if variants:
-        print("\n| op | pass | device | dtype | shape | variant | variant (us) | GB/s | fusedkd (us) | GB/s | fusedkd speedup |")
-        print("|---|---|---|---|---|---|---:|---:|---:|---:|---:|")
+        out("\n| op | pass | device | dtype | shape | variant | variant (us) | GB/s | fusedkd (us) | GB/s | fusedkd speedup |")
+        out("|---|---|---|---|---|---|---:|---:|---:|---:|---:|")
         for key in variants:
             var, ours = runs[key], runs[key[:-1] + ("fusedkd",)]
             t_var, t_ours = microseconds(var), microseconds(ours)
             op, phase, device, dtype, shape, impl = key
-            print(f"| {op} | {phase} | {device} | {dtype} | {shape} | {impl[len('fusedkd-'):]} | {t_var:.1f} | "
+            out(f"| {op} | {phase} | {device} | {dtype} | {shape} | {impl[len('fusedkd-'):]} | {t_var:.1f} | "
                   f"{gbs(var):.1f} | {t_ours:.1f} | {gbs(ours):.1f} | {t_var / t_ours:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -204,8 +204,23 @@ s.record(); [y.copy_(x) for _ in range(20)]; e.record(); torch.cuda.synchronize(
 print(f"{2 * 20 * x.numel() / (s.elapsed_time(e) / 1e3) / 1e9:.0f}")
 PY
 }
+# bench/compare.py at LLM shapes: fusedkd, the eager composite, torch.compile of it and liger-kernel
+# (its wheel from DEPS_DIR, installed into a scratch folder), with peak memory; the JSON goes into
+# OUT_DIR as compare_cuda.json (copy it to docs/gpu/ and run scripts/bench_report.py).
+compare_cuda() {
+  local liger=/tmp/fusedkd-liger
+  rm -rf "$liger"
+  ls "$DEPS"/wheels/liger_kernel-*.whl > /dev/null 2>&1 &&
+    "$PYTHON" -m pip install -q --no-deps --no-index --target "$liger" "$DEPS"/wheels/liger_kernel-*.whl
+  PYTHONPATH="$ROOT/python:$liger" FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" \
+    "$PYTHON" "$ROOT/bench/compare.py" --device cuda --min-time 0.3 --out "$OUT/compare_cuda.json" \
+    > "$LOG/compare_cuda.log" 2>&1
+  local rc=$?
+  tail -n 60 "$LOG/compare_cuda.log"
+  return $rc
+}
 export -f build_gtest build_fusedkd cuda_tests sanitize memcheck racecheck bench bench_soft_target bench_feature \
-  bench_softmax ctest_all pytest_all copy_bandwidth demo_cuda arch80_only
+  bench_softmax ctest_all pytest_all copy_bandwidth demo_cuda arch80_only compare_cuda
 
 step "googletest build" 120 build_gtest
 if ! step "build (sm_$ARCHS)" 480 build_fusedkd; then
@@ -220,6 +235,7 @@ COPY_GBS=$(tail -n 1 "$LOG/copy_bandwidth.out" | grep -E '^[0-9]+$')
 export COPY_GBS
 say "device-to-device copy: ${COPY_GBS:-?} GB/s (bytes read + written; 1 GiB buffers, 20 copies)"
 step "bench_soft_target (CUDA)" 240 bench_soft_target
+step "fusedkd vs eager, torch.compile, liger-kernel (CUDA)" 300 compare_cuda
 step "compute-sanitizer memcheck" 180 memcheck
 step "compute-sanitizer racecheck" 180 racecheck
 step "bench_feature (CUDA)" 120 bench_feature

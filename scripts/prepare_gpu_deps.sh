@@ -6,6 +6,7 @@
 # (git-ignored).
 # Pass that folder to the GPU machine (the device tool's `carry`).
 set -euo pipefail
+LIGER_VERSION=0.8.5
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/scripts/setup.sh"
 DEPS="$ROOT/.gpu-deps"
@@ -30,6 +31,9 @@ mkdir -p "$DEPS/debs" "$DEPS/zlib"
 for deb in "$DEPS"/debs/*.deb; do dpkg-deb -x "$deb" "$DEPS/zlib"; done
 rm -rf "$DEPS/debs"
 cp /usr/share/datasets/fashion-mnist/*.gz "$DEPS/fashion-mnist/"
+# liger-kernel, the peer bench/compare.py measures on the GPU: pure Python over Triton (which the
+# GPU machine's torch brings), pinned here and never a dependency of the library.
+"$ROOT/.venv/bin/python" -m pip download -q --no-deps -d "$DEPS/wheels" "liger-kernel==$LIGER_VERSION"
 tree_bytes=$(cd "$ROOT" && git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f 1)
 deps_bytes=$(du -sb "$DEPS" | cut -f 1)
 total_mib=$(( (tree_bytes + deps_bytes) / 1048576 ))

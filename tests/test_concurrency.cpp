@@ -9,11 +9,15 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
+#include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common.h"  // torch_ext/: torch_cpu_executor
 #include "fusedkd/build_config.h"
 #include "fusedkd/torch.h"
 
@@ -125,6 +129,21 @@ class ThreadCount {  // restores LibTorch's intra-op thread count
  private:
   int saved_;
 };
+
+// The CPU kernels run on LibTorch's intra-op threads: with 2 of them a split job runs on 2 threads
+// (at::parallel_for is a header template, serial where the op library is built without OpenMP).
+TEST(Parallelism, TheOpsCpuExecutorUsesTheIntraOpThreads) {
+  const ThreadCount restore;
+  at::set_num_threads(2);
+  std::mutex mutex;
+  std::set<std::thread::id> seen;
+  fusedkd::torch_ext::torch_cpu_executor().run(64, 1, [&](std::int64_t, std::int64_t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // long enough for the other thread to start
+    const std::lock_guard<std::mutex> lock(mutex);
+    seen.insert(std::this_thread::get_id());
+  });
+  EXPECT_EQ(seen.size(), 2u);
+}
 
 TEST(Determinism, SameBitsForOneToFourIntraOpThreads) {
   const ThreadCount restore;

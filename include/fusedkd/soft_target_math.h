@@ -119,6 +119,18 @@ struct Mixture {
   }
 };
 
+// d CE / d s_j from softmax(s)_j at temperature 1: the probability, less 1 at the label.
+template <typename Acc>
+FUSEDKD_HD Acc cross_entropy_gradient(Acc prob, bool is_label) {
+  return prob - (is_label ? Acc(1) : Acc(0));
+}
+
+// d KL(p || q) / d s_j = (q_j - p_j) / T.
+template <typename Acc>
+FUSEDKD_HD Acc forward_kl_student_gradient(Acc q, Acc p, Acc inv_t) {
+  return (q - p) * inv_t;
+}
+
 template <typename Acc>
 struct KDRow : Mixture<Acc> {
   Acc max_s, max_t;
@@ -145,7 +157,7 @@ struct KDRow : Mixture<Acc> {
   // softmax(s)_j at temperature 1.
   FUSEDKD_HD Acc hard_prob(Acc s) const { return exp_nonpositive((s - max_s) - log_z_s_hard); }
   // d CE / d s_j: softmax(s)_j at temperature 1, less 1 at the label.
-  FUSEDKD_HD Acc hard_gradient(Acc s, bool is_label) const { return hard_prob(s) - (is_label ? Acc(1) : Acc(0)); }
+  FUSEDKD_HD Acc hard_gradient(Acc s, bool is_label) const { return cross_entropy_gradient(hard_prob(s), is_label); }
   // Cross-entropy of the row given its label's logit.
   FUSEDKD_HD Acc cross_entropy(Acc label_logit) const {
     return log_z_s_hard + (max_s - label_logit);
@@ -307,7 +319,7 @@ FUSEDKD_HD void kd_soft_gradients(const KDRow<Acc>& row, const KDSums<Acc>& sums
   const Acc q = exp_nonpositive(lq);
   const Acc p = exp_nonpositive(lp);
   if constexpr (D == Divergence::ForwardKL) {
-    grad_s = (q - p) * row.inv_t;
+    grad_s = forward_kl_student_gradient(q, p, row.inv_t);
     grad_t = weighted(p, row.inv_t * ((lp - lq) - sums.loss));
   } else if constexpr (D == Divergence::ReverseKL) {
     grad_s = weighted(q, row.inv_t * ((lq - lp) - sums.loss));

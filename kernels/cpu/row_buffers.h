@@ -12,10 +12,10 @@
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
-// A scratch row of at least `cols` values for this thread; `slot` tells apart two live rows.
+// A scratch row of at least `cols` values for this thread; `slot` (0-2) tells apart live rows.
 template <typename Acc>
 Acc* scratch_row(std::int64_t cols, int slot) {
-  thread_local std::vector<Acc> buffers[2];
+  thread_local std::vector<Acc> buffers[3];
   std::vector<Acc>& buffer = buffers[slot];
   if (static_cast<std::int64_t>(buffer.size()) < cols) buffer.resize(static_cast<std::size_t>(cols));
   return buffer.data();

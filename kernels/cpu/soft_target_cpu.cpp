@@ -33,10 +33,40 @@ inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, Acc max_s, Acc 
   return kl_cross_term(t, max_t, s, max_s, plan.scale_log2, plan.inv_t);
 }
 
+// The statistics sweep over one row's block [j0, j1): the three sums (the hard one when kHard) and
+// the KL loss sum C; with kKeep it also leaves each element's softmax numerators in place of the
+// logits (xs: exp((s - m_s)/T), xt: exp((t - m_t)/T), xh: exp(s - m_s)), for a gradient sweep
+// without exponentials (the forward KL's student gradient).
+template <Divergence D, bool kHard, bool kKeep, typename Acc>
+inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& plan, Acc max_s, Acc max_t,
+                                                            std::int64_t j0, std::int64_t j1, Acc* __restrict xs,
+                                                            Acc* __restrict xt, Acc* __restrict xh, Acc& bs, Acc& bt,
+                                                            Acc& bh, Acc& bc) {
+#pragma omp simd reduction(+ : bs, bt, bh, bc)
+  for (std::int64_t j = j0; j < j1; ++j) {
+    const Acc es = softmax_sum_term(xs[j], max_s, plan.scale_log2);
+    const Acc et = softmax_sum_term(xt[j], max_t, plan.scale_log2);
+    bs += es;
+    bt += et;
+    Acc eh = Acc(0);
+    if constexpr (kHard) {
+      eh = softmax_sum_term(xs[j], max_s, Acc(kLog2e));
+      bh += eh;
+    }
+    if constexpr (is_kl(D)) bc += kl_cross<D>(xs[j], xt[j], max_s, max_t, plan);
+    if constexpr (kKeep) {
+      xs[j] = es;
+      xt[j] = et;
+      if constexpr (kHard) xh[j] = eh;
+    }
+  }
+}
+
 // One row: returns its contribution to the total (or its per-row loss) and writes gradients.
+// xh: scratch for the hard numerators (the forward KL's student gradient with labels).
 template <Divergence D, typename Acc>
 Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r, bool valid,
-                std::int64_t label, Acc* __restrict xs, Acc* __restrict xt) {
+                std::int64_t label, Acc* __restrict xs, Acc* __restrict xt, Acc* __restrict xh) {
   const std::int64_t cols = a.cols;
   if (!valid) {  // an ignored row: no loss, zero gradients (whatever its logits hold)
     if (a.grad_student || a.grad_teacher) {
@@ -56,25 +86,23 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm); blocks of
   // kSumBlock, totals in double (row_buffers.h).
   constexpr bool kKL = is_kl(D);
+  // The forward KL's student gradient, (q - p) / T (+ the CE's softmax - 1), needs only the
+  // probabilities: the statistics sweep keeps the numerators, the gradient sweep scales them
+  // (3 exponentials per element in all instead of 6). The label's logit is read first.
+  const bool keep = D == Divergence::ForwardKL && a.grad_student && !a.grad_teacher;
+  const Acc label_logit = plan.hard ? xs[label] : Acc(0);
   double sum_s = 0, sum_t = 0, sum_s_hard = plan.hard ? 0.0 : 1.0, cross = 0;
   for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
     const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
     Acc bs = 0, bt = 0, bh = 0, bc = 0;
+    const auto sweep = [&](auto hard, auto kept) {
+      statistics_block<D, decltype(hard)::value, decltype(kept)::value>(plan, st.max_s, st.max_t, j0, j1, xs, xt,
+                                                                       xh, bs, bt, bh, bc);
+    };
     if (plan.hard) {
-#pragma omp simd reduction(+ : bs, bt, bh, bc)
-      for (std::int64_t j = j0; j < j1; ++j) {
-        bs += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
-        bt += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
-        bh += softmax_sum_term(xs[j], st.max_s, Acc(kLog2e));
-        if constexpr (kKL) bc += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
-      }
+      keep ? sweep(std::true_type{}, std::true_type{}) : sweep(std::true_type{}, std::false_type{});
     } else {
-#pragma omp simd reduction(+ : bs, bt, bc)
-      for (std::int64_t j = j0; j < j1; ++j) {
-        bs += softmax_sum_term(xs[j], st.max_s, plan.scale_log2);
-        bt += softmax_sum_term(xt[j], st.max_t, plan.scale_log2);
-        if constexpr (kKL) bc += kl_cross<D>(xs[j], xt[j], st.max_s, st.max_t, plan);
-      }
+      keep ? sweep(std::false_type{}, std::true_type{}) : sweep(std::false_type{}, std::false_type{});
     }
     sum_s += bs;
     sum_t += bt;
@@ -115,9 +143,25 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
     }
     sums = {static_cast<Acc>(loss), static_cast<Acc>(aux_s), static_cast<Acc>(aux_t)};
   }
-  const Acc cross_entropy = plan.hard ? row.cross_entropy(xs[label]) : Acc(0);
+  const Acc cross_entropy = plan.hard ? row.cross_entropy(label_logit) : Acc(0);
 
-  if (a.grad_student || a.grad_teacher) {
+  if (keep) {  // xs, xt, xh hold the numerators: probabilities by the reciprocals of the double sums
+    const Acc ws = plan.weight * plan.soft_scale;
+    const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
+    const Acc inv_z_s = static_cast<Acc>(1.0 / sum_s), inv_z_t = static_cast<Acc>(1.0 / sum_t);
+    const Acc inv_z_h = static_cast<Acc>(1.0 / sum_s_hard);
+    if (wh != Acc(0)) {
+#pragma omp simd
+      for (std::int64_t j = 0; j < cols; ++j)
+        xs[j] = ws * forward_kl_student_gradient(xs[j] * inv_z_s, xt[j] * inv_z_t, row.inv_t) +
+                wh * cross_entropy_gradient(xh[j] * inv_z_h, j == label);
+    } else {
+#pragma omp simd
+      for (std::int64_t j = 0; j < cols; ++j)
+        xs[j] = ws * forward_kl_student_gradient(xs[j] * inv_z_s, xt[j] * inv_z_t, row.inv_t);
+    }
+    store_row(xs, cols, a.grad_student, a.student_dtype, r * cols);
+  } else if (a.grad_student || a.grad_teacher) {
     const Acc ws = plan.weight * plan.soft_scale;
     const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
 #pragma omp simd
@@ -295,11 +339,12 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
     }
     Acc* xs = scratch_row<Acc>(a.cols, 0);
     Acc* xt = scratch_row<Acc>(a.cols, 1);
+    Acc* xh = plan.hard && a.divergence == Divergence::ForwardKL ? scratch_row<Acc>(a.cols, 2) : nullptr;
     with_divergence(a.divergence, [&](auto d) {
       for (std::int64_t r = begin; r < end; ++r) {
         const std::int64_t label = a.labels ? a.labels[r] : -1;
         const bool valid = !a.labels || label != a.ignore_index;
-        row_losses[r] = process_row<decltype(d)::value>(a, plan, r, valid, label, xs, xt);
+        row_losses[r] = process_row<decltype(d)::value>(a, plan, r, valid, label, xs, xt, xh);
       }
     });
   });

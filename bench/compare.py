@@ -1,0 +1,283 @@
+"""fusedkd against what a user would otherwise run, measured in one process on the same inputs:
+the eager PyTorch composite, torch.compile of that composite, liger-kernel's losses where they
+run (CUDA, when importable), and the machine's own ceiling (a copy of one [R x V] tensor).
+
+    python bench/compare.py --device cpu --out out/compare_cpu.json [--quick] [--min-time S]
+
+Every case is timed with torch.utils.benchmark (blocked_autorange, the median; a warm-up call
+first, so compilation is not timed) for forward + backward (the gradient of the student, and of
+the regressor for the FitNets hint) or forward alone under no_grad ("stats": the statistics sweep
+of kd_loss); softmax_t and log_softmax_t alone, their backward with a given upstream gradient. The
+floor of a case is its minimal traffic at the copy's bandwidth: 3X for a loss's forward + backward
+(read student and teacher, write the student's gradient; X = R * V * element size), 5X for
+softmax_t / log_softmax_t (read x, write y; read y and dy, write dx), 2X for a forward without
+gradient. Peak extra memory: torch.cuda.max_memory_allocated above
+what was allocated before the call, CUDA only (LibTorch's CPU allocator keeps no statistics).
+scripts/bench_report.py turns the JSON into docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+
+import torch
+import torch.nn.functional as F
+import torch.utils.benchmark as benchmark
+
+import fusedkd
+
+T = 2.0  # the temperature of every soft-target case
+
+
+# ------------------------------------------------------------------ the composites users write
+
+
+def kd_composite(s, t, y):  # the seed's loss: CE + soft_weight * KL(teacher || student) at T
+    ls, lt = F.log_softmax(s.float() / T, -1), F.log_softmax(t.float() / T, -1)
+    return F.cross_entropy(s.float(), y) + 0.5 * F.kl_div(ls, lt, reduction="batchmean", log_target=True)
+
+
+def kl_composite(s, t, y):
+    return F.kl_div(F.log_softmax(s.float() / T, -1), F.log_softmax(t.float() / T, -1), reduction="batchmean",
+                    log_target=True)
+
+
+def jsd_composite(s, t, y):  # beta = 0.5, log m in log space
+    lq, lp = F.log_softmax(s.float() / T, -1), F.log_softmax(t.float() / T, -1)
+    lm = torch.logaddexp(lq, lp) - math.log(2.0)
+    return 0.5 * (F.kl_div(lm, lp, reduction="batchmean", log_target=True)
+                  + F.kl_div(lm, lq, reduction="batchmean", log_target=True))
+
+
+def soft_mse_composite(s, t, y):
+    return F.mse_loss(F.softmax(s.float() / T, -1), F.softmax(t.float() / T, -1))
+
+
+def softmax_composite(s, t, y):
+    return torch.softmax(s / T, -1)
+
+
+def log_softmax_composite(s, t, y):
+    return torch.log_softmax(s / T, -1)
+
+
+def at_map(x):
+    return F.normalize(x.float().pow(2).mean(1).flatten(1), dim=1)
+
+
+SOFT = {  # name: (fusedkd, composite, liger or None)
+    "kd_loss": (lambda s, t, y: fusedkd.kd_loss(s, t, y, temperature=T, soft_weight=0.5, hard_weight=1.0),
+                kd_composite, None),
+    "kl_div": (lambda s, t, y: fusedkd.kl_div(s, t, temperature=T), kl_composite, "kl_div"),
+    "jsd": (lambda s, t, y: fusedkd.jsd(s, t, temperature=T, beta=0.5), jsd_composite, "jsd"),
+    "soft_mse": (lambda s, t, y: fusedkd.soft_mse(s, t, temperature=T), soft_mse_composite, None),
+    # The op alone, its backward with the teacher's tensor as the upstream gradient.
+    "softmax_t": (lambda s, t, y: fusedkd.softmax_t(s, temperature=T), softmax_composite, None),
+    "log_softmax_t": (lambda s, t, y: fusedkd.log_softmax_t(s, temperature=T), log_softmax_composite, None),
+}
+ELEMENTWISE = {"softmax_t", "log_softmax_t"}  # outputs [R x V]: traffic 5X (x, y; then y, dy, dx)
+FEATURE = {  # name: (fusedkd, composite) of (student, teacher, regressor weight)
+    "feature_mse": (lambda s, t, w: fusedkd.feature_mse(s, t), lambda s, t, w: F.mse_loss(s, t)),
+    "attention_transfer": (lambda s, t, w: fusedkd.attention_transfer(s, t),
+                           lambda s, t, w: (at_map(s) - at_map(t)).pow(2).mean()),
+    "projected_feature_mse": (lambda s, t, w: fusedkd.projected_feature_mse(s, w, None, t),
+                              lambda s, t, w: F.mse_loss(F.conv2d(s, w[:, :, None, None]), t)),
+    "similarity_preserving": (
+        lambda s, t, w: fusedkd.similarity_preserving(s, t),
+        lambda s, t, w: (F.normalize(s.flatten(1) @ s.flatten(1).T, dim=1)
+                         - F.normalize(t.flatten(1) @ t.flatten(1).T, dim=1)).pow(2).sum() / s.shape[0] ** 2),
+}
+
+
+def liger(name):
+    """liger-kernel's loss on log-probabilities (it takes log q, log p), or None without it."""
+    try:
+        if name == "kl_div":
+            from liger_kernel.transformers import LigerKLDIVLoss
+
+            loss = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+        else:
+            from liger_kernel.transformers import LigerJSD
+
+            loss = LigerJSD(beta=0.5)
+    except Exception:  # noqa: BLE001  (not installed, or no Triton for this device)
+        return None
+    return lambda s, t, y: loss(F.log_softmax(s.float() / T, -1), F.log_softmax(t.float() / T, -1))
+
+
+# ------------------------------------------------------------------ the cases
+
+
+def soft_cases(device, quick):
+    if device == "cpu":
+        big = [(4096, 32000)] if not quick else [(256, 32000)]
+        shapes = {"kd_loss": big + [(8192, 1000), (65536, 10)], "stats": big}
+        for op in ("kl_div", "jsd", "soft_mse", "softmax_t", "log_softmax_t"):
+            shapes[op] = [(1024, 32000) if not quick else (64, 32000), (8192, 1000), (65536, 10)]
+    else:
+        llm = [(8192, 32000), (16384, 32000), (8192, 131072), (8192, 262144)] if not quick else [(1024, 32000)]
+        shapes = {op: llm for op in SOFT}
+        shapes["stats"] = llm
+    if quick:
+        shapes = {op: [(min(r, 512), v) for r, v in s] for op, s in shapes.items()}
+    return shapes
+
+
+def random_inputs(shape, dtype, device, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    s = (torch.randn(shape, generator=g, device=device) * 3).to(dtype).requires_grad_()
+    t = (torch.randn(shape, generator=g, device=device) * 3).to(dtype)
+    y = torch.randint(0, shape[-1], shape[:-1], generator=g, device=device)
+    return s, t, y
+
+
+def median_ms(fn, threads, min_time):
+    fn()  # warm-up: compilation, first-touch of caches
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=min_time).median * 1e3
+
+
+def peak_extra_mb(fn, device):
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 1e6
+
+
+def copy_gbs(shape, dtype, device, threads, min_time):
+    """The machine's ceiling: bytes read + written per second by a copy of one [R x V] tensor into
+    a tensor already written once (no first-touch faults), the same threads."""
+    x = torch.ones(shape, dtype=dtype, device=device)
+    z = torch.zeros_like(x)
+    ms = median_ms(lambda: z.copy_(x), threads, min_time)
+    return 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quick", action="store_true", help="small shapes (a smoke run of the script)")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per case")
+    parser.add_argument("--ops", default="", help="comma-separated subset of ops")
+    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
+    args = parser.parse_args()
+    device, threads = args.device, torch.get_num_threads()
+    selected = set(filter(None, args.ops.split(",")))
+    results, ceilings = [], {}
+    compiled_cache = {}
+
+    def record(op, phase, dtype, shape, impl, fn, floor_bytes):
+        key = (tuple(shape), str(dtype))
+        if key not in ceilings:
+            ceilings[key] = copy_gbs(shape, dtype, device, threads, args.min_time)
+        try:
+            ms = median_ms(fn, threads, args.min_time)
+            mb = peak_extra_mb(fn, device)
+            error = None
+        except Exception as e:  # noqa: BLE001  (a peer or the compiler failing is a result too)
+            ms, mb, error = None, None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        floor_ms = floor_bytes / (ceilings[key] * 1e9) * 1e3
+        results.append(dict(op=op, phase=phase, device=device, dtype=str(dtype).replace("torch.", ""),
+                            shape=list(shape), impl=impl, ms=ms, peak_extra_mb=mb, floor_ms=floor_ms,
+                            copy_gbs=ceilings[key], error=error))
+        shown = f"{ms:9.3f} ms" if ms is not None else error
+        print(f"{op:22s} {phase:8s} {str(dtype):15s} {str(tuple(shape)):18s} {impl:10s} {shown}", flush=True)
+
+    def compiled(name, fn):
+        if name not in compiled_cache:
+            compiled_cache[name] = torch.compile(fn, dynamic=False)
+        return compiled_cache[name]
+
+    shapes = soft_cases(device, args.quick)
+    for op, (ours, composite, peer) in SOFT.items():
+        if selected and op not in selected:
+            continue
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in shapes[op]:
+                if device == "cpu" and dtype == torch.bfloat16 and shape[-1] == 32000 and op != "kd_loss":
+                    continue  # the large bf16 CPU case: kd_loss alone
+                s, t, y = random_inputs(shape, dtype, device)
+                x_bytes = s.numel() * s.element_size()
+
+                upstream = t if op in ELEMENTWISE else None
+
+                def step(f):
+                    return lambda: torch.autograd.grad(f(s, t, y), [s], upstream)
+
+                impls = [("fusedkd", ours), ("eager", composite)]
+                if not args.no_compile:
+                    impls.append(("compiled", compiled(f"{op}", composite)))
+                if device == "cuda" and peer and liger(peer) is not None:
+                    impls.append(("liger", liger(peer)))
+                for impl, f in impls:
+                    record(op, "fwd+bwd", dtype, shape, impl, step(f), (5 if op in ELEMENTWISE else 3) * x_bytes)
+                if op == "kd_loss" and shape in shapes["stats"]:
+                    def nograd(f):
+                        def run():
+                            with torch.no_grad():
+                                f(s, t, y)
+                        return run
+                    for impl, f in impls:
+                        record(op, "stats", dtype, shape, impl, nograd(f), 2 * x_bytes)
+                del s, t, y
+
+    feature_shapes = [(128, 64, 56, 56), (128, 256, 14, 14)] if not args.quick else [(8, 16, 14, 14)]
+    for op, (ours, composite) in FEATURE.items():
+        if selected and op not in selected:
+            continue
+        for shape in feature_shapes:
+            g = torch.Generator(device=device).manual_seed(1)
+            s = torch.randn(shape, generator=g, device=device).requires_grad_()
+            teacher_channels = shape[1] if op == "feature_mse" else 2 * shape[1]  # the others: a wider teacher
+            t = torch.randn((shape[0], teacher_channels) + shape[2:], generator=g, device=device)
+            w = (torch.randn(2 * shape[1], shape[1], generator=g, device=device) * 0.1).requires_grad_()
+            leaves = [s, w] if op == "projected_feature_mse" else [s]
+            impls = [("fusedkd", ours), ("eager", composite)]
+            if not args.no_compile:
+                impls.append(("compiled", compiled(op, composite)))
+            for impl, f in impls:
+                record(op, "fwd+bwd", torch.float32, shape, impl,
+                       lambda f=f: torch.autograd.grad(f(s, t, w), leaves), 3 * s.numel() * s.element_size())
+
+    machine = dict(platform=platform.platform(), processor=cpu_name(), cpus=os.cpu_count(), threads=threads,
+                   torch=torch.__version__, fusedkd=fusedkd.__version__, python=sys.version.split()[0],
+                   device=torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
+                   huge_pages=os.environ.get("FUSEDKD_CPU_HUGE_PAGES", "1") != "0")
+    try:
+        import liger_kernel  # noqa: F401
+        from importlib.metadata import version
+
+        machine["liger_kernel"] = version("liger-kernel")
+    except Exception:  # noqa: BLE001
+        machine["liger_kernel"] = None
+    out = dict(machine=machine, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               command=" ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), temperature=T, results=results)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
