@@ -11,13 +11,13 @@ import torch
 
 import fusedkd
 
-# Outputs of 8 MiB and more take the huge-page path: [2100 x 1000] float32 is 8.4 MB.
+# Outputs of 32 MiB and more take the huge-page path: [8400 x 1000] float32 is 33.6 MB.
 PROBE = """
 import torch, fusedkd
 g = torch.Generator().manual_seed(5)
-s = torch.randn(2100, 1000, generator=g).requires_grad_()
-t = torch.randn(2100, 1000, generator=g)
-f = torch.randn(64, 32, 32, 32, generator=g).requires_grad_()
+s = torch.randn(8400, 1000, generator=g).requires_grad_()
+t = torch.randn(8400, 1000, generator=g)
+f = torch.randn(256, 32, 32, 32, generator=g).requires_grad_()
 outs = [fusedkd.softmax_t(s, temperature=2.0)]
 outs += torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])
 outs += torch.autograd.grad(fusedkd.feature_mse(f, f.detach() * 0.5), [f])
@@ -38,13 +38,13 @@ def test_large_outputs_are_ordinary_tensors_with_the_same_bits(tmp_path):
 
 
 def test_large_gradient_becomes_a_resizable_grad():
-    s = torch.randn(2100, 1000, requires_grad=True)
-    t = torch.randn(2100, 1000)
+    s = torch.randn(8400, 1000, requires_grad=True)
+    t = torch.randn(8400, 1000)
     for _ in range(2):  # the first backward hands the buffer over as .grad, the second adds to it
         fusedkd.kl_div(s, t, temperature=2.0).backward()
     ref = 2 * torch.autograd.grad(fusedkd.kl_div(s, t, temperature=2.0), [s])[0]
     torch.testing.assert_close(s.grad, ref)
-    s.grad.resize_(3000, 1000)  # a storage that can grow (LibTorch's allocator takes over)
+    s.grad.resize_(9000, 1000)  # a storage that can grow (LibTorch's allocator takes over)
     s.grad.zero_()
     out = fusedkd.softmax_t(s.detach(), temperature=2.0)
     out.resize_(10)
