@@ -23,7 +23,7 @@ for bench in bench_soft_target bench_softmax bench_feature; do
     "$BUILD/bench/$bench" --benchmark_filter='R256|R8192xV10|x14' --benchmark_min_time=0.05 \
       --benchmark_out="$OUT/$bench.json" --benchmark_out_format=json > /dev/null
   else
-    "$BUILD/bench/$bench" --benchmark_min_time=0.3 --benchmark_repetitions=3 \
+    "$BUILD/bench/$bench" --benchmark_min_time=0.2 --benchmark_repetitions=3 \
       --benchmark_out="$OUT/$bench.json" --benchmark_out_format=json
   fi
   gbench+=("$OUT/$bench.json")
@@ -32,7 +32,7 @@ if [ $quick = 1 ]; then
   "$PY" "$ROOT/bench/compare.py" --device cpu --quick --min-time 0.05 --out "$OUT/compare_cpu.json"
   report="$OUT/benchmarks.md"
 else
-  "$PY" "$ROOT/bench/compare.py" --device cpu --out "$OUT/compare_cpu.json"
+  "$PY" "$ROOT/bench/compare.py" --device cpu --min-time 0.5 --out "$OUT/compare_cpu.json"
   report="$ROOT/docs/benchmarks.md"
 fi
 compare=("$OUT/compare_cpu.json")
