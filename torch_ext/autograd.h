@@ -6,8 +6,9 @@
 // when not wanted). GradientFromForward keeps the buffers; the backward scales them in place by
 // grad_output (fusedkd::_scale_grad_, scale_grad.h) and hands them over, dropping its own
 // reference, so no copy is made; a gradient whose buffer is not in its input's dtype (float32 for
-// float16, common.h: gradient_buffer_type) is rounded to that dtype only after the scaling. A second backward through the same graph (retain_graph=True)
-// runs the forward again from the saved inputs.
+// float16, common.h: gradient_buffer_type) is rounded to that dtype only after the scaling. A
+// second backward through the same graph (retain_graph=True) runs the forward again from the
+// saved inputs.
 //
 // A Loss says which internal op that is and how its buffers become the inputs' gradients:
 //   static constexpr const char* kForwardOp;

@@ -27,7 +27,9 @@ class HugePageAllocator final : public c10::Allocator {
     madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // a hint: its failure changes nothing
     return {p, p, &free_huge, c10::Device(c10::DeviceType::CPU)};
   }
-  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
 };
 
 bool huge_pages_enabled() {
@@ -39,7 +41,8 @@ bool huge_pages_enabled() {
 }
 
 bool use_huge_pages(const at::TensorOptions& options, std::size_t bytes) {
-  return options.device().is_cpu() && !options.pinned_memory() && bytes >= kHugePageThreshold && huge_pages_enabled();
+  return options.device().is_cpu() && !options.pinned_memory() && bytes >= kHugePageThreshold &&
+         huge_pages_enabled();
 }
 
 c10::DispatchKeySet cpu_keys() { return c10::DispatchKeySet(c10::DispatchKey::CPU); }
