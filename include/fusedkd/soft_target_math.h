@@ -191,6 +191,23 @@ FUSEDKD_HD Acc weighted(Acc p, Acc x) {
   return p == Acc(0) ? Acc(0) : p * x;
 }
 
+// The soft MSE from the two probabilities: element j's share of its row sums (l = sum (q - p)^2,
+// aux_s = sum g q, aux_t = -sum g p, g = 2 (q - p)), and its gradients given those sums.
+template <typename Acc>
+FUSEDKD_HD void mse_accumulate(Acc q, Acc p, KDSums<Acc>& sums) {
+  const Acc g = Acc(2) * (q - p);
+  sums.loss += (q - p) * (q - p);
+  sums.aux_s += g * q;
+  sums.aux_t -= g * p;
+}
+
+template <typename Acc>
+FUSEDKD_HD void mse_gradients(Acc q, Acc p, Acc inv_t, const KDSums<Acc>& sums, Acc& grad_s, Acc& grad_t) {
+  const Acc g = Acc(2) * (q - p);
+  grad_s = q * inv_t * (g - sums.aux_s);
+  grad_t = p * inv_t * (-g - sums.aux_t);
+}
+
 // Element j's share of the row sums, for a divergence known at compile time.
 template <Divergence D, typename Acc>
 FUSEDKD_HD void kd_accumulate(const KDRow<Acc>& row, Acc s, Acc t, KDSums<Acc>& sums) {
@@ -210,10 +227,7 @@ FUSEDKD_HD void kd_accumulate(const KDRow<Acc>& row, Acc s, Acc t, KDSums<Acc>& 
     sums.aux_s += weighted(q, h_s);
     sums.aux_t += weighted(p, h_t);
   } else {
-    const Acc g = Acc(2) * (q - p);
-    sums.loss += (q - p) * (q - p);
-    sums.aux_s += g * q;
-    sums.aux_t -= g * p;
+    mse_accumulate(q, p, sums);
   }
 }
 
@@ -329,9 +343,7 @@ FUSEDKD_HD void kd_soft_gradients(const KDRow<Acc>& row, const KDSums<Acc>& sums
     grad_s = weighted(q, row.inv_t * (row.one_minus_beta * (lq - lm) - sums.aux_s));
     grad_t = weighted(p, row.inv_t * (row.beta * (lp - lm) - sums.aux_t));
   } else {
-    const Acc g = Acc(2) * (q - p);
-    grad_s = q * row.inv_t * (g - sums.aux_s);
-    grad_t = p * row.inv_t * (-g - sums.aux_t);
+    mse_gradients(q, p, row.inv_t, sums, grad_s, grad_t);
   }
 }
 
