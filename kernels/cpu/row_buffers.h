@@ -97,20 +97,38 @@ inline int opaque_lane_count() {
 }
 
 // Rows 0..rows-1 of `src` (row stride `stride`) into dst[j * kShortRowLanes + row]; the lanes past
-// `rows` are zero.
+// `rows` are zero. The transposition is element by element; a 16-bit group whose rows lie back to
+// back is first converted in one vector loop (scratch slot 2), so that no conversion runs scalar.
 template <typename T, typename Acc>
 void load_rows_transposed(const T* __restrict src, std::int64_t stride, int rows, std::int64_t cols,
                           Acc* __restrict dst) {
   constexpr int L = kShortRowLanes;
+  if constexpr (sizeof(T) == 2) {
+    if (stride == cols) {
+      Acc* converted = scratch_row<Acc>(rows * cols, 2);
+      load_row(src, rows * cols, converted);
+      for (int l = 0; l < L; ++l)
+        for (std::int64_t j = 0; j < cols; ++j) dst[j * L + l] = l < rows ? converted[l * cols + j] : Acc(0);
+      return;
+    }
+  }
   for (int l = 0; l < L; ++l)
     for (std::int64_t j = 0; j < cols; ++j)
       dst[j * L + l] = l < rows ? static_cast<Acc>(load_as_acc(src[l * stride + j])) : Acc(0);
 }
 
-// Lanes 0..rows-1 of a transposed group back into `rows` contiguous rows at `dst`.
+// Lanes 0..rows-1 of a transposed group back into `rows` contiguous rows at `dst` (16-bit types:
+// transposed in the accumulation type, then converted in one vector loop).
 template <typename T, typename Acc>
 void store_rows_transposed(const Acc* __restrict src, int rows, std::int64_t cols, T* __restrict dst) {
   constexpr int L = kShortRowLanes;
+  if constexpr (sizeof(T) == 2) {
+    Acc* rows_back = scratch_row<Acc>(rows * cols, 2);
+    for (int l = 0; l < rows; ++l)
+      for (std::int64_t j = 0; j < cols; ++j) rows_back[l * cols + j] = src[j * L + l];
+    store_row(rows_back, rows * cols, dst);
+    return;
+  }
   for (int l = 0; l < rows; ++l)
     for (std::int64_t j = 0; j < cols; ++j)
       dst[l * cols + j] = StoreFromAcc<T>::apply(static_cast<acc_t<T>>(src[j * L + l]));
