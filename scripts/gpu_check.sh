@@ -213,7 +213,8 @@ compare_cuda() {
   ls "$DEPS"/wheels/liger_kernel-*.whl > /dev/null 2>&1 &&
     "$PYTHON" -m pip install -q --no-deps --no-index --target "$liger" "$DEPS"/wheels/liger_kernel-*.whl
   PYTHONPATH="$ROOT/python:$liger" FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" \
-    "$PYTHON" "$ROOT/bench/compare.py" --device cuda --min-time 0.3 --out "$OUT/compare_cuda.json" \
+    "$PYTHON" "$ROOT/bench/compare.py" --device cuda --ops kd_loss,kl_div,jsd --min-time 0.3 \
+    --out "$OUT/compare_cuda.json" \
     > "$LOG/compare_cuda.log" 2>&1
   local rc=$?
   tail -n 60 "$LOG/compare_cuda.log"

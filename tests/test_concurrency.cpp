@@ -22,7 +22,6 @@
 #include "fusedkd/torch.h"
 
 #if FUSEDKD_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -121,6 +120,34 @@ bool same_bits(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& 
   return true;
 }
 
+// `threads` threads, each making `calls_per_thread` calls after running `setup` (its stream, say):
+// call k of thread i is op (i + k) % ops with seed (i * 31 + k) % 5 (the shapes vary with the
+// seed); every result must have the bits of the same call made alone, before, in turn.
+void expect_concurrent_calls_give_sequential_bits(const std::vector<Call>& ops, int threads, int calls_per_thread,
+                                                  const std::function<void()>& setup) {
+  const auto op_of = [&](int i, int k) { return static_cast<std::size_t>((i + k) % static_cast<int>(ops.size())); };
+  const auto seed_of = [](int i, int k) { return (i * 31 + k) % 5; };
+  std::vector<std::vector<std::vector<at::Tensor>>> expected(ops.size(), std::vector<std::vector<at::Tensor>>(5));
+  for (std::size_t o = 0; o < ops.size(); ++o)
+    for (int seed = 0; seed < 5; ++seed) expected[o][seed] = ops[o].run(seed);
+  std::atomic<int> mismatches{0}, failures{0};
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i)
+    pool.emplace_back([&, i] {
+      setup();
+      for (int k = 0; k < calls_per_thread; ++k) {
+        try {
+          if (!same_bits(ops[op_of(i, k)].run(seed_of(i, k)), expected[op_of(i, k)][seed_of(i, k)])) ++mismatches;
+        } catch (...) {
+          ++failures;
+        }
+      }
+    });
+  for (std::thread& t : pool) t.join();
+  EXPECT_EQ(mismatches.load(), 0);
+  EXPECT_EQ(failures.load(), 0);
+}
+
 class ThreadCount {  // restores LibTorch's intra-op thread count
  public:
   ThreadCount() : saved_(at::get_num_threads()) {}
@@ -162,27 +189,7 @@ TEST(Concurrency, CallsFromFourThreadsGiveTheSequentialBits) {
   at::set_num_threads(2);
   const std::vector<Call> ops = calls();
   constexpr int kThreads = 4, kCallsPerThread = 60;  // 240 calls, every op and 5 shapes each
-  // Call k of thread i: op (i + k) % ops, seed (i * 31 + k) % 5 (the shapes vary with the seed).
-  const auto op_of = [&](int i, int k) { return static_cast<std::size_t>((i + k) % static_cast<int>(ops.size())); };
-  const auto seed_of = [](int i, int k) { return (i * 31 + k) % 5; };
-  std::vector<std::vector<std::vector<at::Tensor>>> expected(ops.size(), std::vector<std::vector<at::Tensor>>(5));
-  for (std::size_t o = 0; o < ops.size(); ++o)
-    for (int seed = 0; seed < 5; ++seed) expected[o][seed] = ops[o].run(seed);
-  std::atomic<int> mismatches{0}, failures{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads; ++i)
-    threads.emplace_back([&, i] {
-      for (int k = 0; k < kCallsPerThread; ++k) {
-        try {
-          if (!same_bits(ops[op_of(i, k)].run(seed_of(i, k)), expected[op_of(i, k)][seed_of(i, k)])) ++mismatches;
-        } catch (...) {
-          ++failures;
-        }
-      }
-    });
-  for (std::thread& t : threads) t.join();
-  EXPECT_EQ(mismatches.load(), 0);
-  EXPECT_EQ(failures.load(), 0);
+  expect_concurrent_calls_give_sequential_bits(ops, kThreads, kCallsPerThread, [] {});
 }
 
 #if FUSEDKD_WITH_CUDA
@@ -198,28 +205,10 @@ TEST(Concurrency, CudaTwoStreamsGiveTheSequentialBits) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   const std::vector<Call> ops = calls(at::kCUDA);
   constexpr int kThreads = 2, kCallsPerThread = 40;
-  const auto op_of = [&](int i, int k) { return static_cast<std::size_t>((i + k) % static_cast<int>(ops.size())); };
-  const auto seed_of = [](int i, int k) { return (i * 31 + k) % 5; };
-  std::vector<std::vector<std::vector<at::Tensor>>> expected(ops.size(), std::vector<std::vector<at::Tensor>>(5));
-  for (std::size_t o = 0; o < ops.size(); ++o)
-    for (int seed = 0; seed < 5; ++seed) expected[o][seed] = ops[o].run(seed);  // the default stream, in turn
-  std::atomic<int> mismatches{0}, failures{0};
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kThreads; ++i)
-    threads.emplace_back([&, i] {
-      // Each thread's work (inputs, the op, its backward, the comparison) on a stream of its own.
-      const c10::cuda::CUDAStreamGuard stream(c10::cuda::getStreamFromPool());
-      for (int k = 0; k < kCallsPerThread; ++k) {
-        try {
-          if (!same_bits(ops[op_of(i, k)].run(seed_of(i, k)), expected[op_of(i, k)][seed_of(i, k)])) ++mismatches;
-        } catch (...) {
-          ++failures;
-        }
-      }
-    });
-  for (std::thread& t : threads) t.join();
-  EXPECT_EQ(mismatches.load(), 0);
-  EXPECT_EQ(failures.load(), 0);
+  // Each thread's work (inputs, the op, its backward, the comparison) on a stream of its own; the
+  // expected results come from the default stream, one call after another.
+  expect_concurrent_calls_give_sequential_bits(ops, kThreads, kCallsPerThread,
+                                               [] { c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool()); });
 }
 #endif
 

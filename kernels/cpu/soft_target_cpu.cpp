@@ -62,6 +62,29 @@ inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& 
   }
 }
 
+// A row's sums (the divergence and the gradients' auxiliary sums) of the element terms term(j, e),
+// in blocks of kSumBlock with the blocks' totals in double (row_buffers.h), rounded once.
+template <typename Acc, typename Term>
+inline __attribute__((always_inline)) KDSums<Acc> blocked_row_sums(std::int64_t cols, const Term& term) {
+  double loss = 0, aux_s = 0, aux_t = 0;
+  for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
+    const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
+    Acc bl = 0, bs = 0, bt = 0;
+#pragma omp simd reduction(+ : bl, bs, bt)
+    for (std::int64_t j = j0; j < j1; ++j) {
+      KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
+      term(j, e);
+      bl += e.loss;
+      bs += e.aux_s;
+      bt += e.aux_t;
+    }
+    loss += bl;
+    aux_s += bs;
+    aux_t += bt;
+  }
+  return {static_cast<Acc>(loss), static_cast<Acc>(aux_s), static_cast<Acc>(aux_t)};
+}
+
 // Whether a row's later sweeps need the probabilities alone, so that the statistics sweep keeps
 // the numerators and they only scale them: the soft MSE (its row sums and both gradients are
 // functions of q and p), and the forward KL's student gradient, (q - p) / T (its teacher gradient
@@ -136,41 +159,13 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
     sums.loss = static_cast<Acc>(kl_from_sums(cross, kReverse ? sum_s : sum_t, kReverse ? log_sum_s : log_sum_t,
                                               kReverse ? log_sum_t : log_sum_s));
   } else if constexpr (D == Divergence::MSE) {  // numerators kept (keeps_numerators)
-    double loss = 0, aux_s = 0, aux_t = 0;
-    for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
-      const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
-      Acc bl = 0, bs = 0, bt = 0;
-#pragma omp simd reduction(+ : bl, bs, bt)
-      for (std::int64_t j = j0; j < j1; ++j) {
-        KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
-        mse_accumulate(xs[j] * inv_z_s, xt[j] * inv_z_t, e);
-        bl += e.loss;
-        bs += e.aux_s;
-        bt += e.aux_t;
-      }
-      loss += bl;
-      aux_s += bs;
-      aux_t += bt;
-    }
-    sums = {static_cast<Acc>(loss), static_cast<Acc>(aux_s), static_cast<Acc>(aux_t)};
+    sums = blocked_row_sums<Acc>(cols, [&](std::int64_t j, KDSums<Acc>& e) __attribute__((always_inline)) {
+      mse_accumulate(xs[j] * inv_z_s, xt[j] * inv_z_t, e);
+    });
   } else {
-    double loss = 0, aux_s = 0, aux_t = 0;
-    for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
-      const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
-      Acc bl = 0, bs = 0, bt = 0;
-#pragma omp simd reduction(+ : bl, bs, bt)
-      for (std::int64_t j = j0; j < j1; ++j) {
-        KDSums<Acc> e{Acc(0), Acc(0), Acc(0)};
-        kd_accumulate<D>(row, xs[j], xt[j], e);
-        bl += e.loss;
-        bs += e.aux_s;
-        bt += e.aux_t;
-      }
-      loss += bl;
-      aux_s += bs;
-      aux_t += bt;
-    }
-    sums = {static_cast<Acc>(loss), static_cast<Acc>(aux_s), static_cast<Acc>(aux_t)};
+    sums = blocked_row_sums<Acc>(cols, [&](std::int64_t j, KDSums<Acc>& e) __attribute__((always_inline)) {
+      kd_accumulate<D>(row, xs[j], xt[j], e);
+    });
   }
   const Acc cross_entropy = plan.hard ? row.cross_entropy(label_logit) : Acc(0);
 

@@ -30,7 +30,9 @@ def test_large_outputs_are_ordinary_tensors_with_the_same_bits(tmp_path):
     results = {}
     for setting in ("1", "0"):
         path = str(tmp_path / f"outs{setting}.pt")
-        env = dict(os.environ, FUSEDKD_CPU_HUGE_PAGES=setting)
+        python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))  # the package's parent
+        env = dict(os.environ, FUSEDKD_CPU_HUGE_PAGES=setting,
+                   PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
         subprocess.run([sys.executable, "-c", PROBE.format(path=path)], env=env, check=True)
         results[setting] = torch.load(path)
     for a, b in zip(results["1"], results["0"]):
