@@ -130,6 +130,8 @@ void expect_concurrent_calls_give_sequential_bits(const std::vector<Call>& ops, 
   std::vector<std::vector<std::vector<at::Tensor>>> expected(ops.size(), std::vector<std::vector<at::Tensor>>(5));
   for (std::size_t o = 0; o < ops.size(); ++o)
     for (int seed = 0; seed < 5; ++seed) expected[o][seed] = ops[o].run(seed);
+  // Written on this thread's stream; the workers may read them on streams that do not wait for it.
+  if (torch::cuda::is_available()) torch::cuda::synchronize();
   std::atomic<int> mismatches{0}, failures{0};
   std::vector<std::thread> pool;
   for (int i = 0; i < threads; ++i)

@@ -246,8 +246,10 @@ TEST(CudaHostDecisions, DtypeRuleAgreesWithTheCpuPathAndTheMetaKernel) {
       EXPECT_EQ(gs.scalar_type(), ts == at::kHalf ? at::kFloat : ts) << what;
       EXPECT_EQ(gt.scalar_type(), tt == at::kHalf ? at::kFloat : tt) << what;
       EXPECT_LT(relative_error(loss, cpu), 1e-6) << what;
-      const fusedkd::DTypePair used = fusedkd::cuda_kernel_dtypes(fusedkd::torch_ext::kernel_dtype(ts),
-                                                                  fusedkd::torch_ext::kernel_dtype(tt));
+      // The pair that reaches the kernels: float16 read as float32 where its gradient is wanted.
+      const fusedkd::DTypePair used =
+          fusedkd::cuda_kernel_dtypes(fusedkd::torch_ext::kernel_dtype(fusedkd::torch_ext::kernel_input_type(s, true)),
+                                      fusedkd::torch_ext::kernel_dtype(fusedkd::torch_ext::kernel_input_type(t, true)));
       EXPECT_TRUE(fusedkd::cuda_kernels_take(used.student, used.teacher)) << what;
     }
 }

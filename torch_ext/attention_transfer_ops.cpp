@@ -61,7 +61,8 @@ Tensor3 attention_transfer_forward(const Backend& backend, const at::Tensor& stu
   const double batch_size = static_cast<double>(batch);
   launch_reduced(op, reduction_factor(reduction, batch_size * static_cast<double>(args.spatial), batch_size), loss,
                  args.scale, [&] { backend.attention_transfer(args); });
-  return {loss, gs, gt};
+  // (a float16 input's buffer is float32 already; the placeholders take the same dtypes)
+  return {loss, gs.to(gradient_buffer_type(student.scalar_type())), gt.to(gradient_buffer_type(teacher.scalar_type()))};
 }
 
 Tensor3 attention_transfer_forward_meta(const at::Tensor& s, const at::Tensor& t, double, int64_t reduction, bool gs,

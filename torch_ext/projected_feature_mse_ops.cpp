@@ -108,7 +108,7 @@ Tensor3 projected_feature_mse_forward(const Backend& backend, const at::Tensor& 
   args.workspace = workspace.mutable_data_ptr();
   launch_reduced(op, reduction_factor(reduction, static_cast<double>(t.numel()), 0), loss, args.scale,
                  [&] { backend.projected_feature_mse(args); });
-  if (grad_teacher) gt = gt.to(gradient_buffer_type(teacher.scalar_type()));
+  gt = gt.to(gradient_buffer_type(teacher.scalar_type()));  // (the placeholder too, as the Meta kernel)
   return {loss, keep_gradient ? projection : at::empty({0}, options), gt};
 }
 

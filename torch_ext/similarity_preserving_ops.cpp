@@ -59,8 +59,11 @@ Tensor3 similarity_preserving_forward(const Backend& backend, const at::Tensor& 
                                             similarity_preserving_workspace_bytes, fs.options());
   launch_kernel(op, [&] { backend.similarity_preserving(args); });
   if (batch == 0) loss.fill_(std::nan(""));  // ||G~_s - G~_t||^2 / N^2 of no samples: 0 / 0, as torch's
-  if (grad_student) gs = gs.reshape(student.sizes()).to(gradient_buffer_type(student.scalar_type()));
-  if (grad_teacher) gt = gt.reshape(teacher.sizes()).to(gradient_buffer_type(teacher.scalar_type()));
+  if (grad_student) gs = gs.reshape(student.sizes());
+  if (grad_teacher) gt = gt.reshape(teacher.sizes());
+  // Every buffer, placeholders included, in its gradient buffer dtype (as the Meta kernel says).
+  gs = gs.to(gradient_buffer_type(student.scalar_type()));
+  gt = gt.to(gradient_buffer_type(teacher.scalar_type()));
   return {loss, gs, gt};
 }
 

@@ -101,8 +101,8 @@ Tensor3 soft_target_forward_meta(const at::Tensor& s, const at::Tensor& t, const
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const at::IntArrayRef leading = s.sizes().slice(0, s.dim() - 1);
   return {per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options),
-          grad_s ? at::empty(s.sizes(), gradient_buffer_options(s)) : at::empty({0}, s.options()),
-          grad_t ? at::empty(t.sizes(), gradient_buffer_options(t)) : at::empty({0}, t.options())};
+          at::empty(grad_s ? s.sizes() : at::IntArrayRef{0}, gradient_buffer_options(s)),
+          at::empty(grad_t ? t.sizes() : at::IntArrayRef{0}, gradient_buffer_options(t))};
 }
 
 namespace {

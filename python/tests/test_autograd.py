@@ -69,3 +69,31 @@ def test_saved_tensor_hooks_unpack_only_when_needed():
     gx, gw = torch.autograd.grad(F.mse_loss(F.conv2d(x, w[:, :, None, None]), y), (x, w))
     torch.testing.assert_close(x.grad, gx)
     torch.testing.assert_close(w.grad, gw)
+
+
+@pytest.mark.parametrize("want", [(True, False), (False, True), (True, True), (False, False)])
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.float16), (torch.float16, torch.float32),
+                                    (torch.bfloat16, torch.float16), (torch.float32, torch.float64)])
+def test_internal_ops_meta_kernels_match_the_cpu_outputs(dtypes, want):
+    # Every output of the fused internal ops, wanted gradient buffers and empty placeholders alike,
+    # has the same dtype and shape from the Meta kernel as from the CPU one (torch.compile traces
+    # with the Meta kernels); float16 gradient buffers are float32 (gradient_buffer_type).
+    sd, td = dtypes
+    gs, gt = want
+    s, t = torch.randn(3, 4, 5, 5).to(sd), torch.randn(3, 4, 5, 5).to(td)
+    t6 = torch.randn(3, 6, 5, 5).to(td)
+    w = torch.randn(6, 4)
+    ops = torch.ops.fusedkd
+    calls = {
+        "soft_target": lambda s, t, w, t6: ops._soft_target_forward(s.flatten(1), t.flatten(1), None, 2.0, 0, 0.5, -100,
+                                                                  1.0, 0.0, False, True, gs, gt),
+        "feature_mse": lambda s, t, w, t6: ops._feature_mse_forward(s, t, 2, gs, gt),
+        "attention_transfer": lambda s, t, w, t6: ops._attention_transfer_forward(s, t6, 2.0, 2, gs, gt),
+        "similarity_preserving": lambda s, t, w, t6: ops._similarity_preserving_forward(s, t6, gs, gt),
+        "projected_feature_mse": lambda s, t, w, t6: ops._projected_feature_mse_forward(s, w, None, t6, 2, gs, gt),
+    }
+    for name, call in calls.items():
+        real = call(s, t, w, t6)
+        meta = call(*(x.to("meta") for x in (s, t, w, t6)))
+        for k, (a, b) in enumerate(zip(real, meta)):
+            assert (a.dtype, tuple(a.shape)) == (b.dtype, tuple(b.shape)), (name, k, a.dtype, b.dtype, a.shape, b.shape)
