@@ -39,4 +39,4 @@ compare=("$OUT/compare_cpu.json")
 # A GPU run's comparison (scripts/gpu_check.sh), when one has been copied here.
 [ -f "$ROOT/docs/gpu/compare_cuda.json" ] && compare+=("$ROOT/docs/gpu/compare_cuda.json")
 "$PY" "$ROOT/scripts/bench_report.py" --compare "${compare[@]}" --gbench "${gbench[@]}" \
-  --command "scripts/bench.sh $*" --out "$report"
+  --command "scripts/bench.sh${*:+ $*}" --out "$report"
