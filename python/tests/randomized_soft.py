@@ -60,6 +60,17 @@ def divergence_rows(name, lq, lp, beta):
     return mse_rows(lq, lp)
 
 
+def kd_soft_composite(divergence, T, beta=0.5):
+    """kd_loss(s, t, temperature=T, divergence=divergence) with no labels, as PyTorch composes it:
+    the divergence's rows summed over / R (over / (R * V) for "mse")."""
+    def f(s, t):
+        lq, lp = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+        rows = divergence_rows(divergence, lq, lp, beta)
+        return rows.sum() / (lq.numel() if divergence == "mse" else rows.numel())
+
+    return f
+
+
 def reduce_rows(rows, reduction, V):
     """The spec's reductions over rows ("mean" is torch's elementwise mean: / (R * V))."""
     R = rows.numel()

@@ -6,9 +6,9 @@ import statistics
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fusedkd
+from randomized_soft import kd_soft_composite
 
 V = 70001
 SEEDS = range(6)
@@ -61,18 +61,6 @@ def test_softmax_t_long_peaked_rows_as_accurate_as_the_composite(kind, log):
         assert max(ours_f) < 8e-8, ours_f
 
 
-def soft_target_composite(divergence, T):
-    def f(s, t):
-        lq, lp = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
-        if divergence == "kl":
-            return F.kl_div(lq, lp, reduction="batchmean", log_target=True)
-        if divergence == "reverse_kl":
-            return F.kl_div(lp, lq, reduction="batchmean", log_target=True)
-        return ((lq.exp() - lp.exp()) ** 2).sum() / s.numel()  # mse
-
-    return f
-
-
 @pytest.mark.parametrize("divergence", ["kl", "reverse_kl", "mse"])
 @pytest.mark.parametrize("T", [0.3, 1.0])
 def test_kd_loss_long_peaked_rows_within_the_bound(divergence, T):
@@ -80,7 +68,7 @@ def test_kd_loss_long_peaked_rows_within_the_bound(divergence, T):
     docs/numerics.md; at T = 0.3 both are dominated by the rounding of (t - max_t) / T, tens in
     magnitude, so single rows scatter either way)."""
     ours, comp = [], []
-    composite = soft_target_composite(divergence, T)
+    composite = kd_soft_composite(divergence, T)
     for seed in SEEDS:
         g = torch.Generator().manual_seed(seed)
         s, t = rows("outliers", g), rows("outliers", g)
