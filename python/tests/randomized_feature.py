@@ -91,6 +91,17 @@ def at_map(x, p):
     return attention_map(x, p) if x.shape[0] else x.abs().pow(p).mean(1).reshape(0, prod(x.shape[2:]))
 
 
+def add_student_and_teacher(case, s, sd, t, td):
+    """Places the two maps (any layout, channels-last among them) as the case's student and
+    teacher, picks which need a gradient; returns the placed tensors."""
+    S, ls = place(case.gen, s, sd, case.device, channels_ok=True)
+    Tt, lt = place(case.gen, t, td, case.device, channels_ok=True)
+    case.add("student", S, ls)
+    case.add("teacher", Tt, lt)
+    case.grad = choose_grads(case.gen, ["student", "teacher"], [0.8, 0.4])
+    return S, Tt
+
+
 def make_attention_transfer(case):
     gen = case.gen
     N, cs, ct = batch_size(gen), gen.int(1, 8), gen.int(1, 8)
@@ -107,11 +118,7 @@ def make_attention_transfer(case):
     if cs == ct and gen.chance(0.2):
         s = t + gen.randn(t.shape) * gen.loguniform(1e-4, 1.0)
         case.notes.append("student close to the teacher")
-    S, ls = place(gen, s, sd, case.device, channels_ok=True)
-    Tt, lt = place(gen, t, td, case.device, channels_ok=True)
-    case.add("student", S, ls)
-    case.add("teacher", Tt, lt)
-    case.grad = choose_grads(gen, ["student", "teacher"], [0.8, 0.4])
+    S, Tt = add_student_and_teacher(case, s, sd, t, td)
     reduction = gen.pick(ATTENTION_REDUCTIONS)
     case.args = {"p": p, "reduction": reduction}
 
@@ -154,11 +161,7 @@ def make_similarity_preserving(case):
     if fs == ft and gen.chance(0.3):
         s = t + gen.randn(t.shape) * gen.loguniform(1e-4, 1.0)
         case.notes.append("student close to the teacher")
-    S, ls = place(gen, s, sd, case.device, channels_ok=True)
-    Tt, lt = place(gen, t, td, case.device, channels_ok=True)
-    case.add("student", S, ls)
-    case.add("teacher", Tt, lt)
-    case.grad = choose_grads(gen, ["student", "teacher"], [0.8, 0.4])
+    S, Tt = add_student_and_teacher(case, s, sd, t, td)
 
     def composite(student, teacher):
         if N == 0:
