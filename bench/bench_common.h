@@ -17,8 +17,13 @@
 
 namespace fusedkd::bench {
 
+// Three untimed calls first, whatever the warm-up time: a large CPU output's first huge pages come
+// from the kernel's compaction (a 0.5 GB gradient: about 640 ms on the first call, 160 ms on the
+// second, 90 ms from the third on; docs/architecture.md), and one call of a large case outlasts
+// Google Benchmark's time-based warm-up.
 template <typename Body>
 void time_loop(benchmark::State& state, bool cuda, Body&& body) {
+  for (int i = 0; i < 3; ++i) body();
 #if FUSEDKD_WITH_CUDA
   if (cuda) {
     cudaEvent_t start, stop;

@@ -44,7 +44,9 @@ struct SoftTargetArgs {
 
   // Outputs. per_row_loss: `loss` holds soft_scale * D_r for each row (accumulation dtype, [rows]);
   // else `loss` holds the total (one element). Loss dtype: float64 when an input is float64, else
-  // float32. The gradients (contiguous, the dtype of their input) are written when non-null.
+  // float32. The gradients (contiguous, the dtype of their input) are written when non-null; they
+  // must not overlap the inputs (the CPU kernel reads rows stored in the accumulation dtype where
+  // they lie while it writes the gradients).
   bool per_row_loss = false;
   void* loss = nullptr;
   void* grad_student = nullptr;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fusedkd/dtype.h"
@@ -12,10 +13,10 @@
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
-// A scratch row of at least `cols` values for this thread; `slot` (0-2) tells apart live rows.
+// A scratch row of at least `cols` values for this thread; `slot` (0-4) tells apart live rows.
 template <typename Acc>
 Acc* scratch_row(std::int64_t cols, int slot) {
-  thread_local std::vector<Acc> buffers[3];
+  thread_local std::vector<Acc> buffers[5];
   std::vector<Acc>& buffer = buffers[slot];
   if (static_cast<std::int64_t>(buffer.size()) < cols) buffer.resize(static_cast<std::size_t>(cols));
   return buffer.data();
@@ -58,6 +59,43 @@ void store_row(const Acc* src, std::int64_t cols, void* base, DType dtype, std::
   with_storage_type(dtype, [&](auto tag) {
     using T = decltype(tag);
     store_row(src, cols, static_cast<T*>(base) + offset);
+  });
+}
+
+// Rows stored in the accumulation type are read and written where they lie (no copy through a
+// scratch row); others are converted into `scratch` and back (the pattern of softmax_cpu.cpp).
+// The row to read: at base + offset, or converted into `scratch`.
+template <typename Acc>
+const Acc* input_row(const void* base, DType dtype, std::int64_t offset, std::int64_t cols, Acc* scratch) {
+  const Acc* row = scratch;
+  with_storage_type(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, Acc>) {
+      row = static_cast<const T*>(base) + offset;
+    } else {
+      load_row(static_cast<const T*>(base) + offset, cols, scratch);
+    }
+  });
+  return row;
+}
+
+// The row to write an output into: at base + offset, or `scratch`, which output_row_done then
+// converts into place.
+template <typename Acc>
+Acc* output_row(void* base, DType dtype, std::int64_t offset, Acc* scratch) {
+  Acc* row = scratch;
+  with_storage_type(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, Acc>) row = static_cast<T*>(base) + offset;
+  });
+  return row;
+}
+
+template <typename Acc>
+void output_row_done(const Acc* row, std::int64_t cols, void* base, DType dtype, std::int64_t offset) {
+  with_storage_type(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, Acc>) store_row(row, cols, static_cast<T*>(base) + offset);
   });
 }
 

@@ -33,31 +33,32 @@ inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, Acc max_s, Acc 
   return kl_cross_term(t, max_t, s, max_s, plan.scale_log2, plan.inv_t);
 }
 
-// The statistics sweep over one row's block [j0, j1): the three sums (the hard one when kHard) and
-// the KL loss sum C; with kKeep it also leaves each element's softmax numerators in place of the
-// logits (xs: exp((s - m_s)/T), xt: exp((t - m_t)/T), xh: exp(s - m_s)), for later sweeps without
-// exponentials (see keeps_numerators).
+// The statistics sweep over one row's block [j0, j1) of the logits s and t: the three sums (the
+// hard one when kHard) and the KL loss sum C; with kKeep it also writes each element's softmax
+// numerators (ks: exp((s - m_s)/T), kt: exp((t - m_t)/T), kh: exp(s - m_s)), for later sweeps
+// without exponentials (see keeps_numerators).
 template <Divergence D, bool kHard, bool kKeep, typename Acc>
 inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& plan, Acc max_s, Acc max_t,
-                                                            std::int64_t j0, std::int64_t j1, Acc* __restrict xs,
-                                                            Acc* __restrict xt, Acc* __restrict xh, Acc& bs, Acc& bt,
-                                                            Acc& bh, Acc& bc) {
+                                                            std::int64_t j0, std::int64_t j1,
+                                                            const Acc* __restrict s, const Acc* __restrict t,
+                                                            Acc* __restrict ks, Acc* __restrict kt, Acc* __restrict kh,
+                                                            Acc& bs, Acc& bt, Acc& bh, Acc& bc) {
 #pragma omp simd reduction(+ : bs, bt, bh, bc)
   for (std::int64_t j = j0; j < j1; ++j) {
-    const Acc es = softmax_sum_term(xs[j], max_s, plan.scale_log2);
-    const Acc et = softmax_sum_term(xt[j], max_t, plan.scale_log2);
+    const Acc es = softmax_sum_term(s[j], max_s, plan.scale_log2);
+    const Acc et = softmax_sum_term(t[j], max_t, plan.scale_log2);
     bs += es;
     bt += et;
     Acc eh = Acc(0);
     if constexpr (kHard) {
-      eh = softmax_sum_term(xs[j], max_s, Acc(kLog2e));
+      eh = softmax_sum_term(s[j], max_s, Acc(kLog2e));
       bh += eh;
     }
-    if constexpr (is_kl(D)) bc += kl_cross<D>(xs[j], xt[j], max_s, max_t, plan);
+    if constexpr (is_kl(D)) bc += kl_cross<D>(s[j], t[j], max_s, max_t, plan);
     if constexpr (kKeep) {
-      xs[j] = es;
-      xt[j] = et;
-      if constexpr (kHard) xh[j] = eh;
+      ks[j] = es;
+      kt[j] = et;
+      if constexpr (kHard) kh[j] = eh;
     }
   }
 }
@@ -96,12 +97,24 @@ bool keeps_numerators(const SoftTargetArgs& a) {
   return D == Divergence::ForwardKL && a.grad_student && !a.grad_teacher;
 }
 
+// A thread's scratch rows for long rows, each distinct from the others: xs, xt, xh for the kept
+// numerators (xh: the hard ones, keeps_numerators with labels), cs, ct for logits converted from
+// a narrower type. Rows stored in the accumulation type are read, and their gradients written,
+// where they lie (input_row, output_row); a narrower gradient goes through a scratch row that no
+// sweep reads at that point, so that no two pointers of a sweep alias.
+template <typename Acc>
+struct RowScratch {
+  Acc *xs, *xt, *xh, *cs, *ct;
+};
+
 // One row: returns its contribution to the total (or its per-row loss) and writes gradients.
-// xh: scratch for the hard numerators (keeps_numerators with labels).
 template <Divergence D, typename Acc>
 Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r, bool valid,
-                std::int64_t label, Acc* __restrict xs, Acc* __restrict xt, Acc* __restrict xh) {
+                std::int64_t label, const RowScratch<Acc>& scratch) {
   const std::int64_t cols = a.cols;
+  Acc* __restrict xs = scratch.xs;
+  Acc* __restrict xt = scratch.xt;
+  Acc* __restrict xh = scratch.xh;
   if (!valid) {  // an ignored row: no loss, zero gradients (whatever its logits hold)
     if (a.grad_student || a.grad_teacher) {
       for (std::int64_t j = 0; j < cols; ++j) xs[j] = Acc(0);
@@ -110,25 +123,25 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
     }
     return Acc(0);
   }
-  load_row(a.student, a.student_dtype, r * a.student_row_stride, cols, xs);
-  load_row(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, xt);
+  const Acc* s = input_row(a.student, a.student_dtype, r * a.student_row_stride, cols, scratch.cs);
+  const Acc* t = input_row(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, scratch.ct);
 
   KDStats<Acc> st;
-  st.max_s = row_max(xs, cols);
-  st.max_t = row_max(xt, cols);
+  st.max_s = row_max(s, cols);
+  st.max_t = row_max(t, cols);
   // The three sums in one sweep (the hard one only when there is a cross-entropy), and for the KL
   // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm); blocks of
   // kSumBlock, totals in double (row_buffers.h).
   constexpr bool kKL = is_kl(D);
   const bool keep = keeps_numerators<D>(a);  // the label's logit is read before it is overwritten
-  const Acc label_logit = plan.hard ? xs[label] : Acc(0);
+  const Acc label_logit = plan.hard ? s[label] : Acc(0);
   double sum_s = 0, sum_t = 0, sum_s_hard = plan.hard ? 0.0 : 1.0, cross = 0;
   for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
     const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
     Acc bs = 0, bt = 0, bh = 0, bc = 0;
     const auto sweep = [&](auto hard, auto kept) {
-      statistics_block<D, decltype(hard)::value, decltype(kept)::value>(plan, st.max_s, st.max_t, j0, j1, xs, xt,
-                                                                       xh, bs, bt, bh, bc);
+      statistics_block<D, decltype(hard)::value, decltype(kept)::value>(plan, st.max_s, st.max_t, j0, j1, s, t,
+                                                                       xs, xt, xh, bs, bt, bh, bc);
     };
     if (plan.hard) {
       keep ? sweep(std::true_type{}, std::true_type{}) : sweep(std::true_type{}, std::false_type{});
@@ -164,14 +177,22 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
     });
   } else {
     sums = blocked_row_sums<Acc>(cols, [&](std::int64_t j, KDSums<Acc>& e) __attribute__((always_inline)) {
-      kd_accumulate<D>(row, xs[j], xt[j], e);
+      kd_accumulate<D>(row, s[j], t[j], e);
     });
   }
   const Acc cross_entropy = plan.hard ? row.cross_entropy(label_logit) : Acc(0);
 
-  if (keep && (a.grad_student || a.grad_teacher)) {  // xs, xt, xh hold the numerators
-    const Acc ws = plan.weight * plan.soft_scale;
-    const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
+  const Acc loss = plan.soft_scale * sums.loss + (plan.hard ? plan.hard_scale * cross_entropy : Acc(0));
+  if (!a.grad_student && !a.grad_teacher) return loss;
+  // The gradients' rows: the outputs themselves when stored in Acc, else scratch rows the sweep
+  // below does not read (the converted logits once the numerators are kept, else xs and xt).
+  Acc* spare_s = keep ? scratch.cs : xs;
+  Acc* spare_t = keep ? scratch.ct : xt;
+  Acc* __restrict gs_row = a.grad_student ? output_row(a.grad_student, a.student_dtype, r * cols, spare_s) : spare_s;
+  Acc* __restrict gt_row = a.grad_teacher ? output_row(a.grad_teacher, a.teacher_dtype, r * cols, spare_t) : spare_t;
+  const Acc ws = plan.weight * plan.soft_scale;
+  const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
+  if (keep) {  // xs, xt, xh hold the numerators
     const auto gradients = [&](auto with_hard) {
 #pragma omp simd
       for (std::int64_t j = 0; j < cols; ++j) {
@@ -182,29 +203,26 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
         } else {
           gs = forward_kl_student_gradient(q, p, row.inv_t);
         }
-        xs[j] = ws * gs;
-        if constexpr (decltype(with_hard)::value) xs[j] += wh * cross_entropy_gradient(xh[j] * inv_z_h, j == label);
-        xt[j] = ws * gt;
+        gs = ws * gs;
+        if constexpr (decltype(with_hard)::value) gs += wh * cross_entropy_gradient(xh[j] * inv_z_h, j == label);
+        gs_row[j] = gs;
+        if constexpr (D == Divergence::MSE) gt_row[j] = ws * gt;  // the KL's teacher gradient is not kept
       }
     };
     wh != Acc(0) ? gradients(std::true_type{}) : gradients(std::false_type{});
-    if (a.grad_student) store_row(xs, cols, a.grad_student, a.student_dtype, r * cols);
-    if (a.grad_teacher) store_row(xt, cols, a.grad_teacher, a.teacher_dtype, r * cols);
-  } else if (a.grad_student || a.grad_teacher) {
-    const Acc ws = plan.weight * plan.soft_scale;
-    const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
+  } else {
 #pragma omp simd
     for (std::int64_t j = 0; j < cols; ++j) {
       Acc gs, gt;
-      kd_soft_gradients<D>(row, sums, xs[j], xt[j], gs, gt);
-      const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_gradient(xs[j], j == label);
-      xs[j] = ws * gs + hard;
-      xt[j] = ws * gt;
+      kd_soft_gradients<D>(row, sums, s[j], t[j], gs, gt);
+      const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_gradient(s[j], j == label);
+      gs_row[j] = ws * gs + hard;
+      gt_row[j] = ws * gt;
     }
-    if (a.grad_student) store_row(xs, cols, a.grad_student, a.student_dtype, r * cols);
-    if (a.grad_teacher) store_row(xt, cols, a.grad_teacher, a.teacher_dtype, r * cols);
   }
-  return plan.soft_scale * sums.loss + (plan.hard ? plan.hard_scale * cross_entropy : Acc(0));
+  if (a.grad_student) output_row_done(gs_row, cols, a.grad_student, a.student_dtype, r * cols);
+  if (a.grad_teacher) output_row_done(gt_row, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+  return loss;
 }
 
 // Rows of up to kShortRowMax elements, kShortRowLanes at a time across the vector lanes
@@ -366,15 +384,18 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
       });
       return;
     }
-    Acc* xs = scratch_row<Acc>(a.cols, 0);
-    Acc* xt = scratch_row<Acc>(a.cols, 1);
+    RowScratch<Acc> scratch;
+    scratch.xs = scratch_row<Acc>(a.cols, 0);
+    scratch.xt = scratch_row<Acc>(a.cols, 1);
     const bool keeps = a.divergence == Divergence::ForwardKL || a.divergence == Divergence::MSE;
-    Acc* xh = plan.hard && keeps ? scratch_row<Acc>(a.cols, 2) : nullptr;
+    scratch.xh = plan.hard && keeps ? scratch_row<Acc>(a.cols, 2) : nullptr;
+    scratch.cs = scratch_row<Acc>(a.cols, 3);
+    scratch.ct = scratch_row<Acc>(a.cols, 4);
     with_divergence(a.divergence, [&](auto d) {
       for (std::int64_t r = begin; r < end; ++r) {
         const std::int64_t label = a.labels ? a.labels[r] : -1;
         const bool valid = !a.labels || label != a.ignore_index;
-        row_losses[r] = process_row<decltype(d)::value>(a, plan, r, valid, label, xs, xt, xh);
+        row_losses[r] = process_row<decltype(d)::value>(a, plan, r, valid, label, scratch);
       }
     });
   });
