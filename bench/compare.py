@@ -4,8 +4,9 @@ run (CUDA, when importable), and the machine's own ceiling (a copy of one [R x V
 
     python bench/compare.py --device cpu --out out/compare_cpu.json [--quick] [--min-time S]
 
-Every case is timed with torch.utils.benchmark (blocked_autorange, the median; a warm-up call
-first, so compilation is not timed) for forward + backward (the gradient of the student, and of
+Every case is timed with torch.utils.benchmark (blocked_autorange, the median; warm-up calls
+first, at least 3 and 1 s, so that neither compilation nor a fresh output's first huge pages
+are timed) for forward + backward (the gradient of the student, and of
 the regressor for the FitNets hint) or forward alone under no_grad ("stats": the statistics sweep
 of kd_loss); softmax_t and log_softmax_t alone, their backward with a given upstream gradient. The
 floor of a case is its minimal traffic at the copy's bandwidth: 3X for a loss's forward + backward
@@ -24,6 +25,7 @@ import math
 import os
 import platform
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -136,8 +138,19 @@ def random_inputs(shape, dtype, device, seed=0):
     return s, t, y
 
 
+WARMUP_CALLS = 3
+WARMUP_SECONDS = 1.0
+
+
 def median_ms(fn, threads, min_time):
-    fn()  # warm-up: compilation, first-touch of caches
+    # Warm-up, untimed: compilation, and the first calls whose large CPU outputs wait for the
+    # kernel to compact memory into huge pages (docs/architecture.md: a 0.1-0.5 GB output costs
+    # 100-600 ms on each of its first few calls, a few ms once the freed huge pages are reused).
+    start = time.perf_counter()
+    calls = 0
+    while calls < WARMUP_CALLS or time.perf_counter() - start < WARMUP_SECONDS:
+        fn()
+        calls += 1
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     return timer.blocked_autorange(min_run_time=min_time).median * 1e3
 
