@@ -107,6 +107,20 @@ Acc row_max(const Acc* __restrict x, std::int64_t cols) {
   return m;
 }
 
+// The row's maximum, and whether some element is -inf (a masked logit: the sweeps then keep their
+// exact-zero rules; rows without one take the sweeps without selects). A NaN is neither.
+template <typename Acc>
+Acc row_max(const Acc* __restrict x, std::int64_t cols, bool& has_neg_inf) {
+  Acc m = neg_infinity<Acc>(), lo = -neg_infinity<Acc>();
+#pragma omp simd reduction(max : m) reduction(min : lo)
+  for (std::int64_t j = 0; j < cols; ++j) {
+    m = x[j] > m ? x[j] : m;
+    lo = x[j] < lo ? x[j] : lo;
+  }
+  has_neg_inf = lo == neg_infinity<Acc>();
+  return m;
+}
+
 // ---------------------------------------------------------------- short rows across the lanes
 
 // Short rows (a few classes) leave a row's element loops too short to vectorise, so the kernels

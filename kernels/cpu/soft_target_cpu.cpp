@@ -36,8 +36,9 @@ inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, Acc max_s, Acc 
 // The statistics sweep over one row's block [j0, j1) of the logits s and t: the three sums (the
 // hard one when kHard) and the KL loss sum C; with kKeep it also writes each element's softmax
 // numerators (ks: exp((s - m_s)/T), kt: exp((t - m_t)/T), kh: exp(s - m_s)), for later sweeps
-// without exponentials (see keeps_numerators).
-template <Divergence D, bool kHard, bool kKeep, typename Acc>
+// without exponentials (see keeps_numerators). kFinite: neither row holds a -inf, so the terms
+// need no exact-zero selects and C reuses the numerator exp((x - m_x)/T) of its sum.
+template <Divergence D, bool kHard, bool kKeep, bool kFinite, typename Acc>
 inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& plan, Acc max_s, Acc max_t,
                                                             std::int64_t j0, std::int64_t j1,
                                                             const Acc* __restrict s, const Acc* __restrict t,
@@ -45,16 +46,22 @@ inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& 
                                                             Acc& bs, Acc& bt, Acc& bh, Acc& bc) {
 #pragma omp simd reduction(+ : bs, bt, bh, bc)
   for (std::int64_t j = j0; j < j1; ++j) {
-    const Acc es = softmax_sum_term(s[j], max_s, plan.scale_log2);
-    const Acc et = softmax_sum_term(t[j], max_t, plan.scale_log2);
+    Acc es, et, eh = Acc(0);
+    if constexpr (kFinite) {
+      es = softmax_numerator(s[j], max_s, plan.scale_log2);
+      et = softmax_numerator(t[j], max_t, plan.scale_log2);
+      if constexpr (kHard) eh = softmax_numerator(s[j], max_s, Acc(kLog2e));
+      if constexpr (D == Divergence::ForwardKL) bc += kl_cross_term_finite(et, t[j], max_t, s[j], max_s, plan.inv_t);
+      if constexpr (D == Divergence::ReverseKL) bc += kl_cross_term_finite(es, s[j], max_s, t[j], max_t, plan.inv_t);
+    } else {
+      es = softmax_sum_term(s[j], max_s, plan.scale_log2);
+      et = softmax_sum_term(t[j], max_t, plan.scale_log2);
+      if constexpr (kHard) eh = softmax_sum_term(s[j], max_s, Acc(kLog2e));
+      if constexpr (is_kl(D)) bc += kl_cross<D>(s[j], t[j], max_s, max_t, plan);
+    }
     bs += es;
     bt += et;
-    Acc eh = Acc(0);
-    if constexpr (kHard) {
-      eh = softmax_sum_term(s[j], max_s, Acc(kLog2e));
-      bh += eh;
-    }
-    if constexpr (is_kl(D)) bc += kl_cross<D>(s[j], t[j], max_s, max_t, plan);
+    if constexpr (kHard) bh += eh;
     if constexpr (kKeep) {
       ks[j] = es;
       kt[j] = et;
@@ -127,8 +134,10 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   const Acc* t = input_row(a.teacher, a.teacher_dtype, r * a.teacher_row_stride, cols, scratch.ct);
 
   KDStats<Acc> st;
-  st.max_s = row_max(s, cols);
-  st.max_t = row_max(t, cols);
+  bool s_masked = false, t_masked = false;
+  st.max_s = row_max(s, cols, s_masked);
+  st.max_t = row_max(t, cols, t_masked);
+  const bool finite = !s_masked && !t_masked;
   // The three sums in one sweep (the hard one only when there is a cross-entropy), and for the KL
   // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm); blocks of
   // kSumBlock, totals in double (row_buffers.h).
@@ -139,14 +148,17 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
     const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
     Acc bs = 0, bt = 0, bh = 0, bc = 0;
-    const auto sweep = [&](auto hard, auto kept) {
-      statistics_block<D, decltype(hard)::value, decltype(kept)::value>(plan, st.max_s, st.max_t, j0, j1, s, t,
-                                                                       xs, xt, xh, bs, bt, bh, bc);
+    const auto sweep = [&](auto hard, auto kept, auto no_neg_inf) {
+      statistics_block<D, decltype(hard)::value, decltype(kept)::value, decltype(no_neg_inf)::value>(
+          plan, st.max_s, st.max_t, j0, j1, s, t, xs, xt, xh, bs, bt, bh, bc);
+    };
+    const auto with_finite = [&](auto hard, auto kept) {
+      finite ? sweep(hard, kept, std::true_type{}) : sweep(hard, kept, std::false_type{});
     };
     if (plan.hard) {
-      keep ? sweep(std::true_type{}, std::true_type{}) : sweep(std::true_type{}, std::false_type{});
+      keep ? with_finite(std::true_type{}, std::true_type{}) : with_finite(std::true_type{}, std::false_type{});
     } else {
-      keep ? sweep(std::false_type{}, std::true_type{}) : sweep(std::false_type{}, std::false_type{});
+      keep ? with_finite(std::false_type{}, std::true_type{}) : with_finite(std::false_type{}, std::false_type{});
     }
     sum_s += bs;
     sum_t += bt;
