@@ -264,26 +264,52 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
     sum_s[l] = sum_t[l] = cross[l] = Acc(0);
     sum_h[l] = plan.hard ? Acc(0) : Acc(1);
   }
+  alignas(64) Acc lowest[L];  // the lanes' smallest logits: is there a -inf (see process_row's `finite`)
+#pragma omp simd
+  for (int l = 0; l < L; ++l) lowest[l] = -neg_infinity<Acc>();
   for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
     for (int l = 0; l < L; ++l) {
-      max_s[l] = max_of(max_s[l], xs[j * L + l]);
-      max_t[l] = max_of(max_t[l], xt[j * L + l]);
-    }
-  for (std::int64_t j = 0; j < cols; ++j)
-#pragma omp simd
-    for (int l = 0; l < lanes; ++l) {
       const Acc sv = xs[j * L + l], tv = xt[j * L + l];
-      sum_s[l] += softmax_sum_term(sv, max_s[l], plan.scale_log2);
-      sum_t[l] += softmax_sum_term(tv, max_t[l], plan.scale_log2);
-      if (plan.hard) sum_h[l] += softmax_sum_term(sv, max_s[l], Acc(kLog2e));
+      max_s[l] = max_of(max_s[l], sv);
+      max_t[l] = max_of(max_t[l], tv);
+      lowest[l] = sv < lowest[l] ? sv : lowest[l];
+      lowest[l] = tv < lowest[l] ? tv : lowest[l];
     }
-  // The KL loss sum in a loop of its own: merged into the loop above, the forward KL's loop is
-  // left scalar by GCC 12 ("control flow in loop": some of the -inf tests become branches).
-  if constexpr (kKL)
+  bool finite = true;
+  for (int l = 0; l < L; ++l) finite = finite && lowest[l] != neg_infinity<Acc>();
+  if (finite) {  // no selects; the KL loss sum in the same loop, from the sums' numerators
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
-      for (int l = 0; l < lanes; ++l) cross[l] += kl_cross<D>(xs[j * L + l], xt[j * L + l], max_s[l], max_t[l], plan);
+      for (int l = 0; l < lanes; ++l) {
+        const Acc sv = xs[j * L + l], tv = xt[j * L + l];
+        const Acc es = softmax_numerator(sv, max_s[l], plan.scale_log2);
+        const Acc et = softmax_numerator(tv, max_t[l], plan.scale_log2);
+        sum_s[l] += es;
+        sum_t[l] += et;
+        if (plan.hard) sum_h[l] += softmax_numerator(sv, max_s[l], Acc(kLog2e));
+        if constexpr (D == Divergence::ForwardKL)
+          cross[l] += kl_cross_term_finite(et, tv, max_t[l], sv, max_s[l], plan.inv_t);
+        if constexpr (D == Divergence::ReverseKL)
+          cross[l] += kl_cross_term_finite(es, sv, max_s[l], tv, max_t[l], plan.inv_t);
+      }
+  } else {
+    for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+      for (int l = 0; l < lanes; ++l) {
+        const Acc sv = xs[j * L + l], tv = xt[j * L + l];
+        sum_s[l] += softmax_sum_term(sv, max_s[l], plan.scale_log2);
+        sum_t[l] += softmax_sum_term(tv, max_t[l], plan.scale_log2);
+        if (plan.hard) sum_h[l] += softmax_sum_term(sv, max_s[l], Acc(kLog2e));
+      }
+    // The KL loss sum in a loop of its own: merged into the loop above, the forward KL's loop is
+    // left scalar by GCC 12 ("control flow in loop": some of the -inf tests become branches).
+    if constexpr (kKL)
+      for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+        for (int l = 0; l < lanes; ++l)
+          cross[l] += kl_cross<D>(xs[j * L + l], xt[j * L + l], max_s[l], max_t[l], plan);
+  }
 
   // Per-lane row constants (the logarithms), kept as arrays so the sweeps below vectorise.
   const KDRow<Acc> base =
@@ -292,7 +318,7 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
   for (int l = 0; l < L; ++l) {
     log_z_s[l] = std::log(sum_s[l]);
     log_z_t[l] = std::log(sum_t[l]);
-    log_z_h[l] = std::log(sum_h[l]);
+    log_z_h[l] = plan.hard ? std::log(sum_h[l]) : Acc(0);  // sum_h is 1 without a cross-entropy
   }
   // Built field by field from scalars: a copy of `base` inside the lane loops is a memory copy
   // that keeps GCC from vectorising them.
