@@ -1,9 +1,11 @@
 // The CUDA launchers' host decisions, tested on the CPU over their whole input space: the dtype
 // rule (every pair), the chunk arithmetic (rows up to and beyond 2^31 elements), cluster
 // eligibility from the compiled kernel's versions, and what a failed occupancy query does with an
-// error that was pending before it. The CUDA launchers call exactly these functions.
+// error that was pending before it. The CUDA launchers call exactly these functions. Also the
+// CPU kernels' spread row order (cpu/cpu_kernels.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -11,6 +13,7 @@
 
 #include "fusedkd/dtype.h"
 #include "fusedkd/soft_target.h"
+#include "cpu/cpu_kernels.h"
 #include "launch_plan.h"
 
 namespace {
@@ -118,6 +121,38 @@ TEST(OccupancyQueryFailure, AnEarlierErrorIsReportedNotCleared) {
   using fusedkd::detail::QueryFailure;
   EXPECT_EQ(fusedkd::detail::on_occupancy_query_failure(true), QueryFailure::ReportPendingError);
   EXPECT_EQ(fusedkd::detail::on_occupancy_query_failure(false), QueryFailure::TryNextSize);
+}
+
+// run_rows_spread: every row exactly once, whatever the executor's split, and each half of the
+// virtual range (two threads' shares) holds rows from both halves of [0, rows).
+TEST(CpuSpreadRows, CoverEveryRowOnceAndMixTheThreadsShares) {
+  for (const std::int64_t rows : {1, 5, 37, 1000, 4097})
+    for (const std::int64_t block : {1, 7, 64, 5000})
+      for (const std::int64_t task : {1, 3, 500}) {
+        std::vector<int> seen(static_cast<std::size_t>(rows), 0);
+        std::vector<std::int64_t> first_half;  // rows the first half of the virtual range ran
+        fusedkd::CpuExecutor executor;
+        executor.parallel_for = [&](std::int64_t n, std::int64_t, const fusedkd::CpuExecutor::Body& body) {
+          for (std::int64_t b = 0; b < n; b += task) body(b, std::min(n, b + task));
+        };
+        std::int64_t virtual_row = 0;
+        fusedkd::cpu::run_rows_spread(executor, rows, 1, block, [&](std::int64_t begin, std::int64_t end) {
+          ASSERT_LE(0, begin);
+          ASSERT_LE(end, rows);
+          for (std::int64_t r = begin; r < end; ++r, ++virtual_row) {
+            ++seen[static_cast<std::size_t>(r)];
+            if (virtual_row < rows / 2) first_half.push_back(r);
+          }
+        });
+        for (std::int64_t r = 0; r < rows; ++r) ASSERT_EQ(seen[static_cast<std::size_t>(r)], 1) << r;
+        if (rows >= 1000 && block <= 64) {
+          const auto late =
+              std::count_if(first_half.begin(), first_half.end(), [&](std::int64_t r) { return r >= rows / 2; });
+          const double share = static_cast<double>(late) / static_cast<double>(first_half.size());
+          EXPECT_GT(share, 0.3) << rows << " rows, blocks of " << block;
+          EXPECT_LT(share, 0.7) << rows << " rows, blocks of " << block;
+        }
+      }
 }
 
 }  // namespace

@@ -174,22 +174,30 @@ TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
 
 // Short rows go 16 at a time on the CPU: a row's loss and gradients are the same bits whichever
 // rows share its group (tasks of 1, 7 or all rows), ignored rows included: the same total (row
-// losses summed in row order) and the same gradients.
+// losses summed in row order) and the same gradients. Also with some rows masked (-inf in both
+// logits at one class): a group holding one takes the sweeps with the exact-zero selects, a
+// group without the sweeps without them, and a finite row's bits must not depend on which.
 TEST(SoftTargetLauncher, ShortRowsDoNotDependOnTheirGroup) {
   const std::int64_t R = 45, V = 10;
-  const Buffer s = Buffer::from(DType::Float32, random_logits(R, V, 3));
-  const Buffer t = Buffer::from(DType::Float32, random_logits(R, V, 4));
-  std::vector<std::int64_t> labels(R);
-  for (std::int64_t r = 0; r < R; ++r) labels[r] = r % 5 == 2 ? -100 : r % V;
-  for (Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL, Divergence::JSD, Divergence::MSE}) {
-    SoftTargetArgs args = contiguous_args(s, t, R, V, 3.0);
-    args.divergence = d;
-    args.beta = 0.3;
-    args.labels = labels.data();
-    args.hard_scale = 0.5;
-    const std::vector<float> whole = run_in_tasks(args, R, true);
-    EXPECT_EQ(whole, run_in_tasks(args, 1, true)) << "divergence " << divergence_name(d);
-    EXPECT_EQ(whole, run_in_tasks(args, 7, true)) << "divergence " << divergence_name(d);
+  const double inf = std::numeric_limits<double>::infinity();
+  for (bool masked : {false, true}) {
+    std::vector<double> sv = random_logits(R, V, 3), tv = random_logits(R, V, 4);
+    if (masked)
+      for (std::int64_t r = 4; r < R; r += 9) sv[r * V + 7] = tv[r * V + 7] = -inf;
+    const Buffer s = Buffer::from(DType::Float32, sv);
+    const Buffer t = Buffer::from(DType::Float32, tv);
+    std::vector<std::int64_t> labels(R);
+    for (std::int64_t r = 0; r < R; ++r) labels[r] = r % 5 == 2 ? -100 : r % V == 7 ? 0 : r % V;
+    for (Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL, Divergence::JSD, Divergence::MSE}) {
+      SoftTargetArgs args = contiguous_args(s, t, R, V, 3.0);
+      args.divergence = d;
+      args.beta = 0.3;
+      args.labels = labels.data();
+      args.hard_scale = 0.5;
+      const std::vector<float> whole = run_in_tasks(args, R, true);
+      EXPECT_EQ(whole, run_in_tasks(args, 1, true)) << "divergence " << divergence_name(d) << " masked " << masked;
+      EXPECT_EQ(whole, run_in_tasks(args, 7, true)) << "divergence " << divergence_name(d) << " masked " << masked;
+    }
   }
 }
 

@@ -2,6 +2,10 @@
 // run-time choice between them.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+
 #include "fusedkd/feature.h"
 #include "fusedkd/scale.h"
 #include "fusedkd/soft_target.h"
@@ -21,6 +25,36 @@ std::int64_t task_count(std::int64_t elements) { return (elements + kTaskElement
 std::int64_t rows_per_task(std::int64_t cols) {
   const std::int64_t rows = kTaskElements / cols;
   return rows < 1 ? 1 : rows;
+}
+
+// Runs body(begin, end) over [0, rows) in tasks of at least `grain` rows, the rows' blocks of
+// `block` rows taken in a spread order, so that the contiguous share of the work each thread gets
+// holds rows from all over [0, rows): rows whose cost depends on where they are (ignored labels at
+// the end of a batch cost a zero row, not the math) are then shared out evenly. The executor
+// splits a virtual row range as it would the rows; virtual block k is row block
+// (k * stride) mod (blocks - 1), stride coprime with blocks - 1 and near (blocks - 1) / phi, and
+// the last (possibly partial) block stays last; the body gets each virtual range as the pieces of
+// row blocks it maps to. A block should span megabytes: measured at 4096 x 32,000, blocks of one
+// row (128 KB) made the whole call 14% slower than the plain order, the access pattern costing
+// more than the balance gained. Only for bodies that write each row's results in place (the order
+// they run in changes nothing).
+template <typename Body>
+void run_rows_spread(const CpuExecutor& executor, std::int64_t rows, std::int64_t grain, std::int64_t block,
+                     const Body& body) {
+  const std::int64_t full = (rows + block - 1) / block - 1;  // the blocks before the last
+  std::int64_t stride = static_cast<std::int64_t>(static_cast<double>(full) * 0.6180339887498949);
+  if (stride < 1) stride = 1;
+  while (full > 1 && std::gcd(stride, full) != 1) --stride;  // stops at 1 at the latest
+  executor.run(rows, grain, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t v = begin; v < end;) {
+      const std::int64_t k = v / block, offset = v % block;
+      const std::int64_t length = std::min(end - v, block - offset);
+      const std::int64_t b =
+          k < full ? static_cast<std::int64_t>(static_cast<unsigned __int128>(k) * stride % full) : k;
+      body(b * block + offset, b * block + offset + length);
+      v += length;
+    }
+  });
 }
 }  // namespace
 

@@ -8,6 +8,7 @@
 // so that the same sweeps vectorise across rows (process_short_rows). Row losses land in a
 // per-row buffer that is summed afterwards in row order, so the total does not depend on how rows
 // were split across threads.
+#include <algorithm>
 #include <cmath>
 
 #include "cpu_kernels.h"
@@ -278,38 +279,31 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
     }
   bool finite = true;
   for (int l = 0; l < L; ++l) finite = finite && lowest[l] != neg_infinity<Acc>();
-  if (finite) {  // no selects; the KL loss sum in the same loop, from the sums' numerators
+  const auto sums = [&](auto no_neg_inf) {
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
       for (int l = 0; l < lanes; ++l) {
         const Acc sv = xs[j * L + l], tv = xt[j * L + l];
-        const Acc es = softmax_numerator(sv, max_s[l], plan.scale_log2);
-        const Acc et = softmax_numerator(tv, max_t[l], plan.scale_log2);
-        sum_s[l] += es;
-        sum_t[l] += et;
-        if (plan.hard) sum_h[l] += softmax_numerator(sv, max_s[l], Acc(kLog2e));
-        if constexpr (D == Divergence::ForwardKL)
-          cross[l] += kl_cross_term_finite(et, tv, max_t[l], sv, max_s[l], plan.inv_t);
-        if constexpr (D == Divergence::ReverseKL)
-          cross[l] += kl_cross_term_finite(es, sv, max_s[l], tv, max_t[l], plan.inv_t);
+        if constexpr (decltype(no_neg_inf)::value) {  // the same values, without the selects
+          sum_s[l] += softmax_numerator(sv, max_s[l], plan.scale_log2);
+          sum_t[l] += softmax_numerator(tv, max_t[l], plan.scale_log2);
+          if (plan.hard) sum_h[l] += softmax_numerator(sv, max_s[l], Acc(kLog2e));
+        } else {
+          sum_s[l] += softmax_sum_term(sv, max_s[l], plan.scale_log2);
+          sum_t[l] += softmax_sum_term(tv, max_t[l], plan.scale_log2);
+          if (plan.hard) sum_h[l] += softmax_sum_term(sv, max_s[l], Acc(kLog2e));
+        }
       }
-  } else {
+  };
+  finite ? sums(std::true_type{}) : sums(std::false_type{});
+  // The KL loss sum in a loop of its own: merged into the loop above, the forward KL's loop is
+  // left scalar by GCC 12 ("control flow in loop": some of the -inf tests become branches). Not
+  // the finite form either way (kl_cross_term_finite may fuse into a multiply-add where this does
+  // not): a row's bits must not depend on whether a -inf row shares its group.
+  if constexpr (kKL)
     for (std::int64_t j = 0; j < cols; ++j)
 #pragma omp simd
-      for (int l = 0; l < lanes; ++l) {
-        const Acc sv = xs[j * L + l], tv = xt[j * L + l];
-        sum_s[l] += softmax_sum_term(sv, max_s[l], plan.scale_log2);
-        sum_t[l] += softmax_sum_term(tv, max_t[l], plan.scale_log2);
-        if (plan.hard) sum_h[l] += softmax_sum_term(sv, max_s[l], Acc(kLog2e));
-      }
-    // The KL loss sum in a loop of its own: merged into the loop above, the forward KL's loop is
-    // left scalar by GCC 12 ("control flow in loop": some of the -inf tests become branches).
-    if constexpr (kKL)
-      for (std::int64_t j = 0; j < cols; ++j)
-#pragma omp simd
-        for (int l = 0; l < lanes; ++l)
-          cross[l] += kl_cross<D>(xs[j * L + l], xt[j * L + l], max_s[l], max_t[l], plan);
-  }
+      for (int l = 0; l < lanes; ++l) cross[l] += kl_cross<D>(xs[j * L + l], xt[j * L + l], max_s[l], max_t[l], plan);
 
   // Per-lane row constants (the logarithms), kept as arrays so the sweeps below vectorise.
   const KDRow<Acc> base =
@@ -406,7 +400,10 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
 
   Acc* row_losses = a.per_row_loss ? static_cast<Acc*>(a.loss) : static_cast<Acc*>(a.workspace);
   const bool short_rows = a.cols <= kShortRowMax;
-  executor.run(a.rows, rows_per_task(a.cols), [&](std::int64_t begin, std::int64_t end) {
+  // Spread (cpu_kernels.h) in blocks of some 4 MiB of float32 logits: an ignored row costs a zero
+  // row, not the math.
+  const std::int64_t spread_block = std::max<std::int64_t>(1, (std::int64_t{1} << 20) / a.cols);
+  run_rows_spread(executor, a.rows, rows_per_task(a.cols), spread_block, [&](std::int64_t begin, std::int64_t end) {
     if (short_rows) {
       // The rows, then their gradients, transposed.
       const std::int64_t group = a.cols * kShortRowLanes;
