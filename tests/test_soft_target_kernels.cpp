@@ -201,6 +201,32 @@ TEST(SoftTargetLauncher, ShortRowsDoNotDependOnTheirGroup) {
   }
 }
 
+// A logit masked with the dtype's lowest finite value rather than -inf (padded vocabularies do
+// this): at T < 1 its log-ratio to the other side overflows to -inf while its weight underflows to
+// 0, and the KL share must be 0, not 0 * -inf = NaN; the loss and gradients equal those of the
+// same row masked with -inf. Long rows (the statistics sweep without selects) and short rows,
+// forward KL (teacher masked) and reverse KL (student masked).
+TEST(SoftTargetLauncher, LowestFiniteMaskWeighsNothingAsMinusInfinityDoes) {
+  const std::int64_t R = 3;
+  const float lowest = std::numeric_limits<float>::lowest(), inf = std::numeric_limits<float>::infinity();
+  for (const std::int64_t V : {std::int64_t{10}, std::int64_t{64}})
+    for (Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL}) {
+      std::vector<double> sv = random_logits(R, V, 5), tv = random_logits(R, V, 6);
+      std::vector<double>& masked = d == Divergence::ForwardKL ? tv : sv;
+      const auto run = [&](float mask) {
+        for (std::int64_t r = 0; r < R; ++r) masked[r * V + 3] = mask;
+        const Buffer s = Buffer::from(DType::Float32, sv);
+        const Buffer t = Buffer::from(DType::Float32, tv);
+        SoftTargetArgs args = contiguous_args(s, t, R, V, 0.5);
+        args.divergence = d;
+        return run_in_tasks(args, R, true);
+      };
+      const std::vector<float> with_lowest = run(lowest), with_inf = run(-inf);
+      for (float x : with_lowest) ASSERT_TRUE(std::isfinite(x)) << divergence_name(d) << " V " << V;
+      EXPECT_EQ(with_lowest, with_inf) << divergence_name(d) << " V " << V;
+    }
+}
+
 TEST(SoftTargetLauncher, RejectsBadArguments) {
   std::vector<float> x(8, 0.f);
   std::vector<unsigned char> workspace(256);

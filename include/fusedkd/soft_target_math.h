@@ -265,12 +265,13 @@ FUSEDKD_HD Acc kl_cross_term(Acc x, Acc m_x, Acc y, Acc m_y, Acc scale_log2, Acc
   return x == neg_infinity<Acc>() ? Acc(0) : term;
 }
 
-// The same share where both rows are free of -inf (no masked logit, so no exact-zero rule to
-// keep), given the weight w = exp((x - m_x)/T) the caller has already formed for its sum: one
-// exponential fewer and no selects.
+// The same share where both rows are free of -inf, given the weight w = exp((x - m_x)/T) the
+// caller has already formed for its sum (one exponential fewer, no -inf selects). The zero-weight
+// rule stays: a logit masked with the dtype's lowest finite value rather than -inf makes the
+// log-ratio overflow to -inf at T < 1 while w underflows to 0, and 0 * -inf would be NaN.
 template <typename Acc>
 FUSEDKD_HD Acc kl_cross_term_finite(Acc w, Acc x, Acc m_x, Acc y, Acc m_y, Acc inv_t) {
-  return w * (((x - m_x) - (y - m_y)) * inv_t);
+  return weighted(w, ((x - m_x) - (y - m_y)) * inv_t);
 }
 
 template <typename Acc>

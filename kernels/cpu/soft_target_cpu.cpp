@@ -1,10 +1,11 @@
 // CPU soft-target losses (kl_div, jsd, soft_mse, kd_loss): one pass per row while the row is in
 // cache. Compiled once per instruction set, like softmax_cpu.cpp.
 //
-// Per row: both rows are converted once into scratch rows of the accumulation type; the
-// statistics, the row sums and the gradients are `omp simd` sweeps over them (the divergence is
-// a template parameter, so each sweep is one straight loop); gradients go back in place and are
-// converted once on store (process_row). Rows of up to 31 elements go 16 at a time, transposed,
+// Per row: rows stored in the accumulation type are read where they lie, narrower ones converted
+// once into scratch rows; the statistics, the row sums and the gradients are `omp simd` sweeps
+// over them (the divergence is a template parameter, so each sweep is one straight loop);
+// gradients go straight into the output, or through a scratch row converted once on store
+// (process_row). Rows of up to 31 elements go 16 at a time, transposed,
 // so that the same sweeps vectorise across rows (process_short_rows). Row losses land in a
 // per-row buffer that is summed afterwards in row order, so the total does not depend on how rows
 // were split across threads.
@@ -143,7 +144,7 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   // divergences their loss with them (kl_cross_term: no sweep of its own, no logarithm); blocks of
   // kSumBlock, totals in double (row_buffers.h).
   constexpr bool kKL = is_kl(D);
-  const bool keep = keeps_numerators<D>(a);  // the label's logit is read before it is overwritten
+  const bool keep = keeps_numerators<D>(a);
   const Acc label_logit = plan.hard ? s[label] : Acc(0);
   double sum_s = 0, sum_t = 0, sum_s_hard = plan.hard ? 0.0 : 1.0, cross = 0;
   for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
@@ -201,8 +202,8 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   // below does not read (the converted logits once the numerators are kept, else xs and xt).
   Acc* spare_s = keep ? scratch.cs : xs;
   Acc* spare_t = keep ? scratch.ct : xt;
-  Acc* __restrict gs_row = a.grad_student ? output_row(a.grad_student, a.student_dtype, r * cols, spare_s) : spare_s;
-  Acc* __restrict gt_row = a.grad_teacher ? output_row(a.grad_teacher, a.teacher_dtype, r * cols, spare_t) : spare_t;
+  Acc* gs_row = a.grad_student ? output_row(a.grad_student, a.student_dtype, r * cols, spare_s) : spare_s;
+  Acc* gt_row = a.grad_teacher ? output_row(a.grad_teacher, a.teacher_dtype, r * cols, spare_t) : spare_t;
   const Acc ws = plan.weight * plan.soft_scale;
   const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
   if (keep) {  // xs, xt, xh hold the numerators
