@@ -103,18 +103,6 @@ void run_feature_mse(const FeatureMseArgs& a, const CpuExecutor& executor) {
 
 // ---------------------------------------------------------------- attention transfer
 
-// A channel row (or, channels last, a position's channels) of one sample: where it lies when stored
-// in the accumulation type, else converted into `scratch`.
-template <typename T, typename Acc>
-const Acc* feature_row(const T* x, std::int64_t n, Acc* scratch) {
-  if constexpr (std::is_same_v<T, Acc>) {
-    return x;
-  } else {
-    load_row(x, n, scratch);
-    return scratch;
-  }
-}
-
 // a[k] = mean_c |x[c, k]|^p for one sample (`x` points at its first element).
 template <PowerKind K, typename T, typename Acc>
 void attention_map(const T* x, std::int64_t channels, std::int64_t spatial, bool channels_last, Acc p,
@@ -123,7 +111,7 @@ void attention_map(const T* x, std::int64_t channels, std::int64_t spatial, bool
   if (!channels_last) {
     for (std::int64_t k = 0; k < spatial; ++k) a[k] = 0;
     for (std::int64_t c = 0; c < channels; ++c) {
-      const Acc* __restrict row = feature_row(x + c * spatial, spatial, scratch);
+      const Acc* __restrict row = input_row(x + c * spatial, spatial, scratch);
 #pragma omp simd
       for (std::int64_t k = 0; k < spatial; ++k) a[k] += abs_power<K>(row[k], p);
     }
@@ -131,7 +119,7 @@ void attention_map(const T* x, std::int64_t channels, std::int64_t spatial, bool
     for (std::int64_t k = 0; k < spatial; ++k) a[k] *= inv_c;
   } else {
     for (std::int64_t k = 0; k < spatial; ++k) {
-      const Acc* __restrict row = feature_row(x + k * channels, channels, scratch);
+      const Acc* __restrict row = input_row(x + k * channels, channels, scratch);
       Acc sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (std::int64_t c = 0; c < channels; ++c) sum += abs_power<K>(row[c], p);
@@ -145,15 +133,12 @@ void attention_map(const T* x, std::int64_t channels, std::int64_t spatial, bool
 template <PowerKind K, typename T, typename Acc>
 void attention_gradient(const T* x, std::int64_t channels, std::int64_t spatial, bool channels_last, Acc p,
                         const Acc* __restrict d, T* grad, Acc* __restrict scratch) {
-  constexpr bool kDirect = std::is_same_v<T, Acc>;
   const Acc inv_c = Acc(1) / static_cast<Acc>(channels);
   const std::int64_t rows = channels_last ? spatial : channels;
   const std::int64_t cols = channels_last ? channels : spatial;
   for (std::int64_t i = 0; i < rows; ++i) {
-    const Acc* row = feature_row(x + i * cols, cols, scratch);
-    Acc* out;
-    if constexpr (kDirect) out = grad + i * cols;
-    else out = scratch;  // element j is read before it is written
+    const Acc* row = input_row(x + i * cols, cols, scratch);
+    Acc* out = output_row(grad + i * cols, scratch);  // scratch: element j is read before it is written
     if (!channels_last) {
 #pragma omp simd
       for (std::int64_t k = 0; k < cols; ++k) out[k] = d[k] * inv_c * abs_power_derivative<K>(row[k], p);
@@ -162,7 +147,7 @@ void attention_gradient(const T* x, std::int64_t channels, std::int64_t spatial,
 #pragma omp simd
       for (std::int64_t c = 0; c < cols; ++c) out[c] = factor * abs_power_derivative<K>(row[c], p);
     }
-    if constexpr (!kDirect) store_row(scratch, cols, grad + i * cols);
+    output_row_done(out, cols, grad + i * cols);
   }
 }
 

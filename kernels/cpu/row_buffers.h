@@ -63,30 +63,48 @@ void store_row(const Acc* src, std::int64_t cols, void* base, DType dtype, std::
 }
 
 // Rows stored in the accumulation type are read and written where they lie (no copy through a
-// scratch row); others are converted into `scratch` and back (the pattern of softmax_cpu.cpp).
-// The row to read: at base + offset, or converted into `scratch`.
+// scratch row); others are converted into `scratch` and back.
+// The row to read: `src` itself, or converted into `scratch`.
+template <typename T, typename Acc>
+const Acc* input_row(const T* src, std::int64_t cols, Acc* scratch) {
+  if constexpr (std::is_same_v<T, Acc>) {
+    return src;
+  } else {
+    load_row(src, cols, scratch);
+    return scratch;
+  }
+}
+
+// The row to write an output into: `dst` itself, or `scratch`, which output_row_done then converts
+// into `dst`.
+template <typename T, typename Acc>
+Acc* output_row(T* dst, Acc* scratch) {
+  if constexpr (std::is_same_v<T, Acc>) return dst;
+  else return scratch;
+}
+
+template <typename T, typename Acc>
+void output_row_done(const Acc* row, std::int64_t cols, T* dst) {
+  if constexpr (!std::is_same_v<T, Acc>) store_row(row, cols, dst);
+}
+
+// The same, for a dtype known at run time; `offset` in elements from `base`.
 template <typename Acc>
 const Acc* input_row(const void* base, DType dtype, std::int64_t offset, std::int64_t cols, Acc* scratch) {
   const Acc* row = scratch;
   with_storage_type(dtype, [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (std::is_same_v<T, Acc>) {
-      row = static_cast<const T*>(base) + offset;
-    } else {
-      load_row(static_cast<const T*>(base) + offset, cols, scratch);
-    }
+    row = input_row(static_cast<const T*>(base) + offset, cols, scratch);
   });
   return row;
 }
 
-// The row to write an output into: at base + offset, or `scratch`, which output_row_done then
-// converts into place.
 template <typename Acc>
 Acc* output_row(void* base, DType dtype, std::int64_t offset, Acc* scratch) {
   Acc* row = scratch;
   with_storage_type(dtype, [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (std::is_same_v<T, Acc>) row = static_cast<T*>(base) + offset;
+    row = output_row(static_cast<T*>(base) + offset, scratch);
   });
   return row;
 }
@@ -95,7 +113,7 @@ template <typename Acc>
 void output_row_done(const Acc* row, std::int64_t cols, void* base, DType dtype, std::int64_t offset) {
   with_storage_type(dtype, [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, Acc>) store_row(row, cols, static_cast<T*>(base) + offset);
+    output_row_done(row, cols, static_cast<T*>(base) + offset);
   });
 }
 

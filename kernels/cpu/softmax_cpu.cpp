@@ -32,15 +32,8 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
   for (std::int64_t r = begin; r < end; ++r) {
     const T* in = static_cast<const T*>(a.input) + r * a.input_row_stride;
     T* out = static_cast<T*>(a.output) + r * cols;
-    const Acc* src;
-    Acc* dst;
-    if constexpr (kThroughScratch) {
-      load_row(in, cols, scratch);
-      src = dst = scratch;
-    } else {
-      src = in;
-      dst = out;
-    }
+    const Acc* src = input_row(in, cols, scratch);
+    Acc* dst = output_row(out, scratch);
     const Acc m = row_max(src, cols);
     // The sum in blocks of kSumBlock, the total in double (row_buffers.h).
     double sum = 0;
@@ -71,7 +64,7 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
       for (std::int64_t j = 0; j < cols; ++j)
         dst[j] = log_softmax_value(src[j], m, temp.inv_t, log_sum);
     }
-    if constexpr (kThroughScratch) store_row(scratch, cols, out);
+    output_row_done(dst, cols, out);
   }
 }
 
@@ -88,19 +81,9 @@ void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_
     const T* dy_row = static_cast<const T*>(a.grad_output) + r * a.grad_output_row_stride;
     const T* y_row = static_cast<const T*>(a.output) + r * a.output_row_stride;
     T* dx_row = static_cast<T*>(a.grad_input) + r * cols;
-    const Acc* dy;
-    const Acc* y;
-    Acc* dx;
-    if constexpr (kThroughScratch) {
-      load_row(dy_row, cols, dy_scratch);
-      load_row(y_row, cols, y_scratch);
-      dy = dx = dy_scratch;
-      y = y_scratch;
-    } else {
-      dy = dy_row;
-      y = y_row;
-      dx = dx_row;
-    }
+    const Acc* dy = input_row(dy_row, cols, dy_scratch);
+    const Acc* y = input_row(y_row, cols, y_scratch);
+    Acc* dx = output_row(dx_row, dy_scratch);
     if (a.kind == SoftmaxKind::Softmax) {
       double dot = 0;  // products of two floats are exact in double
 #pragma omp simd reduction(+ : dot)
@@ -117,7 +100,7 @@ void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_
       for (std::int64_t j = 0; j < cols; ++j)
         dx[j] = log_softmax_backward_value(dy[j], y[j], sum_dy, inv_t);
     }
-    if constexpr (kThroughScratch) store_row(dy_scratch, cols, dx_row);
+    output_row_done(dx, cols, dx_row);
   }
 }
 
