@@ -125,18 +125,32 @@ Acc row_max(const Acc* __restrict x, std::int64_t cols) {
   return m;
 }
 
-// The row's maximum, and whether some element is -inf (a masked logit: the sweeps then keep their
-// exact-zero rules; rows without one take the sweeps without selects). A NaN is neither.
-template <typename Acc>
-Acc row_max(const Acc* __restrict x, std::int64_t cols, bool& has_neg_inf) {
-  Acc m = neg_infinity<Acc>(), lo = -neg_infinity<Acc>();
-#pragma omp simd reduction(max : m) reduction(min : lo)
+// Element j of a row stored as T, in the accumulation type (a 16-bit row widened as it is read).
+template <typename Acc, typename T>
+inline __attribute__((always_inline)) Acc at(const T* row, std::int64_t j) {
+  return static_cast<Acc>(load_as_acc(row[j]));
+}
+
+// The maxima of two rows, and whether some element of either is -inf (a masked logit: the sweeps
+// then keep their exact-zero rules; rows without one take the sweeps without selects); a NaN is
+// neither. Both rows in one loop: the first sweep over a row waits on memory, and two streams at
+// once keep more loads in flight than one row after the other (7% of the statistics sweep of
+// kd_loss at 4096 x 32,000 float32, measured).
+template <typename Acc, typename T>
+void rows_max(const T* __restrict s, const T* __restrict t, std::int64_t cols, Acc& max_s, Acc& max_t,
+              bool& has_neg_inf) {
+  Acc ms = neg_infinity<Acc>(), mt = neg_infinity<Acc>(), lo = -neg_infinity<Acc>();
+#pragma omp simd reduction(max : ms, mt) reduction(min : lo)
   for (std::int64_t j = 0; j < cols; ++j) {
-    m = x[j] > m ? x[j] : m;
-    lo = x[j] < lo ? x[j] : lo;
+    const Acc sj = at<Acc>(s, j), tj = at<Acc>(t, j);
+    ms = sj > ms ? sj : ms;
+    mt = tj > mt ? tj : mt;
+    const Acc low = sj < tj ? sj : tj;
+    lo = low < lo ? low : lo;
   }
+  max_s = ms;
+  max_t = mt;
   has_neg_inf = lo == neg_infinity<Acc>();
-  return m;
 }
 
 // ---------------------------------------------------------------- short rows across the lanes
