@@ -20,9 +20,9 @@ namespace fusedkd::cpu {
 // instruction set can stand in for another's.)
 constexpr std::int64_t kTaskElements = 1 << 14;
 namespace {
-std::int64_t task_count(std::int64_t elements) { return (elements + kTaskElements - 1) / kTaskElements; }
+inline std::int64_t task_count(std::int64_t elements) { return (elements + kTaskElements - 1) / kTaskElements; }
 // Rows handed to one task: rows of `cols` elements making some kTaskElements, at least 1.
-std::int64_t rows_per_task(std::int64_t cols) {
+inline std::int64_t rows_per_task(std::int64_t cols) {
   const std::int64_t rows = kTaskElements / cols;
   return rows < 1 ? 1 : rows;
 }

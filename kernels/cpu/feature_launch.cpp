@@ -3,8 +3,10 @@
 #include <cblas.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -28,6 +30,9 @@ struct Blas {
   decltype(&cblas_dgemm) dgemm;
   decltype(&cblas_ssyrk) ssyrk;
   decltype(&cblas_dsyrk) dsyrk;
+  // OpenBLAS's thread count (null for a CBLAS without them).
+  int (*get_num_threads)();
+  void (*set_num_threads)(int);
 };
 
 const Blas& blas() {
@@ -47,7 +52,9 @@ const Blas& blas() {
     Blas b{reinterpret_cast<decltype(&cblas_sgemm)>(dlsym(library, "cblas_sgemm")),
            reinterpret_cast<decltype(&cblas_dgemm)>(dlsym(library, "cblas_dgemm")),
            reinterpret_cast<decltype(&cblas_ssyrk)>(dlsym(library, "cblas_ssyrk")),
-           reinterpret_cast<decltype(&cblas_dsyrk)>(dlsym(library, "cblas_dsyrk"))};
+           reinterpret_cast<decltype(&cblas_dsyrk)>(dlsym(library, "cblas_dsyrk")),
+           reinterpret_cast<int (*)()>(dlsym(library, "openblas_get_num_threads")),
+           reinterpret_cast<void (*)(int)>(dlsym(library, "openblas_set_num_threads"))};
     if (!b.sgemm || !b.dgemm || !b.ssyrk || !b.dsyrk)
       throw std::runtime_error("fusedkd: OpenBLAS lacks cblas_sgemm / cblas_dgemm / cblas_ssyrk / cblas_dsyrk");
     return b;
@@ -72,16 +79,128 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
                detail::blas_int(ldb, "ldb"), beta, c, detail::blas_int(ldc, "ldc"));
 }
 
-// The Gram matrix G[n, n] = F F^T of F[n, k] (rows `ld` apart): SYRK computes the upper triangle
-// (half a GEMM's work), which is then mirrored.
-template <typename Acc>
-void gram(std::int64_t n, std::int64_t k, const Acc* f, std::int64_t ld, Acc* g) {
-  const int ni = detail::blas_int(n, "n"), ki = detail::blas_int(k, "k"), ldi = detail::blas_int(ld, "lda");
-  if constexpr (std::is_same_v<Acc, double>) {
-    blas().dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, ki, 1.0, f, ldi, 0.0, g, ni);
-  } else {
-    blas().ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, ki, 1.0f, f, ldi, 0.0f, g, ni);
+// The GEMMs run on the executor's threads, one single-threaded OpenBLAS call per part of the work,
+// rather than OpenBLAS's own threads beside them: after each parallel region LibTorch's OpenMP
+// workers spin-wait for a while (libgomp's default) and OpenBLAS's pthreads then compete with them
+// for the cores. Measured on this project's 2-core VM (2026-12-01), projected_feature_mse fwd+bwd
+// at 32 x 256 x 7 x 7 took 13.7 ms with OpenBLAS's threads, 6.9 ms with the OpenMP workers made
+// to sleep (OMP_WAIT_POLICY=PASSIVE). The executor's threads also honour torch.set_num_threads.
+// While any op of this file runs, OpenBLAS's thread count is 1 (the first op in saves it, the
+// last out restores it), so an application's own OpenBLAS calls made meanwhile from other threads
+// of the process, on the same library, run on one thread too. Without a parallel executor (no
+// OpenMP, no thread pool handed in) OpenBLAS keeps its threads.
+class BlasOnCallerThreads {
+ public:
+  explicit BlasOnCallerThreads(const CpuExecutor& executor) : active_(parallel(executor) && blas().set_num_threads) {
+    if (!active_) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    if (users()++ == 0) {
+      saved() = blas().get_num_threads ? blas().get_num_threads() : 0;
+      blas().set_num_threads(1);
+    }
   }
+  ~BlasOnCallerThreads() {
+    if (!active_) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    if (--users() == 0 && saved() > 1) blas().set_num_threads(saved());
+  }
+  BlasOnCallerThreads(const BlasOnCallerThreads&) = delete;
+  BlasOnCallerThreads& operator=(const BlasOnCallerThreads&) = delete;
+
+ private:
+  static bool parallel([[maybe_unused]] const CpuExecutor& executor) {
+#if defined(FUSEDKD_HAVE_OPENMP)
+    return true;
+#else
+    return static_cast<bool>(executor.parallel_for);
+#endif
+  }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static int& users() {
+    static int n = 0;
+    return n;
+  }
+  static int& saved() {
+    static int n = 0;
+    return n;
+  }
+  bool active_;
+};
+
+// Parts of a fixed size, whatever the thread count, so that the results (which part a value's
+// GEMM belonged to) do not depend on it: kGemmPart rows or columns of C per call.
+constexpr std::int64_t kGemmPart = 512;
+
+// Row-major C[m, n] = alpha op(A) op(B) + beta C on the executor: C's rows (or, when it has more
+// columns, its columns) in parts of kGemmPart, a GEMM over the whole of k each.
+template <typename Acc>
+void parallel_gemm(const CpuExecutor& executor, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
+                   std::int64_t k, double alpha, const Acc* a, std::int64_t lda, const Acc* b, std::int64_t ldb,
+                   double beta, Acc* c, std::int64_t ldc) {
+  const bool by_rows = m >= n;
+  const std::int64_t parts = ((by_rows ? m : n) + kGemmPart - 1) / kGemmPart;
+  executor.run(parts, 1, [&](std::int64_t p0, std::int64_t p1) {
+    for (std::int64_t p = p0; p < p1; ++p) {
+      const std::int64_t i0 = p * kGemmPart, len = std::min(kGemmPart, (by_rows ? m : n) - i0);
+      if (by_rows)
+        gemm(trans_a, trans_b, len, n, k, alpha, trans_a ? a + i0 : a + i0 * lda, lda, b, ldb, beta, c + i0 * ldc, ldc);
+      else
+        gemm(trans_a, trans_b, m, len, k, alpha, a, lda, trans_b ? b + i0 * ldb : b + i0, ldb, beta, c + i0, ldc);
+    }
+  });
+}
+
+// A sum over `units` of per-unit products into C[count] (count values): unit_product(u, dst, beta)
+// writes (beta 0) or adds (beta 1) unit u's product into dst. The units go in a fixed number of
+// chunks (at most kSumChunks, and fewer when C is large), each summed in unit order into a
+// partial of its own on the executor; the partials are then added in chunk order: the same bits
+// for any thread count.
+constexpr std::int64_t kSumChunks = 8;
+
+template <typename Acc, typename UnitProduct>
+void chunked_sum(const CpuExecutor& executor, std::int64_t units, std::int64_t count, Acc* c,
+                 const UnitProduct& unit_product) {
+  constexpr std::int64_t kPartialBytes = std::int64_t{64} << 20;  // all partials together, at most
+  const std::int64_t by_memory = std::max<std::int64_t>(1, kPartialBytes / std::max<std::int64_t>(1, count * 8));
+  const std::int64_t chunks = std::max<std::int64_t>(1, std::min({kSumChunks, units, by_memory}));
+  std::vector<Acc> partials(chunks > 1 ? static_cast<std::size_t>((chunks - 1) * count) : 0);
+  executor.run(chunks, 1, [&](std::int64_t c0, std::int64_t c1) {
+    for (std::int64_t chunk = c0; chunk < c1; ++chunk) {
+      Acc* dst = chunk == 0 ? c : partials.data() + (chunk - 1) * count;
+      const std::int64_t u0 = units * chunk / chunks, u1 = units * (chunk + 1) / chunks;
+      for (std::int64_t u = u0; u < u1; ++u) unit_product(u, dst, u == u0 ? 0.0 : 1.0);
+    }
+  });
+  if (chunks == 1) return;
+  executor.run(count, cpu::kTaskElements, [&](std::int64_t i0, std::int64_t i1) {
+    for (std::int64_t chunk = 1; chunk < chunks; ++chunk) {
+      const Acc* partial = partials.data() + (chunk - 1) * count;
+#pragma omp simd
+      for (std::int64_t i = i0; i < i1; ++i) c[i] += partial[i];
+    }
+  });
+}
+
+// The Gram matrix G[n, n] = F F^T of F[n, k] (rows `ld` apart): SYRK computes the upper triangle
+// (half a GEMM's work), which is then mirrored. The k columns go in chunks (chunked_sum).
+template <typename Acc>
+void gram(const CpuExecutor& executor, std::int64_t n, std::int64_t k, const Acc* f, std::int64_t ld, Acc* g) {
+  constexpr std::int64_t kColumns = 4096;  // per SYRK call
+  const int ni = detail::blas_int(n, "n"), ldi = detail::blas_int(ld, "lda");
+  const std::int64_t units = std::max<std::int64_t>(1, (k + kColumns - 1) / kColumns);
+  chunked_sum(executor, units, n * n, g, [&](std::int64_t u, Acc* dst, double beta) {
+    const std::int64_t k0 = u * kColumns, len = std::min(kColumns, k - k0);
+    const int ki = detail::blas_int(std::max<std::int64_t>(len, 0), "k");
+    if constexpr (std::is_same_v<Acc, double>) {
+      blas().dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, ki, 1.0, f + k0, ldi, beta, dst, ni);
+    } else {
+      blas().ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, ni, ki, 1.0f, f + k0, ldi, static_cast<float>(beta),
+                   dst, ni);
+    }
+  });
   for (std::int64_t r = 1; r < n; ++r)
     for (std::int64_t c = 0; c < r; ++c) g[r * n + c] = g[c * n + r];
 }
@@ -99,8 +218,8 @@ void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExe
   const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, n, n);
   Acc *gram_s = workspace.a_s, *gram_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
   Acc* row_loss = workspace.row_loss;
-  gram(n, a.student_cols, fs, a.student_row_stride, gram_s);
-  gram(n, a.teacher_cols, ft, a.teacher_row_stride, gram_t);
+  gram(executor, n, a.student_cols, fs, a.student_row_stride, gram_s);
+  gram(executor, n, a.teacher_cols, ft, a.teacher_row_stride, gram_t);
   cpu::NormalizedRowsArgs rows;
   rows.a_s = gram_s;
   rows.a_t = gram_t;
@@ -120,7 +239,7 @@ void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExe
   const auto feature_gradient = [&](Acc* d, const Acc* f, std::int64_t cols, std::int64_t ld, void* grad) {
     for (std::int64_t r = 0; r < n; ++r)
       for (std::int64_t c = r; c < n; ++c) d[r * n + c] = d[c * n + r] = d[r * n + c] + d[c * n + r];
-    gemm(false, false, n, cols, n, 1.0, d, n, f, ld, 0.0, static_cast<Acc*>(grad), cols);
+    parallel_gemm(executor, false, false, n, cols, n, 1.0, d, n, f, ld, 0.0, static_cast<Acc*>(grad), cols);
   };
   if (a.grad_student) feature_gradient(d_s, fs, a.student_cols, a.student_row_stride, a.grad_student);
   if (a.grad_teacher) feature_gradient(d_t, ft, a.teacher_cols, a.teacher_row_stride, a.grad_teacher);
@@ -158,28 +277,34 @@ void unpack_samples(const Acc* packed, std::int64_t b0, std::int64_t count, std:
                   sizeof(Acc) * spatial);
 }
 
+// Y = W X at every position, on the executor: channels-last one GEMM cut into parts of rows;
+// channels-first one GEMM per unit of `group` samples (samples_per_gemm), the units shared out.
 template <typename Acc>
-void project(const ProjectionShape& s, Acc* y) {
+void project(const ProjectionShape& s, Acc* y, const CpuExecutor& executor) {
   const Acc* x = static_cast<const Acc*>(s.student);
   const Acc* w = static_cast<const Acc*>(s.weight);
   const std::int64_t cs = s.in_channels, ct = s.out_channels, sp = s.spatial;
   if (s.channels_last) {  // Y[N*S, Ct] = X[N*S, Cs] W^T
-    gemm(false, true, s.batch * sp, ct, cs, 1.0, x, s.spatial_stride, w, cs, 0.0, y, ct);
+    parallel_gemm(executor, false, true, s.batch * sp, ct, cs, 1.0, x, s.spatial_stride, w, cs, 0.0, y, ct);
     return;
   }
-  const std::int64_t group = samples_per_gemm(s);
-  if (group == 1) {  // Y_n[Ct, S] = W X_n[Cs, S]
-    for (std::int64_t b = 0; b < s.batch; ++b)
-      gemm(false, false, ct, sp, cs, 1.0, w, cs, x + b * s.batch_stride, s.channel_stride, 0.0, y + b * ct * sp, sp);
-    return;
-  }
-  std::vector<Acc> xg(static_cast<std::size_t>(cs * group * sp)), yg(static_cast<std::size_t>(ct * group * sp));
-  for (std::int64_t b0 = 0; b0 < s.batch; b0 += group) {  // Y_g[Ct, g*S] = W X_g[Cs, g*S]
-    const std::int64_t count = s.batch - b0 < group ? s.batch - b0 : group;
-    pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
-    gemm(false, false, ct, count * sp, cs, 1.0, w, cs, xg.data(), count * sp, 0.0, yg.data(), count * sp);
-    unpack_samples(yg.data(), b0, count, ct, sp, y);
-  }
+  const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
+  executor.run(units, 1, [&](std::int64_t u0, std::int64_t u1) {
+    std::vector<Acc> xg(group > 1 ? static_cast<std::size_t>(cs * group * sp) : 0),
+        yg(group > 1 ? static_cast<std::size_t>(ct * group * sp) : 0);
+    for (std::int64_t u = u0; u < u1; ++u) {
+      const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0);
+      if (group == 1) {  // Y_n[Ct, S] = W X_n[Cs, S]
+        gemm(false, false, ct, sp, cs, 1.0, w, cs, x + b0 * s.batch_stride, s.channel_stride, 0.0, y + b0 * ct * sp,
+             sp);
+        continue;
+      }
+      // Y_g[Ct, g*S] = W X_g[Cs, g*S]
+      pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
+      gemm(false, false, ct, count * sp, cs, 1.0, w, cs, xg.data(), count * sp, 0.0, yg.data(), count * sp);
+      unpack_samples(yg.data(), b0, count, ct, sp, y);
+    }
+  });
 }
 
 template <typename Acc>
@@ -191,35 +316,52 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
   Acc* gx = static_cast<Acc*>(a.grad_student);
   Acc* gw = static_cast<Acc*>(a.grad_weight);
   const std::int64_t cs = s.in_channels, ct = s.out_channels, sp = s.spatial;
-  const std::int64_t group = samples_per_gemm(s);
   if (s.channels_last) {
     if (gx)  // dX[N*S, Cs] = G[N*S, Ct] W
-      gemm(false, false, s.batch * sp, cs, ct, 1.0, g, ct, w, cs, 0.0, gx, cs);
-    if (gw)  // dW[Ct, Cs] = G^T X
-      gemm(true, false, ct, cs, s.batch * sp, 1.0, g, ct, x, s.spatial_stride, 0.0, gw, cs);
-  } else if (group == 1) {
-    for (std::int64_t b = 0; b < s.batch; ++b) {
-      const Acc* gb = g + b * ct * sp;
-      if (gx)  // dX_n[Cs, S] = W^T G_n
-        gemm(true, false, cs, sp, ct, 1.0, w, cs, gb, sp, 0.0, gx + b * cs * sp, sp);
-      if (gw)  // dW += G_n X_n^T, batch by batch (a fixed order)
-        gemm(false, true, ct, cs, sp, 1.0, gb, sp, x + b * s.batch_stride, s.channel_stride, b == 0 ? 0.0 : 1.0, gw,
+      parallel_gemm(executor, false, false, s.batch * sp, cs, ct, 1.0, g, ct, w, cs, 0.0, gx, cs);
+    if (gw && s.batch > 0) {  // dW[Ct, Cs] = G^T X, the positions in parts
+      const std::int64_t positions = s.batch * sp, parts = (positions + kGemmPart - 1) / kGemmPart;
+      chunked_sum(executor, parts, ct * cs, gw, [&](std::int64_t p, Acc* dst, double beta) {
+        const std::int64_t i0 = p * kGemmPart, len = std::min(kGemmPart, positions - i0);
+        gemm(true, false, ct, cs, len, 1.0, g + i0 * ct, ct, x + i0 * s.spatial_stride, s.spatial_stride, beta, dst,
              cs);
+      });
     }
   } else {
-    const std::size_t n = static_cast<std::size_t>(group * sp);
-    std::vector<Acc> gg(ct * n), xg(gw ? cs * n : 0), dxg(gx ? cs * n : 0);
-    for (std::int64_t b0 = 0; b0 < s.batch; b0 += group) {
-      const std::int64_t count = s.batch - b0 < group ? s.batch - b0 : group, cols = count * sp;
-      pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
-      if (gx) {  // dX_g[Cs, g*S] = W^T G_g
-        gemm(true, false, cs, cols, ct, 1.0, w, cs, gg.data(), cols, 0.0, dxg.data(), cols);
-        unpack_samples(dxg.data(), b0, count, cs, sp, gx);
-      }
-      if (gw) {  // dW += G_g X_g^T, group by group (a fixed order)
+    const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
+    if (gx)
+      executor.run(units, 1, [&](std::int64_t u0, std::int64_t u1) {
+        std::vector<Acc> gg(group > 1 ? static_cast<std::size_t>(ct * group * sp) : 0),
+            dxg(group > 1 ? static_cast<std::size_t>(cs * group * sp) : 0);
+        for (std::int64_t u = u0; u < u1; ++u) {
+          const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
+          if (group == 1) {  // dX_n[Cs, S] = W^T G_n
+            gemm(true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp, sp);
+            continue;
+          }
+          // dX_g[Cs, g*S] = W^T G_g
+          pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
+          gemm(true, false, cs, cols, ct, 1.0, w, cs, gg.data(), cols, 0.0, dxg.data(), cols);
+          unpack_samples(dxg.data(), b0, count, cs, sp, gx);
+        }
+      });
+    if (gw && s.batch > 0) {  // dW = sum over units of G_g X_g^T
+      // Each task packs its units into scratch of its own (thread_local: tasks of one thread run
+      // one after another).
+      chunked_sum(executor, units, ct * cs, gw, [&](std::int64_t u, Acc* dst, double beta) {
+        const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
+        if (group == 1) {
+          gemm(false, true, ct, cs, sp, 1.0, g + b0 * ct * sp, sp, x + b0 * s.batch_stride, s.channel_stride, beta,
+               dst, cs);
+          return;
+        }
+        thread_local std::vector<Acc> gg, xg;
+        gg.resize(static_cast<std::size_t>(ct * cols));
+        xg.resize(static_cast<std::size_t>(cs * cols));
+        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
         pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
-        gemm(false, true, ct, cs, cols, 1.0, gg.data(), cols, xg.data(), cols, b0 == 0 ? 0.0 : 1.0, gw, cs);
-      }
+        gemm(false, true, ct, cs, cols, 1.0, gg.data(), cols, xg.data(), cols, beta, dst, cs);
+      });
     }
   }
   if (a.grad_weight && s.batch == 0) std::memset(a.grad_weight, 0, sizeof(Acc) * ct * cs);
@@ -267,6 +409,7 @@ void attention_transfer_cpu(const AttentionTransferArgs& args, const CpuExecutor
 void similarity_preserving_cpu(const SimilarityPreservingArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
   if (args.rows == 0) return zero_loss(args.loss, args.is_double);
+  const BlasOnCallerThreads blas_threads(executor);
   if (args.is_double) similarity_preserving_typed<double>(args, executor);
   else similarity_preserving_typed<float>(args, executor);
 }
@@ -274,13 +417,17 @@ void similarity_preserving_cpu(const SimilarityPreservingArgs& args, const CpuEx
 void projected_feature_mse_cpu(const ProjectedFeatureMseArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
   const ProjectionShape& s = args.shape;
-  if (s.is_double) project(s, static_cast<double*>(args.projection));
-  else project(s, static_cast<float*>(args.projection));
+  {
+    const BlasOnCallerThreads blas_threads(executor);
+    if (s.is_double) project(s, static_cast<double*>(args.projection), executor);
+    else project(s, static_cast<float*>(args.projection), executor);
+  }
   feature_mse_cpu(detail::projection_error_args(args), executor);
 }
 
 void projection_backward_cpu(const ProjectionBackwardArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
+  const BlasOnCallerThreads blas_threads(executor);
   if (args.shape.is_double) projection_backward_typed<double>(args, executor);
   else projection_backward_typed<float>(args, executor);
 }
