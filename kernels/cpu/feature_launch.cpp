@@ -82,7 +82,7 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
 // The GEMMs run on the executor's threads, one single-threaded OpenBLAS call per part of the work,
 // rather than OpenBLAS's own threads beside them: after each parallel region LibTorch's OpenMP
 // workers spin-wait for a while (libgomp's default) and OpenBLAS's pthreads then compete with them
-// for the cores. Measured on this project's 2-core VM (2026-12-01), projected_feature_mse fwd+bwd
+// for the cores. Measured on this project's 2-core VM (2026-11-30), projected_feature_mse fwd+bwd
 // at 32 x 256 x 7 x 7 took 13.7 ms with OpenBLAS's threads, 6.9 ms with the OpenMP workers made
 // to sleep (OMP_WAIT_POLICY=PASSIVE). The executor's threads also honour torch.set_num_threads.
 // While any op of this file runs, OpenBLAS's thread count is 1 (the first op in saves it, the
