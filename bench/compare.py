@@ -285,7 +285,8 @@ def machine_info(device, threads):
     machine = dict(platform=platform.platform(), processor=cpu_name(), cpus=os.cpu_count(), threads=threads,
                    torch=torch.__version__, fusedkd=fusedkd.__version__, python=sys.version.split()[0],
                    device=torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
-                   huge_pages=os.environ.get("FUSEDKD_CPU_HUGE_PAGES", "1") != "0")
+                   huge_pages=os.environ.get("FUSEDKD_CPU_HUGE_PAGES", "1") != "0",
+                   openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
     try:
         from importlib.metadata import version
 

@@ -32,11 +32,21 @@ def ratio(a, b):
     return f"{b / a:.2f}x" if a and b else "-"
 
 
+def openblas_kernels(machine):
+    """Which OpenBLAS kernels fusedkd's CPU GEMMs ran: the environment's OPENBLAS_CORETYPE when set
+    (fusedkd honours it), else the ones fusedkd names for the CPU (kernels/cpu/feature_launch.cpp)."""
+    if "openblas_coretype" not in machine:
+        return "not recorded"
+    named = machine["openblas_coretype"]
+    return f"{named} (OPENBLAS_CORETYPE set in the environment)" if named else "chosen by fusedkd for the CPU"
+
+
 def compare_section(data):
     m = data["machine"]
     lines = [f"Machine: {m['device']}, {m['cpus']} CPUs, {m['threads']} intra-op threads; torch {m['torch']}, "
              f"fusedkd {m['fusedkd']}, Python {m['python']}; liger-kernel: {m['liger_kernel'] or 'not installed'}; "
-             f"fusedkd's CPU huge-page outputs: {'on' if m['huge_pages'] else 'off'}. "
+             f"fusedkd's CPU huge-page outputs: {'on' if m['huge_pages'] else 'off'}; "
+             f"OpenBLAS kernels (the feature losses' CPU GEMMs): {openblas_kernels(m)}. "
              f"Date {data['date']}. Command: `{data['command']}`.", ""]
     cases = defaultdict(dict)
     for r in data["results"]:
