@@ -270,5 +270,42 @@ TEST(CpuExecutor, ShortRowsDoNotDependOnTheirGroup) {
   }
 }
 
+// The CPU sweeps read and write each row through one index, so an output may be its input (and a
+// gradient its upstream gradient): the same bits as out of place, 16-bit rows included (read as
+// they lie, the numerators kept in a scratch row).
+TEST(CpuSoftmax, InPlaceGivesTheSameBits) {
+  for (DType dtype : {DType::Float32, DType::BFloat16, DType::Float16})
+    for (std::int64_t cols : {10, 1500})
+      for (SoftmaxKind kind : {SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax}) {
+        const std::int64_t rows = 37;
+        const Buffer input = Buffer::from(dtype, random_logits(rows, cols, 8, 3.0));
+        const Buffer upstream = Buffer::from(dtype, random_logits(rows, cols, 9));
+        Buffer apart(dtype, static_cast<std::size_t>(rows * cols));
+        SoftmaxForwardArgs forward = contiguous_forward_args(input.bytes.data(), apart.bytes.data(), rows, cols, 2.0, kind);
+        forward.dtype = dtype;
+        softmax_forward_cpu(forward);
+        Buffer in_place = input;
+        forward.input = forward.output = in_place.bytes.data();
+        softmax_forward_cpu(forward);
+        EXPECT_EQ(apart.bytes, in_place.bytes) << "forward, cols " << cols;
+
+        SoftmaxBackwardArgs backward;
+        backward.output = apart.bytes.data();
+        backward.dtype = dtype;
+        backward.rows = rows;
+        backward.cols = cols;
+        backward.grad_output_row_stride = backward.output_row_stride = cols;
+        backward.temperature = 2.0;
+        backward.kind = kind;
+        Buffer grad(dtype, static_cast<std::size_t>(rows * cols)), grad_in_place = upstream;
+        backward.grad_output = upstream.bytes.data();
+        backward.grad_input = grad.bytes.data();
+        softmax_backward_cpu(backward);
+        backward.grad_output = backward.grad_input = grad_in_place.bytes.data();
+        softmax_backward_cpu(backward);
+        EXPECT_EQ(grad.bytes, grad_in_place.bytes) << "backward, cols " << cols;
+      }
+}
+
 }  // namespace
 }  // namespace fusedkd::testing

@@ -117,18 +117,23 @@ void output_row_done(const Acc* row, std::int64_t cols, void* base, DType dtype,
   });
 }
 
-template <typename Acc>
-Acc row_max(const Acc* __restrict x, std::int64_t cols) {
-  Acc m = neg_infinity<Acc>();
-#pragma omp simd reduction(max : m)
-  for (std::int64_t j = 0; j < cols; ++j) m = x[j] > m ? x[j] : m;
-  return m;
-}
 
 // Element j of a row stored as T, in the accumulation type (a 16-bit row widened as it is read).
 template <typename Acc, typename T>
 inline __attribute__((always_inline)) Acc at(const T* row, std::int64_t j) {
   return static_cast<Acc>(load_as_acc(row[j]));
+}
+
+// The maximum of a row stored as T, in the accumulation type.
+template <typename Acc, typename T>
+Acc row_max(const T* __restrict x, std::int64_t cols) {
+  Acc m = neg_infinity<Acc>();
+#pragma omp simd reduction(max : m)
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const Acc v = at<Acc>(x, j);
+    m = v > m ? v : m;
+  }
+  return m;
 }
 
 // The maxima of two rows, and whether some element of either is -inf (a masked logit: the sweeps
