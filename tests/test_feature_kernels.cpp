@@ -414,6 +414,96 @@ TEST_P(FeatureKernel, ProjectionMatchesReference) {
   }
 }
 
+// Shapes whose CPU GEMMs are shared out by sample or group (8 units and more: each unit's GEMM on
+// one thread, dW summed over 8 chunks in chunk order) and, channels-last, whose dW sums more than
+// 8 parts of 512 positions; against the gradients in closed form (float64): with d = 2 scale (y - t),
+// dX = W^T d, dW = sum d x^T, db = sum d.
+TEST_P(FeatureKernel, ProjectionOfManySamplesMatchesClosedForm) {
+  const Backend backend = GetParam();
+  const std::int64_t cs = 6, ct = 5;
+  const std::pair<std::int64_t, std::int64_t> sizes[] = {{12, 520}, {80, 60}};
+  for (const auto& size : sizes) {
+    const std::int64_t batch = size.first, spatial = size.second;
+    for (const bool channels_last : {false, true}) {
+      const std::int64_t nx = batch * cs * spatial, ny = batch * ct * spatial;
+      const Buffer x = Buffer::from(DType::Float64, random_values(nx, 41));
+      const Buffer w = Buffer::from(DType::Float64, random_values(ct * cs, 42));
+      const Buffer b = Buffer::from(DType::Float64, random_values(ct, 43));
+      const Buffer t = Buffer::from(DType::Float64, random_values(ny, 44));
+      const double scale = 1.0 / ny;
+      ProjectedFeatureMseArgs args;
+      args.shape.batch = batch;
+      args.shape.in_channels = cs;
+      args.shape.out_channels = ct;
+      args.shape.spatial = spatial;
+      args.shape.channels_last = channels_last;
+      args.shape.channel_stride = channels_last ? 1 : spatial;
+      args.shape.spatial_stride = channels_last ? cs : 1;
+      args.shape.batch_stride = cs * spatial;
+      args.shape.is_double = true;
+      args.teacher_dtype = DType::Float64;
+      args.scale = scale;
+      Buffer loss(DType::Float64, 1), projection(DType::Float64, ny);
+      Buffer gx(DType::Float64, nx), gw(DType::Float64, ct * cs), gb(DType::Float64, ct);
+      gx.poison();
+      gw.poison();
+      gb.poison();
+      run_on_backend(backend, {&x, &w, &b, &t}, {&loss, &projection, &gx, &gw, &gb},
+                     projected_feature_mse_workspace_bytes(args),
+                     [&](const auto& in, const auto& out, void* workspace, void*) {
+                       ProjectedFeatureMseArgs a = args;
+                       a.shape.student = in[0];
+                       a.shape.weight = in[1];
+                       a.bias = in[2];
+                       a.teacher = in[3];
+                       a.loss = out[0];
+                       a.projection = out[1];
+                       a.workspace = workspace;
+                       ProjectionBackwardArgs back;
+                       back.shape = a.shape;
+                       back.grad_projection = out[1];
+                       back.grad_student = out[2];
+                       back.grad_weight = out[3];
+                       back.grad_bias = out[4];
+                       if (backend == Backend::Cpu) {
+                         projected_feature_mse_cpu(a);
+                         projection_backward_cpu(back);
+                       } else {
+  #if FUSEDKD_WITH_CUDA
+                         Cublas blas;
+                         projected_feature_mse_cuda(a, blas.handle);
+                         projection_backward_cuda(back, blas.handle);
+  #endif
+                       }
+                     });
+      const std::vector<double> xv = x.values(), wv = w.values(), bv = b.values(), tv = t.values();
+      std::vector<double> ref_gx(nx, 0.0), ref_gw(ct * cs, 0.0), ref_gb(ct, 0.0);
+      double ref_loss = 0;
+      for (std::int64_t n = 0; n < batch; ++n)
+        for (std::int64_t k = 0; k < spatial; ++k)
+          for (std::int64_t o = 0; o < ct; ++o) {
+            double y = bv[o];
+            for (std::int64_t c = 0; c < cs; ++c) y += wv[o * cs + c] * element(xv, cs, spatial, channels_last, n, c, k);
+            const double diff = y - element(tv, ct, spatial, channels_last, n, o, k);
+            ref_loss += scale * diff * diff;
+            const double d = 2 * scale * diff;
+            ref_gb[o] += d;
+            for (std::int64_t c = 0; c < cs; ++c) {
+              const std::int64_t xi = channels_last ? (n * spatial + k) * cs + c : (n * cs + c) * spatial + k;
+              ref_gx[xi] += wv[o * cs + c] * d;
+              ref_gw[o * cs + c] += d * xv[xi];
+            }
+          }
+      std::ostringstream where;
+      where << "batch " << batch << " spatial " << spatial << " channels_last " << channels_last;
+      EXPECT_NEAR(loss.get(0), ref_loss, 1e-12 * ref_loss) << where.str();
+      EXPECT_LT(rel_diff(gx.values(), ref_gx), 1e-12) << where.str();
+      EXPECT_LT(rel_diff(gw.values(), ref_gw), 1e-12) << where.str();
+      EXPECT_LT(rel_diff(gb.values(), ref_gb), 1e-12) << where.str();
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, FeatureKernel, ::testing::Values(Backend::Cpu, Backend::Cuda), backend_test_name);
 
 }  // namespace

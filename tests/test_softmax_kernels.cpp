@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <ostream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -238,6 +240,23 @@ TEST(CpuExecutor, CustomParallelForCoversEveryRowOnce) {
 
 // Short rows go 16 at a time on the CPU: a row's output is the same bits whichever rows share its
 // group (tasks of 1, 7 or all rows handed out last to first), forward and backward, both kinds.
+// The default executor (OpenMP when the library has it) hands an exception thrown in a task back
+// to the caller instead of terminating the process.
+TEST(CpuExecutor, AnExceptionInATaskReachesTheCaller) {
+  const CpuExecutor executor;
+  std::atomic<int> calls{0};
+  EXPECT_THROW(executor.run(64, 1,
+                            [&](std::int64_t begin, std::int64_t) {
+                              ++calls;
+                              if (begin == 37) throw std::runtime_error("task 37");
+                            }),
+               std::runtime_error);
+  EXPECT_GE(calls.load(), 1);
+  int sum = 0;  // and it still runs work afterwards
+  executor.run(8, 8, [&](std::int64_t begin, std::int64_t end) { sum += static_cast<int>(end - begin); });
+  EXPECT_EQ(sum, 8);
+}
+
 TEST(CpuExecutor, ShortRowsDoNotDependOnTheirGroup) {
   const std::int64_t rows = 45, cols = 10;
   const Buffer input = Buffer::from(DType::Float32, random_logits(rows, cols, 6));

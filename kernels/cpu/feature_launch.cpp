@@ -30,9 +30,17 @@ struct Blas {
   decltype(&cblas_dgemm) dgemm;
   decltype(&cblas_ssyrk) ssyrk;
   decltype(&cblas_dsyrk) dsyrk;
-  // OpenBLAS's thread count (null for a CBLAS without them).
+  // OpenBLAS's threading (null where the library lacks them): its thread count, and its flavour
+  // (openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP).
   int (*get_num_threads)();
   void (*set_num_threads)(int);
+  int (*get_parallel)();
+  // Whether calls from several threads at once are safe: the pthreads and OpenMP flavours; the
+  // sequential one only when built with locking, which cannot be asked, so not assumed.
+  bool concurrent_calls() const { return get_parallel && get_parallel() != 0; }
+  // Whether the thread count is OpenBLAS's own pool's (the pthreads flavour; the OpenMP flavour's
+  // is OpenMP's, and it runs one thread inside a parallel region of its own accord).
+  bool own_thread_pool() const { return get_parallel && get_parallel() == 1 && get_num_threads && set_num_threads; }
 };
 
 const Blas& blas() {
@@ -54,7 +62,8 @@ const Blas& blas() {
            reinterpret_cast<decltype(&cblas_ssyrk)>(dlsym(library, "cblas_ssyrk")),
            reinterpret_cast<decltype(&cblas_dsyrk)>(dlsym(library, "cblas_dsyrk")),
            reinterpret_cast<int (*)()>(dlsym(library, "openblas_get_num_threads")),
-           reinterpret_cast<void (*)(int)>(dlsym(library, "openblas_set_num_threads"))};
+           reinterpret_cast<void (*)(int)>(dlsym(library, "openblas_set_num_threads")),
+           reinterpret_cast<int (*)()>(dlsym(library, "openblas_get_parallel"))};
     if (!b.sgemm || !b.dgemm || !b.ssyrk || !b.dsyrk)
       throw std::runtime_error("fusedkd: OpenBLAS lacks cblas_sgemm / cblas_dgemm / cblas_ssyrk / cblas_dsyrk");
     return b;
@@ -85,17 +94,20 @@ void gemm(bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64
 // for the cores. Measured on this project's 2-core VM (2026-11-30), projected_feature_mse fwd+bwd
 // at 32 x 256 x 7 x 7 took 13.7 ms with OpenBLAS's threads, 6.9 ms with the OpenMP workers made
 // to sleep (OMP_WAIT_POLICY=PASSIVE). The executor's threads also honour torch.set_num_threads.
-// While any op of this file runs, OpenBLAS's thread count is 1 (the first op in saves it, the
-// last out restores it), so an application's own OpenBLAS calls made meanwhile from other threads
-// of the process, on the same library, run on one thread too. Without a parallel executor (no
-// OpenMP, no thread pool handed in) OpenBLAS keeps its threads.
+// With OpenBLAS's pthreads flavour, while any op of this file runs OpenBLAS's thread count is 1
+// (the first op in saves it, the last out restores it), so an application's own OpenBLAS calls
+// made meanwhile from other threads of the process, on the same library, run on one thread too
+// (and a count it sets meanwhile is overwritten on the way out). Without a parallel executor (no
+// OpenMP, no thread pool handed in) OpenBLAS keeps its threads. A sequential OpenBLAS gets its
+// calls one at a time (gemm_executor).
 class BlasOnCallerThreads {
  public:
-  explicit BlasOnCallerThreads(const CpuExecutor& executor) : active_(parallel(executor) && blas().set_num_threads) {
+  explicit BlasOnCallerThreads(const CpuExecutor& executor)
+      : active_(parallel(executor) && blas().own_thread_pool()) {
     if (!active_) return;
     std::lock_guard<std::mutex> lock(mutex());
     if (users()++ == 0) {
-      saved() = blas().get_num_threads ? blas().get_num_threads() : 0;
+      saved() = blas().get_num_threads();
       blas().set_num_threads(1);
     }
   }
@@ -130,51 +142,94 @@ class BlasOnCallerThreads {
   bool active_;
 };
 
-// Parts of a fixed size, whatever the thread count, so that the results (which part a value's
-// GEMM belonged to) do not depend on it: kGemmPart rows or columns of C per call.
-constexpr std::int64_t kGemmPart = 512;
+// Runs every task on the calling thread, one after another.
+const CpuExecutor& serial_executor() {
+  static const CpuExecutor serial{[](std::int64_t n, std::int64_t, const CpuExecutor::Body& body) { body(0, n); }};
+  return serial;
+}
 
-// Row-major C[m, n] = alpha op(A) op(B) + beta C on the executor: C's rows (or, when it has more
-// columns, its columns) in parts of kGemmPart, a GEMM over the whole of k each.
+// The executor the GEMM calls of an op go through: its own, or one at a time where the library's
+// calls may not overlap.
+const CpuExecutor& gemm_executor(const CpuExecutor& executor) {
+  return blas().concurrent_calls() ? executor : serial_executor();
+}
+
+// Work in `units` (samples, groups of samples, parts of a sum): many of them are shared out among
+// the threads, each unit's GEMMs on one thread (inner = serial); a few (fewer than
+// kParallelUnits) go one after another, each unit's GEMMs split over the threads (inner = the
+// executor). Which way depends on the shape alone, and every GEMM is cut in the same fixed parts
+// either way (parallel_gemm), so the bits do not depend on the thread count.
+constexpr std::int64_t kParallelUnits = 8;
+
+template <typename Unit>
+void for_units(const CpuExecutor& executor, std::int64_t units, const Unit& unit) {
+  if (units >= kParallelUnits) {
+    executor.run(units, 1, [&](std::int64_t u0, std::int64_t u1) {
+      for (std::int64_t u = u0; u < u1; ++u) unit(u, serial_executor());
+    });
+  } else {
+    for (std::int64_t u = 0; u < units; ++u) unit(u, executor);
+  }
+}
+
+// C[m, n] = alpha op(A) op(B) + beta C (row-major) on the executor: C's rows (or, when it has more
+// columns, its columns) in ceil(len / kGemmPart) even parts, a GEMM over the whole of k each. The
+// parts depend on the shape alone, not on the thread count, so neither do the bits.
+constexpr std::int64_t kGemmPart = 128;
+
 template <typename Acc>
 void parallel_gemm(const CpuExecutor& executor, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
                    std::int64_t k, double alpha, const Acc* a, std::int64_t lda, const Acc* b, std::int64_t ldb,
                    double beta, Acc* c, std::int64_t ldc) {
+  // On the serial executor, one call: for_units and chunked_sum pass it where the shape shares its
+  // work out by units instead (gemm_executor, where OpenBLAS takes one call at a time), so whether
+  // C is cut still depends on the shape (and the library) alone.
+  if (&executor == &serial_executor()) {
+    gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   const bool by_rows = m >= n;
-  const std::int64_t parts = ((by_rows ? m : n) + kGemmPart - 1) / kGemmPart;
+  const std::int64_t len = by_rows ? m : n, parts = (len + kGemmPart - 1) / kGemmPart;
   executor.run(parts, 1, [&](std::int64_t p0, std::int64_t p1) {
     for (std::int64_t p = p0; p < p1; ++p) {
-      const std::int64_t i0 = p * kGemmPart, len = std::min(kGemmPart, (by_rows ? m : n) - i0);
+      const std::int64_t i0 = len * p / parts, count = len * (p + 1) / parts - i0;
       if (by_rows)
-        gemm(trans_a, trans_b, len, n, k, alpha, trans_a ? a + i0 : a + i0 * lda, lda, b, ldb, beta, c + i0 * ldc, ldc);
+        gemm(trans_a, trans_b, count, n, k, alpha, trans_a ? a + i0 : a + i0 * lda, lda, b, ldb, beta, c + i0 * ldc,
+             ldc);
       else
-        gemm(trans_a, trans_b, m, len, k, alpha, a, lda, trans_b ? b + i0 * ldb : b + i0, ldb, beta, c + i0, ldc);
+        gemm(trans_a, trans_b, m, count, k, alpha, a, lda, trans_b ? b + i0 * ldb : b + i0, ldb, beta, c + i0, ldc);
     }
   });
 }
 
-// A sum over `units` of per-unit products into C[count] (count values): unit_product(u, dst, beta)
-// writes (beta 0) or adds (beta 1) unit u's product into dst. The units go in a fixed number of
-// chunks (at most kSumChunks, and fewer when C is large), each summed in unit order into a
-// partial of its own on the executor; the partials are then added in chunk order: the same bits
-// for any thread count.
+// A sum over `units` of per-unit products into C[count] (count values): unit_product(u, dst, beta,
+// inner) writes (beta 0) or adds (beta 1) unit u's product into dst, its GEMMs on `inner`. The
+// units go in a fixed number of chunks (at most kSumChunks, fewer when C is large), each summed in
+// unit order into a partial of its own, the chunks shared out among the threads; the partials are
+// then added in chunk order. With one chunk (few units, or a C too large for partials) the units
+// go in order, each product's GEMMs split over the threads. The same bits for any thread count.
 constexpr std::int64_t kSumChunks = 8;
 
 template <typename Acc, typename UnitProduct>
 void chunked_sum(const CpuExecutor& executor, std::int64_t units, std::int64_t count, Acc* c,
                  const UnitProduct& unit_product) {
   constexpr std::int64_t kPartialBytes = std::int64_t{64} << 20;  // all partials together, at most
-  const std::int64_t by_memory = std::max<std::int64_t>(1, kPartialBytes / std::max<std::int64_t>(1, count * 8));
-  const std::int64_t chunks = std::max<std::int64_t>(1, std::min({kSumChunks, units, by_memory}));
-  std::vector<Acc> partials(chunks > 1 ? static_cast<std::size_t>((chunks - 1) * count) : 0);
+  const std::int64_t by_memory =
+      kPartialBytes / std::max<std::int64_t>(1, count * static_cast<std::int64_t>(sizeof(Acc)));
+  const std::int64_t chunks = units >= kParallelUnits ? std::max<std::int64_t>(1, std::min({kSumChunks, units, by_memory}))
+                                                      : 1;
+  if (chunks == 1) {
+    for (std::int64_t u = 0; u < units; ++u) unit_product(u, c, u == 0 ? 0.0 : 1.0, executor);
+    return;
+  }
+  std::vector<Acc> partials(static_cast<std::size_t>((chunks - 1) * count));
   executor.run(chunks, 1, [&](std::int64_t c0, std::int64_t c1) {
     for (std::int64_t chunk = c0; chunk < c1; ++chunk) {
       Acc* dst = chunk == 0 ? c : partials.data() + (chunk - 1) * count;
       const std::int64_t u0 = units * chunk / chunks, u1 = units * (chunk + 1) / chunks;
-      for (std::int64_t u = u0; u < u1; ++u) unit_product(u, dst, u == u0 ? 0.0 : 1.0);
+      for (std::int64_t u = u0; u < u1; ++u) unit_product(u, dst, u == u0 ? 0.0 : 1.0, serial_executor());
     }
   });
-  if (chunks == 1) return;
   executor.run(count, cpu::kTaskElements, [&](std::int64_t i0, std::int64_t i1) {
     for (std::int64_t chunk = 1; chunk < chunks; ++chunk) {
       const Acc* partial = partials.data() + (chunk - 1) * count;
@@ -188,10 +243,10 @@ void chunked_sum(const CpuExecutor& executor, std::int64_t units, std::int64_t c
 // (half a GEMM's work), which is then mirrored. The k columns go in chunks (chunked_sum).
 template <typename Acc>
 void gram(const CpuExecutor& executor, std::int64_t n, std::int64_t k, const Acc* f, std::int64_t ld, Acc* g) {
-  constexpr std::int64_t kColumns = 4096;  // per SYRK call
+  constexpr std::int64_t kColumns = 1024;  // per SYRK call
   const int ni = detail::blas_int(n, "n"), ldi = detail::blas_int(ld, "lda");
   const std::int64_t units = std::max<std::int64_t>(1, (k + kColumns - 1) / kColumns);
-  chunked_sum(executor, units, n * n, g, [&](std::int64_t u, Acc* dst, double beta) {
+  chunked_sum(executor, units, n * n, g, [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor&) {
     const std::int64_t k0 = u * kColumns, len = std::min(kColumns, k - k0);
     const int ki = detail::blas_int(std::max<std::int64_t>(len, 0), "k");
     if constexpr (std::is_same_v<Acc, double>) {
@@ -210,16 +265,18 @@ void zero_loss(void* loss, bool is_double) {
   else *static_cast<float*>(loss) = 0.0f;
 }
 
+// `blas`: the executor of the GEMMs (gemm_executor).
 template <typename Acc>
-void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExecutor& executor) {
+void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExecutor& executor,
+                                 const CpuExecutor& blas) {
   const std::int64_t n = a.rows;
   const Acc* fs = static_cast<const Acc*>(a.student);
   const Acc* ft = static_cast<const Acc*>(a.teacher);
   const detail::NormalizedRowsWorkspace<Acc> workspace(a.workspace, n, n);
   Acc *gram_s = workspace.a_s, *gram_t = workspace.a_t, *d_s = workspace.d_s, *d_t = workspace.d_t;
   Acc* row_loss = workspace.row_loss;
-  gram(executor, n, a.student_cols, fs, a.student_row_stride, gram_s);
-  gram(executor, n, a.teacher_cols, ft, a.teacher_row_stride, gram_t);
+  gram(blas, n, a.student_cols, fs, a.student_row_stride, gram_s);
+  gram(blas, n, a.teacher_cols, ft, a.teacher_row_stride, gram_t);
   cpu::NormalizedRowsArgs rows;
   rows.a_s = gram_s;
   rows.a_t = gram_t;
@@ -239,7 +296,7 @@ void similarity_preserving_typed(const SimilarityPreservingArgs& a, const CpuExe
   const auto feature_gradient = [&](Acc* d, const Acc* f, std::int64_t cols, std::int64_t ld, void* grad) {
     for (std::int64_t r = 0; r < n; ++r)
       for (std::int64_t c = r; c < n; ++c) d[r * n + c] = d[c * n + r] = d[r * n + c] + d[c * n + r];
-    parallel_gemm(executor, false, false, n, cols, n, 1.0, d, n, f, ld, 0.0, static_cast<Acc*>(grad), cols);
+    parallel_gemm(blas, false, false, n, cols, n, 1.0, d, n, f, ld, 0.0, static_cast<Acc*>(grad), cols);
   };
   if (a.grad_student) feature_gradient(d_s, fs, a.student_cols, a.student_row_stride, a.grad_student);
   if (a.grad_teacher) feature_gradient(d_t, ft, a.teacher_cols, a.teacher_row_stride, a.grad_teacher);
@@ -277,8 +334,21 @@ void unpack_samples(const Acc* packed, std::int64_t b0, std::int64_t count, std:
                   sizeof(Acc) * spatial);
 }
 
-// Y = W X at every position, on the executor: channels-last one GEMM cut into parts of rows;
-// channels-first one GEMM per unit of `group` samples (samples_per_gemm), the units shared out.
+// Every size and leading dimension the GEMMs below pass to CBLAS fits its int, checked before any
+// of them runs (a check failing inside an executor's task would have to cross threads).
+void check_blas_sizes(const ProjectionShape& s) {
+  detail::blas_int(s.in_channels, "in_channels");
+  detail::blas_int(s.out_channels, "out_channels");
+  if (s.channels_last) {
+    detail::blas_int(s.spatial_stride, "spatial_stride");
+  } else {
+    detail::blas_int(s.channel_stride, "channel_stride");
+    detail::blas_int(samples_per_gemm(s) * s.spatial, "spatial");
+  }
+}
+
+// Y = W X at every position: channels-last one GEMM cut into parts of rows; channels-first one
+// GEMM per unit of `group` samples (samples_per_gemm), the units shared out (for_units).
 template <typename Acc>
 void project(const ProjectionShape& s, Acc* y, const CpuExecutor& executor) {
   const Acc* x = static_cast<const Acc*>(s.student);
@@ -289,21 +359,18 @@ void project(const ProjectionShape& s, Acc* y, const CpuExecutor& executor) {
     return;
   }
   const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
-  executor.run(units, 1, [&](std::int64_t u0, std::int64_t u1) {
-    std::vector<Acc> xg(group > 1 ? static_cast<std::size_t>(cs * group * sp) : 0),
-        yg(group > 1 ? static_cast<std::size_t>(ct * group * sp) : 0);
-    for (std::int64_t u = u0; u < u1; ++u) {
-      const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0);
-      if (group == 1) {  // Y_n[Ct, S] = W X_n[Cs, S]
-        gemm(false, false, ct, sp, cs, 1.0, w, cs, x + b0 * s.batch_stride, s.channel_stride, 0.0, y + b0 * ct * sp,
-             sp);
-        continue;
-      }
-      // Y_g[Ct, g*S] = W X_g[Cs, g*S]
-      pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
-      gemm(false, false, ct, count * sp, cs, 1.0, w, cs, xg.data(), count * sp, 0.0, yg.data(), count * sp);
-      unpack_samples(yg.data(), b0, count, ct, sp, y);
+  for_units(executor, units, [&](std::int64_t u, const CpuExecutor& inner) {
+    const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
+    if (group == 1) {  // Y_n[Ct, S] = W X_n[Cs, S]
+      parallel_gemm(inner, false, false, ct, sp, cs, 1.0, w, cs, x + b0 * s.batch_stride, s.channel_stride, 0.0,
+                    y + b0 * ct * sp, sp);
+      return;
     }
+    // Y_g[Ct, g*S] = W X_g[Cs, g*S]
+    std::vector<Acc> xg(static_cast<std::size_t>(cs * cols)), yg(static_cast<std::size_t>(ct * cols));
+    pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
+    parallel_gemm(inner, false, false, ct, cols, cs, 1.0, w, cs, xg.data(), cols, 0.0, yg.data(), cols);
+    unpack_samples(yg.data(), b0, count, ct, sp, y);
   });
 }
 
@@ -320,51 +387,43 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
     if (gx)  // dX[N*S, Cs] = G[N*S, Ct] W
       parallel_gemm(executor, false, false, s.batch * sp, cs, ct, 1.0, g, ct, w, cs, 0.0, gx, cs);
     if (gw && s.batch > 0) {  // dW[Ct, Cs] = G^T X, the positions in parts
-      const std::int64_t positions = s.batch * sp, parts = (positions + kGemmPart - 1) / kGemmPart;
-      chunked_sum(executor, parts, ct * cs, gw, [&](std::int64_t p, Acc* dst, double beta) {
-        const std::int64_t i0 = p * kGemmPart, len = std::min(kGemmPart, positions - i0);
-        gemm(true, false, ct, cs, len, 1.0, g + i0 * ct, ct, x + i0 * s.spatial_stride, s.spatial_stride, beta, dst,
-             cs);
+      constexpr std::int64_t kPositions = 512;  // a part of the sum
+      const std::int64_t positions = s.batch * sp, parts = (positions + kPositions - 1) / kPositions;
+      chunked_sum(executor, parts, ct * cs, gw, [&](std::int64_t p, Acc* dst, double beta, const CpuExecutor& inner) {
+        const std::int64_t i0 = p * kPositions, len = std::min(kPositions, positions - i0);
+        parallel_gemm(inner, true, false, ct, cs, len, 1.0, g + i0 * ct, ct, x + i0 * s.spatial_stride,
+                      s.spatial_stride, beta, dst, cs);
       });
     }
   } else {
     const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
     if (gx)
-      executor.run(units, 1, [&](std::int64_t u0, std::int64_t u1) {
-        std::vector<Acc> gg(group > 1 ? static_cast<std::size_t>(ct * group * sp) : 0),
-            dxg(group > 1 ? static_cast<std::size_t>(cs * group * sp) : 0);
-        for (std::int64_t u = u0; u < u1; ++u) {
-          const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
-          if (group == 1) {  // dX_n[Cs, S] = W^T G_n
-            gemm(true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp, sp);
-            continue;
-          }
-          // dX_g[Cs, g*S] = W^T G_g
-          pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
-          gemm(true, false, cs, cols, ct, 1.0, w, cs, gg.data(), cols, 0.0, dxg.data(), cols);
-          unpack_samples(dxg.data(), b0, count, cs, sp, gx);
-        }
-      });
-    if (gw && s.batch > 0) {  // dW = sum over units of G_g X_g^T
-      // Each task packs its units into scratch of its own (thread_local: tasks of one thread run
-      // one after another).
-      chunked_sum(executor, units, ct * cs, gw, [&](std::int64_t u, Acc* dst, double beta) {
+      for_units(executor, units, [&](std::int64_t u, const CpuExecutor& inner) {
         const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
-        if (group == 1) {
-          gemm(false, true, ct, cs, sp, 1.0, g + b0 * ct * sp, sp, x + b0 * s.batch_stride, s.channel_stride, beta,
-               dst, cs);
+        if (group == 1) {  // dX_n[Cs, S] = W^T G_n
+          parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp, sp);
           return;
         }
-        thread_local std::vector<Acc> gg, xg;
-        gg.resize(static_cast<std::size_t>(ct * cols));
-        xg.resize(static_cast<std::size_t>(cs * cols));
+        // dX_g[Cs, g*S] = W^T G_g
+        std::vector<Acc> gg(static_cast<std::size_t>(ct * cols)), dxg(static_cast<std::size_t>(cs * cols));
+        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
+        parallel_gemm(inner, true, false, cs, cols, ct, 1.0, w, cs, gg.data(), cols, 0.0, dxg.data(), cols);
+        unpack_samples(dxg.data(), b0, count, cs, sp, gx);
+      });
+    if (gw && s.batch > 0)  // dW = sum over units of G_g X_g^T
+      chunked_sum(executor, units, ct * cs, gw, [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor& inner) {
+        const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
+        if (group == 1) {
+          parallel_gemm(inner, false, true, ct, cs, sp, 1.0, g + b0 * ct * sp, sp, x + b0 * s.batch_stride,
+                        s.channel_stride, beta, dst, cs);
+          return;
+        }
+        std::vector<Acc> gg(static_cast<std::size_t>(ct * cols)), xg(static_cast<std::size_t>(cs * cols));
         pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
         pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
-        gemm(false, true, ct, cs, cols, 1.0, gg.data(), cols, xg.data(), cols, beta, dst, cs);
+        parallel_gemm(inner, false, true, ct, cs, cols, 1.0, gg.data(), cols, xg.data(), cols, beta, dst, cs);
       });
-    }
   }
-  if (a.grad_weight && s.batch == 0) std::memset(a.grad_weight, 0, sizeof(Acc) * ct * cs);
   if (a.grad_bias) {  // db[c] = sum over batch and space of G[., c, .]
     Acc* db = static_cast<Acc*>(a.grad_bias);
     executor.run(ct, 1, [&](std::int64_t begin, std::int64_t end) {
@@ -410,26 +469,35 @@ void similarity_preserving_cpu(const SimilarityPreservingArgs& args, const CpuEx
   detail::validate(args);
   if (args.rows == 0) return zero_loss(args.loss, args.is_double);
   const BlasOnCallerThreads blas_threads(executor);
-  if (args.is_double) similarity_preserving_typed<double>(args, executor);
-  else similarity_preserving_typed<float>(args, executor);
+  if (args.is_double) similarity_preserving_typed<double>(args, executor, gemm_executor(executor));
+  else similarity_preserving_typed<float>(args, executor, gemm_executor(executor));
 }
 
 void projected_feature_mse_cpu(const ProjectedFeatureMseArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
   const ProjectionShape& s = args.shape;
-  {
+  if (s.batch > 0) {
+    check_blas_sizes(s);
     const BlasOnCallerThreads blas_threads(executor);
-    if (s.is_double) project(s, static_cast<double*>(args.projection), executor);
-    else project(s, static_cast<float*>(args.projection), executor);
+    if (s.is_double) project(s, static_cast<double*>(args.projection), gemm_executor(executor));
+    else project(s, static_cast<float*>(args.projection), gemm_executor(executor));
   }
   feature_mse_cpu(detail::projection_error_args(args), executor);
 }
 
 void projection_backward_cpu(const ProjectionBackwardArgs& args, const CpuExecutor& executor) {
   detail::validate(args);
+  if (args.shape.batch == 0) {  // zero gradients for the weight and the bias, no BLAS call
+    const std::size_t size = args.shape.is_double ? sizeof(double) : sizeof(float);
+    const std::size_t ct = static_cast<std::size_t>(args.shape.out_channels);
+    if (args.grad_weight) std::memset(args.grad_weight, 0, size * ct * static_cast<std::size_t>(args.shape.in_channels));
+    if (args.grad_bias) std::memset(args.grad_bias, 0, size * ct);
+    return;
+  }
+  check_blas_sizes(args.shape);
   const BlasOnCallerThreads blas_threads(executor);
-  if (args.shape.is_double) projection_backward_typed<double>(args, executor);
-  else projection_backward_typed<float>(args, executor);
+  if (args.shape.is_double) projection_backward_typed<double>(args, gemm_executor(executor));
+  else projection_backward_typed<float>(args, gemm_executor(executor));
 }
 
 }  // namespace fusedkd

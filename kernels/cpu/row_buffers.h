@@ -150,8 +150,8 @@ void rows_max(const T* __restrict s, const T* __restrict t, std::int64_t cols, A
     const Acc sj = at<Acc>(s, j), tj = at<Acc>(t, j);
     ms = sj > ms ? sj : ms;
     mt = tj > mt ? tj : mt;
-    const Acc low = sj < tj ? sj : tj;
-    lo = low < lo ? low : lo;
+    lo = sj < lo ? sj : lo;  // each on its own: a NaN beside a -inf must not hide it
+    lo = tj < lo ? tj : lo;
   }
   max_s = ms;
   max_t = mt;
