@@ -2,8 +2,9 @@
 // cache. Compiled once per instruction set, like softmax_cpu.cpp.
 //
 // Per row: rows stored in the accumulation type are read where they lie, and so are a student and
-// a teacher both bfloat16 or both float16 (widened in the sweeps as they are read); other narrower
-// rows are converted once into scratch rows. The maxima, the statistics, the row sums and the
+// a teacher both bfloat16 or both float16 (widened in the sweeps as they are read; float16 only
+// where the instruction set converts it, kReadInPlace); other narrower rows are converted once
+// into scratch rows. The maxima, the statistics, the row sums and the
 // gradients are `omp simd` sweeps over them (the divergence is a template parameter, so each sweep
 // is one straight loop);
 // gradients go straight into the output, or through a scratch row converted once on store
@@ -451,7 +452,8 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
     with_divergence(a.divergence, [&](auto d) {
       if constexpr (std::is_same_v<Acc, float>) {
         if (a.student_dtype == a.teacher_dtype && a.student_dtype == DType::BFloat16) return rows(d, BFloat16{});
-        if (a.student_dtype == a.teacher_dtype && a.student_dtype == DType::Float16) return rows(d, Half{});
+        if (a.student_dtype == a.teacher_dtype && a.student_dtype == DType::Float16 && kReadInPlace<Half>)
+          return rows(d, Half{});
       }
       rows(d, Acc{});
     });

@@ -17,14 +17,21 @@
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
-// Every row is read where it lies, a narrower one (half, bfloat16) widened as the sweeps read it,
-// and every output is written once, narrowed as it is stored; the softmax's numerators are the
-// one thing kept between sweeps, in the output row itself (float, double) or in a scratch row.
-// The sweeps read and write through one index, so `input` and `output` may be the same row.
+// Every row is read where it lies, a bfloat16 one widened as the sweeps read it (float16 is
+// converted once into a scratch row instead: kSoftmaxReadsInPlace), and every
+// output is written once, narrowed as it is stored; the softmax's numerators are the one thing
+// kept between sweeps, in the output row itself (float, double) or in a scratch row. The sweeps
+// read and write through one index, so `input` and `output` may be the same row.
 // (Narrower rows used to be converted into a scratch row first and back after. Measured
 // 2026-11-30 in alternating runs, bfloat16 fwd+bwd: softmax_t at 512 x 32,000 7.6-7.9 -> 4.4-4.6 ms,
 // log_softmax_t 7.9-8.0 -> 4.8-4.9 ms; at 8192 x 1000 softmax_t 2.8-3.0 -> 2.4-2.5 ms,
 // log_softmax_t unchanged at 2.7 ms; float32 unchanged.)
+// Whether the sweeps read T in place here: not float16 in any copy, since GCC 12 leaves the
+// numerator loop scalar when it widens float16 as it reads (softmax_t float16 forward at
+// 512 x 32,000: 17.7 ms in place against 3.7-4.2 ms converted once, measured 2026-11-30).
+template <typename T>
+constexpr bool kSoftmaxReadsInPlace = kReadInPlace<T> && !std::is_same_v<T, Half>;
+
 template <typename T>
 void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t end) {
   using Acc = acc_t<T>;
@@ -32,69 +39,90 @@ void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t 
   const std::int64_t cols = a.cols;
   const Temperature<Acc> temp = Temperature<Acc>::of(a.temperature);
   Acc* scratch = kNarrow && a.kind == SoftmaxKind::Softmax ? scratch_row<Acc>(cols, 0) : nullptr;
+  Acc* converted = kSoftmaxReadsInPlace<T> ? nullptr : scratch_row<Acc>(cols, 1);
   for (std::int64_t r = begin; r < end; ++r) {
-    const T* in = static_cast<const T*>(a.input) + r * a.input_row_stride;
     T* out = static_cast<T*>(a.output) + r * cols;
-    const Acc m = row_max<Acc>(in, cols);
-    // The sum in blocks of kSumBlock, the total in double (row_buffers.h).
-    double sum = 0;
-    if (a.kind == SoftmaxKind::Softmax) {
-      Acc* numerators = output_row(out, scratch);
-      for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
-        const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
-        Acc block = 0;
+    // The row's sweeps, reading `in` (the row itself, or its converted copy).
+    const auto sweeps = [&](const auto* in) {
+      const Acc m = row_max<Acc>(in, cols);
+      // The sum in blocks of kSumBlock, the total in double (row_buffers.h).
+      double sum = 0;
+      if (a.kind == SoftmaxKind::Softmax) {
+        Acc* numerators = output_row(out, scratch);
+        for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
+          const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
+          Acc block = 0;
 #pragma omp simd reduction(+ : block)
-        for (std::int64_t j = j0; j < j1; ++j) {
-          numerators[j] = softmax_numerator(at<Acc>(in, j), m, temp.scale_log2);
-          block += numerators[j];
+          for (std::int64_t j = j0; j < j1; ++j) {
+            numerators[j] = softmax_numerator(at<Acc>(in, j), m, temp.scale_log2);
+            block += numerators[j];
+          }
+          sum += block;
         }
-        sum += block;
-      }
-      const Acc inv_sum = static_cast<Acc>(1.0 / sum);
+        const Acc inv_sum = static_cast<Acc>(1.0 / sum);
 #pragma omp simd
-      for (std::int64_t j = 0; j < cols; ++j) out[j] = StoreFromAcc<T>::apply(numerators[j] * inv_sum);
-    } else {
-      for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
-        const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
-        Acc block = 0;
+        for (std::int64_t j = 0; j < cols; ++j) out[j] = StoreFromAcc<T>::apply(numerators[j] * inv_sum);
+      } else {
+        for (std::int64_t j0 = 0; j0 < cols; j0 += kSumBlock) {
+          const std::int64_t j1 = j0 + kSumBlock < cols ? j0 + kSumBlock : cols;
+          Acc block = 0;
 #pragma omp simd reduction(+ : block)
-        for (std::int64_t j = j0; j < j1; ++j) block += softmax_sum_term(at<Acc>(in, j), m, temp.scale_log2);
-        sum += block;
-      }
-      const Acc log_sum = static_cast<Acc>(std::log(sum));
+          for (std::int64_t j = j0; j < j1; ++j) block += softmax_sum_term(at<Acc>(in, j), m, temp.scale_log2);
+          sum += block;
+        }
+        const Acc log_sum = static_cast<Acc>(std::log(sum));
 #pragma omp simd
-      for (std::int64_t j = 0; j < cols; ++j)
-        out[j] = StoreFromAcc<T>::apply(log_softmax_value(at<Acc>(in, j), m, temp.inv_t, log_sum));
+        for (std::int64_t j = 0; j < cols; ++j)
+          out[j] = StoreFromAcc<T>::apply(log_softmax_value(at<Acc>(in, j), m, temp.inv_t, log_sum));
+      }
+    };
+    const T* in = static_cast<const T*>(a.input) + r * a.input_row_stride;
+    if constexpr (kSoftmaxReadsInPlace<T>) {
+      sweeps(in);
+    } else {
+      load_row(in, cols, converted);
+      sweeps(static_cast<const Acc*>(converted));
     }
   }
 }
 
-// As forward_rows: rows read where they lie, the gradient written once.
+// As forward_rows: rows read where they lie (or converted once), the gradient written once.
 template <typename T>
 void backward_rows(const SoftmaxBackwardArgs& a, std::int64_t begin, std::int64_t end) {
   using Acc = acc_t<T>;
   const std::int64_t cols = a.cols;
   const Acc inv_t = Temperature<Acc>::of(a.temperature).inv_t;
+  Acc* converted_dy = kSoftmaxReadsInPlace<T> ? nullptr : scratch_row<Acc>(cols, 0);
+  Acc* converted_y = kSoftmaxReadsInPlace<T> ? nullptr : scratch_row<Acc>(cols, 1);
   for (std::int64_t r = begin; r < end; ++r) {
+    T* dx = static_cast<T*>(a.grad_input) + r * cols;
+    const auto sweeps = [&](const auto* dy, const auto* y) {
+      if (a.kind == SoftmaxKind::Softmax) {
+        double dot = 0;  // products of two floats are exact in double
+#pragma omp simd reduction(+ : dot)
+        for (std::int64_t j = 0; j < cols; ++j)
+          dot += static_cast<double>(at<Acc>(dy, j)) * static_cast<double>(at<Acc>(y, j));
+        const SplitSum<Acc> s = split_sum<Acc>(dot);
+#pragma omp simd
+        for (std::int64_t j = 0; j < cols; ++j)
+          dx[j] = StoreFromAcc<T>::apply(softmax_backward_value(at<Acc>(dy, j), at<Acc>(y, j), s.hi, s.lo, inv_t));
+      } else {
+        Acc sum_dy = 0;
+#pragma omp simd reduction(+ : sum_dy)
+        for (std::int64_t j = 0; j < cols; ++j) sum_dy += at<Acc>(dy, j);
+#pragma omp simd
+        for (std::int64_t j = 0; j < cols; ++j)
+          dx[j] = StoreFromAcc<T>::apply(log_softmax_backward_value(at<Acc>(dy, j), at<Acc>(y, j), sum_dy, inv_t));
+      }
+    };
     const T* dy = static_cast<const T*>(a.grad_output) + r * a.grad_output_row_stride;
     const T* y = static_cast<const T*>(a.output) + r * a.output_row_stride;
-    T* dx = static_cast<T*>(a.grad_input) + r * cols;
-    if (a.kind == SoftmaxKind::Softmax) {
-      double dot = 0;  // products of two floats are exact in double
-#pragma omp simd reduction(+ : dot)
-      for (std::int64_t j = 0; j < cols; ++j)
-        dot += static_cast<double>(at<Acc>(dy, j)) * static_cast<double>(at<Acc>(y, j));
-      const SplitSum<Acc> s = split_sum<Acc>(dot);
-#pragma omp simd
-      for (std::int64_t j = 0; j < cols; ++j)
-        dx[j] = StoreFromAcc<T>::apply(softmax_backward_value(at<Acc>(dy, j), at<Acc>(y, j), s.hi, s.lo, inv_t));
+    if constexpr (kSoftmaxReadsInPlace<T>) {
+      sweeps(dy, y);
     } else {
-      Acc sum_dy = 0;
-#pragma omp simd reduction(+ : sum_dy)
-      for (std::int64_t j = 0; j < cols; ++j) sum_dy += at<Acc>(dy, j);
-#pragma omp simd
-      for (std::int64_t j = 0; j < cols; ++j)
-        dx[j] = StoreFromAcc<T>::apply(log_softmax_backward_value(at<Acc>(dy, j), at<Acc>(y, j), sum_dy, inv_t));
+      load_row(dy, cols, converted_dy);
+      load_row(y, cols, converted_y);
+      sweeps(static_cast<const Acc*>(converted_dy), static_cast<const Acc*>(converted_y));
     }
   }
 }
