@@ -215,6 +215,15 @@ void load_rows_transposed(const T* __restrict src, std::int64_t stride, int rows
       return;
     }
   }
+  if constexpr (std::is_same_v<T, Acc>) {
+    if (rows == L) {  // a full group: a vector gather per element j
+      const int lanes = opaque_lane_count();
+      for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+        for (int l = 0; l < lanes; ++l) dst[j * L + l] = src[l * stride + j];
+      return;
+    }
+  }
   for (int l = 0; l < L; ++l)
     for (std::int64_t j = 0; j < cols; ++j)
       dst[j * L + l] = l < rows ? static_cast<Acc>(load_as_acc(src[l * stride + j])) : Acc(0);
@@ -231,6 +240,15 @@ void store_rows_transposed(const Acc* __restrict src, int rows, std::int64_t col
       for (std::int64_t j = 0; j < cols; ++j) rows_back[l * cols + j] = src[j * L + l];
     store_row(rows_back, rows * cols, dst);
     return;
+  }
+  if constexpr (std::is_same_v<T, Acc>) {
+    if (rows == L) {  // a full group: a vector scatter per element j
+      const int lanes = opaque_lane_count();
+      for (std::int64_t j = 0; j < cols; ++j)
+#pragma omp simd
+        for (int l = 0; l < lanes; ++l) dst[l * cols + j] = src[j * L + l];
+      return;
+    }
   }
   for (int l = 0; l < rows; ++l)
     for (std::int64_t j = 0; j < cols; ++j)
