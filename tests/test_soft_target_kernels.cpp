@@ -168,6 +168,52 @@ SoftTargetArgs contiguous_args(const Buffer& s, const Buffer& t, std::int64_t R,
   return args;
 }
 
+// Rows further apart than their length (logits sliced from a wider tensor), each side its own
+// stride: the loss and gradients of the contiguous rows, for float32 and for 16-bit pairs, which
+// the CPU reads where they lie.
+TEST(SoftTargetLauncher, StridedRowsGiveTheContiguousResult) {
+  const std::int64_t R = 9, V = 1500, pad_s = 3, pad_t = 7;
+  for (DType dtype : {DType::Float32, DType::BFloat16, DType::Float16}) {
+    const std::vector<double> sv = random_logits(R, V, 11), tv = random_logits(R, V, 12);
+    std::vector<double> s_wide(R * (V + pad_s), 0.0), t_wide(R * (V + pad_t), 0.0);
+    for (std::int64_t r = 0; r < R; ++r)
+      for (std::int64_t j = 0; j < V; ++j) {
+        s_wide[r * (V + pad_s) + j] = sv[r * V + j];
+        t_wide[r * (V + pad_t) + j] = tv[r * V + j];
+      }
+    std::vector<std::int64_t> labels(R);
+    for (std::int64_t r = 0; r < R; ++r) labels[r] = r % 4 == 3 ? -100 : (r * 131) % V;
+    const auto run = [&](const std::vector<double>& s_values, const std::vector<double>& t_values,
+                         std::int64_t s_stride, std::int64_t t_stride) {
+      const Buffer s = Buffer::from(dtype, s_values), t = Buffer::from(dtype, t_values);
+      Buffer loss(DType::Float32, 1), gs(dtype, R * V), gt(dtype, R * V);
+      SoftTargetArgs args;
+      args.student = s.bytes.data();
+      args.teacher = t.bytes.data();
+      args.student_dtype = args.teacher_dtype = dtype;
+      args.student_row_stride = s_stride;
+      args.teacher_row_stride = t_stride;
+      args.rows = R;
+      args.cols = V;
+      args.temperature = 2.0;
+      args.labels = labels.data();
+      args.hard_scale = 0.5;
+      args.loss = loss.bytes.data();
+      args.grad_student = gs.bytes.data();
+      args.grad_teacher = gt.bytes.data();
+      std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
+      args.workspace = workspace.data();
+      soft_target_loss_cpu(args);
+      std::vector<double> out = loss.values();
+      for (const Buffer* g : {&gs, &gt})
+        for (double v : g->values()) out.push_back(v);
+      return out;
+    };
+    const std::vector<double> contiguous = run(sv, tv, V, V), strided = run(s_wide, t_wide, V + pad_s, V + pad_t);
+    EXPECT_LT(relative_error(strided, contiguous, 1e-6), 1e-5) << dtype_name(dtype);
+  }
+}
+
 TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
   const std::int64_t R = 97, V = 300;
   const Buffer s = Buffer::from(DType::Float32, random_logits(R, V, 1));
