@@ -312,6 +312,76 @@ TEST_P(FeatureKernel, SimilarityPreservingMatchesReference) {
   }
 }
 
+// A float64 projection's random inputs (x, w, b, t from seeds seed..seed+3) and its outputs: the
+// loss, y, the teacher's gradient and dX, dW, db.
+struct ProjectionRun {
+  Buffer x, w, b, t;
+  Buffer loss, projection, grad_teacher, grad_x, grad_w, grad_b;
+};
+
+// projected_feature_mse then projection_backward on `backend`, for [batch, cs, spatial] float64
+// maps (channels-first or channels-last) and a [ct, cs] weight; the bias when `with_bias`.
+ProjectionRun run_projection(Backend backend, std::int64_t batch, std::int64_t cs, std::int64_t ct,
+                             std::int64_t spatial, bool channels_last, bool with_bias, unsigned seed) {
+  const std::int64_t nx = batch * cs * spatial, ny = batch * ct * spatial;
+  ProjectedFeatureMseArgs args;
+  args.shape.batch = batch;
+  args.shape.in_channels = cs;
+  args.shape.out_channels = ct;
+  args.shape.spatial = spatial;
+  args.shape.channels_last = channels_last;
+  args.shape.channel_stride = channels_last ? 1 : spatial;
+  args.shape.spatial_stride = channels_last ? cs : 1;
+  args.shape.batch_stride = cs * spatial;
+  args.shape.is_double = true;
+  args.teacher_dtype = DType::Float64;
+  args.scale = 1.0 / ny;
+  ProjectionRun r{Buffer::from(DType::Float64, random_values(nx, seed)),
+                  Buffer::from(DType::Float64, random_values(ct * cs, seed + 1)),
+                  Buffer::from(DType::Float64, random_values(ct, seed + 2)),
+                  Buffer::from(DType::Float64, random_values(ny, seed + 3)),
+                  Buffer(DType::Float64, 1),
+                  Buffer(DType::Float64, ny),
+                  Buffer(DType::Float64, ny),
+                  Buffer(DType::Float64, nx),
+                  Buffer(DType::Float64, ct * cs),
+                  Buffer(DType::Float64, ct)};
+  r.grad_x.poison();
+  r.grad_w.poison();
+  r.grad_b.poison();
+  run_on_backend(backend, {&r.x, &r.w, &r.b, &r.t},
+                 {&r.loss, &r.projection, &r.grad_teacher, &r.grad_x, &r.grad_w, &r.grad_b},
+                 projected_feature_mse_workspace_bytes(args),
+                 [&](const auto& in, const auto& out, void* workspace, void*) {
+                   ProjectedFeatureMseArgs a = args;
+                   a.shape.student = in[0];
+                   a.shape.weight = in[1];
+                   a.bias = with_bias ? in[2] : nullptr;
+                   a.teacher = in[3];
+                   a.loss = out[0];
+                   a.projection = out[1];
+                   a.grad_teacher = out[2];
+                   a.workspace = workspace;
+                   ProjectionBackwardArgs back;
+                   back.shape = a.shape;
+                   back.grad_projection = out[1];
+                   back.grad_student = out[3];
+                   back.grad_weight = out[4];
+                   back.grad_bias = out[5];
+                   if (backend == Backend::Cpu) {
+                     projected_feature_mse_cpu(a);
+                     projection_backward_cpu(back);
+                   } else {
+  #if FUSEDKD_WITH_CUDA
+                     Cublas blas;
+                     projected_feature_mse_cuda(a, blas.handle);
+                     projection_backward_cuda(back, blas.handle);
+  #endif
+                   }
+                 });
+  return r;
+}
+
 TEST_P(FeatureKernel, ProjectionMatchesReference) {
   const Backend backend = GetParam();
   const std::int64_t cs = 5, ct = 4;
@@ -323,59 +393,10 @@ TEST_P(FeatureKernel, ProjectionMatchesReference) {
     for (const bool channels_last : {false, true}) {
       for (const bool with_bias : {false, true}) {
         const std::int64_t nx = batch * cs * spatial, ny = batch * ct * spatial;
-        const Buffer x = Buffer::from(DType::Float64, random_values(nx, 31));
-        const Buffer w = Buffer::from(DType::Float64, random_values(ct * cs, 32));
-        const Buffer b = Buffer::from(DType::Float64, random_values(ct, 33));
-        const Buffer t = Buffer::from(DType::Float64, random_values(ny, 34));
         const double scale = 1.0 / ny;
-        ProjectionShape shape;
-        shape.batch = batch;
-        shape.in_channels = cs;
-        shape.out_channels = ct;
-        shape.spatial = spatial;
-        shape.channels_last = channels_last;
-        shape.channel_stride = channels_last ? 1 : spatial;
-        shape.spatial_stride = channels_last ? cs : 1;
-        shape.batch_stride = cs * spatial;
-        shape.is_double = true;
-        Buffer loss(DType::Float64, 1), projection(DType::Float64, ny), gt(DType::Float64, ny);
-        Buffer gx(DType::Float64, nx), gw(DType::Float64, ct * cs), gb(DType::Float64, ct);
-        gx.poison();
-        gw.poison();
-        gb.poison();
-        ProjectedFeatureMseArgs args;
-        args.shape = shape;
-        args.teacher_dtype = DType::Float64;
-        args.scale = scale;
-        run_on_backend(backend, {&x, &w, &b, &t}, {&loss, &projection, &gt, &gx, &gw, &gb},
-                       projected_feature_mse_workspace_bytes(args),
-                       [&](const auto& in, const auto& out, void* workspace, void*) {
-                         ProjectedFeatureMseArgs a = args;
-                         a.shape.student = in[0];
-                         a.shape.weight = in[1];
-                         a.bias = with_bias ? in[2] : nullptr;
-                         a.teacher = in[3];
-                         a.loss = out[0];
-                         a.projection = out[1];
-                         a.grad_teacher = out[2];
-                         a.workspace = workspace;
-                         ProjectionBackwardArgs back;
-                         back.shape = a.shape;
-                         back.grad_projection = out[1];
-                         back.grad_student = out[3];
-                         back.grad_weight = out[4];
-                         back.grad_bias = out[5];
-                         if (backend == Backend::Cpu) {
-                           projected_feature_mse_cpu(a);
-                           projection_backward_cpu(back);
-                         } else {
-  #if FUSEDKD_WITH_CUDA
-                           Cublas blas;
-                           projected_feature_mse_cuda(a, blas.handle);
-                           projection_backward_cuda(back, blas.handle);
-  #endif
-                         }
-                       });
+        const ProjectionRun run = run_projection(backend, batch, cs, ct, spatial, channels_last, with_bias, 31);
+        const Buffer &x = run.x, &w = run.w, &b = run.b, &t = run.t;
+        const Buffer &loss = run.loss, &gt = run.grad_teacher, &gx = run.grad_x, &gw = run.grad_w, &gb = run.grad_b;
         // y[n, o, k] = sum_c W[o, c] x[n, c, k] + b[o], in each side's layout.
         const auto reference = [&](const std::vector<double>& xv, const std::vector<double>& wv,
                                    const std::vector<double>& bv, const std::vector<double>& tv) {
@@ -426,57 +447,10 @@ TEST_P(FeatureKernel, ProjectionOfManySamplesMatchesClosedForm) {
     const std::int64_t batch = size.first, spatial = size.second;
     for (const bool channels_last : {false, true}) {
       const std::int64_t nx = batch * cs * spatial, ny = batch * ct * spatial;
-      const Buffer x = Buffer::from(DType::Float64, random_values(nx, 41));
-      const Buffer w = Buffer::from(DType::Float64, random_values(ct * cs, 42));
-      const Buffer b = Buffer::from(DType::Float64, random_values(ct, 43));
-      const Buffer t = Buffer::from(DType::Float64, random_values(ny, 44));
       const double scale = 1.0 / ny;
-      ProjectedFeatureMseArgs args;
-      args.shape.batch = batch;
-      args.shape.in_channels = cs;
-      args.shape.out_channels = ct;
-      args.shape.spatial = spatial;
-      args.shape.channels_last = channels_last;
-      args.shape.channel_stride = channels_last ? 1 : spatial;
-      args.shape.spatial_stride = channels_last ? cs : 1;
-      args.shape.batch_stride = cs * spatial;
-      args.shape.is_double = true;
-      args.teacher_dtype = DType::Float64;
-      args.scale = scale;
-      Buffer loss(DType::Float64, 1), projection(DType::Float64, ny);
-      Buffer gx(DType::Float64, nx), gw(DType::Float64, ct * cs), gb(DType::Float64, ct);
-      gx.poison();
-      gw.poison();
-      gb.poison();
-      run_on_backend(backend, {&x, &w, &b, &t}, {&loss, &projection, &gx, &gw, &gb},
-                     projected_feature_mse_workspace_bytes(args),
-                     [&](const auto& in, const auto& out, void* workspace, void*) {
-                       ProjectedFeatureMseArgs a = args;
-                       a.shape.student = in[0];
-                       a.shape.weight = in[1];
-                       a.bias = in[2];
-                       a.teacher = in[3];
-                       a.loss = out[0];
-                       a.projection = out[1];
-                       a.workspace = workspace;
-                       ProjectionBackwardArgs back;
-                       back.shape = a.shape;
-                       back.grad_projection = out[1];
-                       back.grad_student = out[2];
-                       back.grad_weight = out[3];
-                       back.grad_bias = out[4];
-                       if (backend == Backend::Cpu) {
-                         projected_feature_mse_cpu(a);
-                         projection_backward_cpu(back);
-                       } else {
-  #if FUSEDKD_WITH_CUDA
-                         Cublas blas;
-                         projected_feature_mse_cuda(a, blas.handle);
-                         projection_backward_cuda(back, blas.handle);
-  #endif
-                       }
-                     });
-      const std::vector<double> xv = x.values(), wv = w.values(), bv = b.values(), tv = t.values();
+      const ProjectionRun run = run_projection(backend, batch, cs, ct, spatial, channels_last, true, 41);
+      const Buffer &loss = run.loss, &gx = run.grad_x, &gw = run.grad_w, &gb = run.grad_b;
+      const std::vector<double> xv = run.x.values(), wv = run.w.values(), bv = run.b.values(), tv = run.t.values();
       std::vector<double> ref_gx(nx, 0.0), ref_gw(ct * cs, 0.0), ref_gb(ct, 0.0);
       double ref_loss = 0;
       for (std::int64_t n = 0; n < batch; ++n)

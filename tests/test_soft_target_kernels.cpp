@@ -156,7 +156,7 @@ std::vector<float> run_in_tasks(SoftTargetArgs args, std::int64_t task_rows, boo
   return loss;
 }
 
-// Launcher arguments for contiguous float32 [R, V] student and teacher buffers.
+// Launcher arguments for contiguous [R, V] student and teacher buffers (float32 unless set).
 SoftTargetArgs contiguous_args(const Buffer& s, const Buffer& t, std::int64_t R, std::int64_t V, double T) {
   SoftTargetArgs args;
   args.student = s.bytes.data();
@@ -187,15 +187,10 @@ TEST(SoftTargetLauncher, StridedRowsGiveTheContiguousResult) {
                          std::int64_t s_stride, std::int64_t t_stride) {
       const Buffer s = Buffer::from(dtype, s_values), t = Buffer::from(dtype, t_values);
       Buffer loss(DType::Float32, 1), gs(dtype, R * V), gt(dtype, R * V);
-      SoftTargetArgs args;
-      args.student = s.bytes.data();
-      args.teacher = t.bytes.data();
+      SoftTargetArgs args = contiguous_args(s, t, R, V, 2.0);
       args.student_dtype = args.teacher_dtype = dtype;
       args.student_row_stride = s_stride;
       args.teacher_row_stride = t_stride;
-      args.rows = R;
-      args.cols = V;
-      args.temperature = 2.0;
       args.labels = labels.data();
       args.hard_scale = 0.5;
       args.loss = loss.bytes.data();
