@@ -11,7 +11,9 @@ namespace fusedkd {
 struct CpuExecutor {
   using Body = std::function<void(std::int64_t begin, std::int64_t end)>;
   // Calls body(begin, end) over disjoint ranges covering [0, n), each at least `grain` long
-  // except the last. Empty: the library's default (OpenMP, or serial without it).
+  // except the last. Empty: the library's default (OpenMP, or serial without it). An exception a
+  // body throws reaches the caller of run (the default rethrows the first one once every thread
+  // has stopped; a pool handed in must do the same, as at::parallel_for does).
   std::function<void(std::int64_t n, std::int64_t grain, const Body& body)> parallel_for;
 
   void run(std::int64_t n, std::int64_t grain, const Body& body) const;

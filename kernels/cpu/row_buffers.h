@@ -117,7 +117,6 @@ void output_row_done(const Acc* row, std::int64_t cols, void* base, DType dtype,
   });
 }
 
-
 // Element j of a row stored as T, in the accumulation type (a 16-bit row widened as it is read).
 template <typename Acc, typename T>
 inline __attribute__((always_inline)) Acc at(const T* row, std::int64_t j) {

@@ -4,12 +4,11 @@
 // Per row: rows stored in the accumulation type are read where they lie, and so are a student and
 // a teacher both bfloat16 or both float16 (widened in the sweeps as they are read; float16 only
 // where the instruction set converts it, kReadInPlace); other narrower rows are converted once
-// into scratch rows. The maxima, the statistics, the row sums and the
-// gradients are `omp simd` sweeps over them (the divergence is a template parameter, so each sweep
-// is one straight loop);
+// into scratch rows. The maxima, the statistics, the row sums and the gradients are `omp simd`
+// sweeps over them (the divergence is a template parameter, so each sweep is one straight loop);
 // gradients go straight into the output, or through a scratch row converted once on store
-// (process_row). Rows of up to 31 elements go 16 at a time, transposed,
-// so that the same sweeps vectorise across rows (process_short_rows). Row losses land in a
+// (process_row). Rows of up to 31 elements go 16 at a time, transposed, so that the same sweeps
+// vectorise across rows (process_short_rows). Row losses land in a
 // per-row buffer that is summed afterwards in row order, so the total does not depend on how rows
 // were split across threads.
 #include <algorithm>
