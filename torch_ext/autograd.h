@@ -28,6 +28,7 @@
 
 #include <vector>
 
+#include "outputs.h"
 #include "scale_grad.h"
 
 namespace fusedkd::torch_ext {
@@ -111,7 +112,7 @@ class GradientFromForward : public torch::autograd::Function<GradientFromForward
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       if (!present[i]) continue;
       const auto dtype = static_cast<at::ScalarType>(dtypes.get(given_grads.size()));
-      given_grads.push_back(needs[i] ? grads[i].to(dtype) : at::Tensor());
+      given_grads.push_back(needs[i] ? converted_output(grads[i], dtype) : at::Tensor());
     }
     given_grads.resize(given_grads.size() + 3);
     return given_grads;

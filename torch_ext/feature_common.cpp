@@ -40,7 +40,7 @@ bool has_layout(const at::Tensor& x, bool channels_last) {
 
 at::Tensor to_layout(const at::Tensor& x, bool channels_last, at::ScalarType dtype) {
   if (x.scalar_type() == dtype && has_layout(x, channels_last)) return x;
-  return at::empty_strided(x.sizes(), layout_strides(x.sizes(), channels_last), x.options().dtype(dtype)).copy_(x);
+  return empty_strided_output(x.sizes(), layout_strides(x.sizes(), channels_last), x.options().dtype(dtype)).copy_(x);
 }
 
 at::Tensor empty_layout(at::IntArrayRef sizes, bool channels_last, const at::TensorOptions& options) {

@@ -22,8 +22,8 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
   // are returned as their inputs' gradient buffers).
   const DTypePair used = backend.compute_dtypes(kernel_dtype(kernel_input_type(student, grad_student)),
                                                 kernel_dtype(kernel_input_type(teacher, grad_teacher)));
-  const at::Tensor s = (student.is_non_overlapping_and_dense() ? student : student.contiguous())
-                           .to(scalar_type(used.student));  // strides kept
+  const at::Tensor s = converted_output(student.is_non_overlapping_and_dense() ? student : student.contiguous(),
+                                        scalar_type(used.student));  // strides kept
   const at::ScalarType teacher_type = scalar_type(used.teacher);
   at::Tensor t = teacher;
   if (teacher_type != teacher.scalar_type() || !teacher.is_non_overlapping_and_dense() ||

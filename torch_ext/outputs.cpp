@@ -61,6 +61,12 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
                                    c10::typeMetaToScalarType(options.dtype()), at::MemoryFormat::Contiguous);
 }
 
+at::Tensor converted_output(const at::Tensor& x, at::ScalarType type) {
+  if (x.scalar_type() == type) return x;
+  if (!x.is_contiguous()) return x.to(type);  // its layout kept, as Tensor::to does
+  return empty_output(x.sizes(), x.options().dtype(type)).copy_(x);
+}
+
 at::Tensor empty_strided_output(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options) {
   const std::size_t bytes = at::detail::computeStorageNbytes(sizes, strides, options.dtype().itemsize());
   if (!use_huge_pages(options, bytes)) return at::empty_strided(sizes, strides, options);

@@ -19,7 +19,7 @@ int64_t features_per_sample(const at::Tensor& x) {
 
 // x as [N, D] rows of `dtype` with contiguous elements.
 at::Tensor feature_rows(const at::Tensor& x, at::ScalarType dtype) {
-  at::Tensor rows = x.to(dtype).reshape({x.size(0), features_per_sample(x)});
+  at::Tensor rows = converted_output(x, dtype).reshape({x.size(0), features_per_sample(x)});
   if (rows.size(1) > 1 && (rows.stride(1) != 1 || rows.stride(0) < rows.size(1))) rows = rows.contiguous();
   if (rows.size(1) == 1 && rows.stride(0) < 1) rows = rows.contiguous();
   return rows;

@@ -48,8 +48,8 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   const DType student_dtype = kernel_dtype(kernel_input_type(student, grad_student)),
               teacher_dtype = kernel_dtype(kernel_input_type(teacher, grad_teacher));
   const DTypePair used = backend.compute_dtypes(student_dtype, teacher_dtype);
-  const at::Tensor student_used = student.to(scalar_type(used.student));  // the same tensor when unchanged
-  const at::Tensor teacher_used = teacher.to(scalar_type(used.teacher));
+  const at::Tensor student_used = converted_output(student, scalar_type(used.student));  // itself when unchanged
+  const at::Tensor teacher_used = converted_output(teacher, scalar_type(used.teacher));
   const RowView s = row_view(student_used);
   const RowView t = row_view(teacher_used);
   const auto loss_options = student.options().dtype(loss_scalar_type({student.scalar_type(), teacher.scalar_type()}));
