@@ -63,7 +63,13 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
 
 at::Tensor converted_output(const at::Tensor& x, at::ScalarType type) {
   if (x.scalar_type() == type) return x;
-  if (!x.is_contiguous()) return x.to(type);  // its layout kept, as Tensor::to does
+  // A tensor that wraps another (functionalization and fake tensors while torch.compile traces,
+  // vmap, a Python subclass) goes through the dispatcher: the allocator below makes a plain CPU
+  // tensor, which such a trace cannot take.
+  constexpr c10::DispatchKeySet kWrappers({c10::DispatchKey::Functionalize, c10::DispatchKey::Python,
+                                           c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::FuncTorchBatched,
+                                           c10::DispatchKey::BatchedNestedTensor, c10::DispatchKey::FuncTorchGradWrapper});
+  if (!x.is_contiguous() || x.key_set().has_any(kWrappers)) return x.to(type);  // (Tensor::to keeps the layout)
   return empty_output(x.sizes(), x.options().dtype(type)).copy_(x);
 }
 

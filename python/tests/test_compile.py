@@ -80,3 +80,35 @@ def test_compiled_training_step_matches_eager(name):
         assert (g is None) == (e is None)
         if g is not None:
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["kd_loss", "feature_mse"])
+def test_compiled_float16_gradient_through_a_large_conversion(op):
+    """A float16 input whose gradient is wanted is read as float32 and its gradient cast back; eager,
+    such copies of 32 MiB and more come from fusedkd's huge-page allocator, which must not be used
+    on the functional tensors the compiled backward is traced with (here the float16 gradient the
+    backward casts to is over 32 MiB)."""
+    import fusedkd
+
+    torch._dynamo.reset()
+    if op == "kd_loss":
+        s = (torch.randn(544, 32768) * 2).half().requires_grad_()  # 35.7 MB (the cast gradient)
+        t = (torch.randn(544, 32768) * 2).half()
+        y = torch.randint(0, 32768, (544,))
+
+        def loss(s):
+            return fusedkd.kd_loss(s, t, y, temperature=2.0) * 3.0
+    else:
+        s = torch.randn(128, 64, 48, 48).half().requires_grad_()  # 37.7 MB (the cast gradient)
+        t = torch.randn(128, 64, 48, 48).half()
+
+        def loss(s):
+            return fusedkd.feature_mse(s, t) * 3.0
+    eager, = torch.autograd.grad(loss(s), [s])
+    # Inductor's AOT autograd traces the backward with functional tensors at compile time (the
+    # "aot_eager" backend did not reach the conversion); no cache may stand in for that trace.
+    with torch._functorch.config.patch(enable_autograd_cache=False), \
+            torch._inductor.config.patch(fx_graph_cache=False):
+        compiled, = torch.autograd.grad(torch.compile(loss, fullgraph=True)(s), [s])
+    assert compiled.dtype == torch.float16
+    assert torch.equal(compiled, eager)
