@@ -17,6 +17,12 @@
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
 
+// Whether the sweeps read T in place here: not float16 in any copy, since GCC 12 leaves the
+// numerator loop scalar when it widens float16 as it reads (softmax_t float16 forward at
+// 512 x 32,000: 17.7 ms in place against 3.7-4.2 ms converted once, measured 2026-11-30).
+template <typename T>
+constexpr bool kSoftmaxReadsInPlace = kReadInPlace<T> && !std::is_same_v<T, Half>;
+
 // Every row is read where it lies, a bfloat16 one widened as the sweeps read it (float16 is
 // converted once into a scratch row instead: kSoftmaxReadsInPlace), and every
 // output is written once, narrowed as it is stored; the softmax's numerators are the one thing
@@ -26,12 +32,6 @@ namespace {
 // 2026-11-30 in alternating runs, bfloat16 fwd+bwd: softmax_t at 512 x 32,000 7.6-7.9 -> 4.4-4.6 ms,
 // log_softmax_t 7.9-8.0 -> 4.8-4.9 ms; at 8192 x 1000 softmax_t 2.8-3.0 -> 2.4-2.5 ms,
 // log_softmax_t unchanged at 2.7 ms; float32 unchanged.)
-// Whether the sweeps read T in place here: not float16 in any copy, since GCC 12 leaves the
-// numerator loop scalar when it widens float16 as it reads (softmax_t float16 forward at
-// 512 x 32,000: 17.7 ms in place against 3.7-4.2 ms converted once, measured 2026-11-30).
-template <typename T>
-constexpr bool kSoftmaxReadsInPlace = kReadInPlace<T> && !std::is_same_v<T, Half>;
-
 template <typename T>
 void forward_rows(const SoftmaxForwardArgs& a, std::int64_t begin, std::int64_t end) {
   using Acc = acc_t<T>;
