@@ -15,9 +15,10 @@ namespace fusedkd::torch_ext {
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 at::Tensor empty_strided_output(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options);
 
-// x in dtype `type`: x itself when it already is, else a converted copy (from empty_output when x
-// is contiguous, else Tensor::to, which keeps its layout), so that a large conversion made at every call (a float16 input read as
-// float32 for its gradient, the float32 gradient cast back) is not faulted in page by page.
+// x in dtype `type`: x itself when it already is, else a converted copy: from empty_output when x
+// is a contiguous plain tensor, so that a large conversion made at every call (a float16 input
+// read as float32 for its gradient, the float32 gradient cast back) is not faulted in page by
+// page; else Tensor::to (which keeps the layout, and dispatches a traced or wrapped tensor).
 at::Tensor converted_output(const at::Tensor& x, at::ScalarType type);
 
 // 32 MiB: glibc's largest mmap threshold. Smaller blocks come from its heap, which a training loop
