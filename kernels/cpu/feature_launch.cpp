@@ -157,18 +157,21 @@ const CpuExecutor& gemm_executor(const CpuExecutor& executor) {
 // Work in `units` (samples, groups of samples, parts of a sum): many of them are shared out among
 // the threads, each unit's GEMMs on one thread (inner = serial); a few (fewer than
 // kParallelUnits) go one after another, each unit's GEMMs split over the threads (inner = the
-// executor). Which way depends on the shape alone, and every GEMM is cut in the same fixed parts
+// executor). unit(u, inner, scratch): `scratch` is the task's, kept from unit to unit (it grows
+// once, not an allocation per unit). Which way depends on the shape alone, and every GEMM is cut in the same fixed parts
 // either way (parallel_gemm), so the bits do not depend on the thread count.
 constexpr std::int64_t kParallelUnits = 8;
 
-template <typename Unit>
+template <typename Acc, typename Unit>
 void for_units(const CpuExecutor& executor, std::int64_t units, const Unit& unit) {
   if (units >= kParallelUnits) {
     executor.run(units, 1, [&](std::int64_t u0, std::int64_t u1) {
-      for (std::int64_t u = u0; u < u1; ++u) unit(u, serial_executor());
+      std::vector<Acc> scratch;
+      for (std::int64_t u = u0; u < u1; ++u) unit(u, serial_executor(), scratch);
     });
   } else {
-    for (std::int64_t u = 0; u < units; ++u) unit(u, executor);
+    std::vector<Acc> scratch;
+    for (std::int64_t u = 0; u < units; ++u) unit(u, executor, scratch);
   }
 }
 
@@ -203,7 +206,8 @@ void parallel_gemm(const CpuExecutor& executor, bool trans_a, bool trans_b, std:
 }
 
 // A sum over `units` of per-unit products into C[count] (count values): unit_product(u, dst, beta,
-// inner) writes (beta 0) or adds (beta 1) unit u's product into dst, its GEMMs on `inner`. The
+// inner, scratch) writes (beta 0) or adds (beta 1) unit u's product into dst, its GEMMs on `inner`
+// (`scratch` as for_units'). The
 // units go in a fixed number of chunks (at most kSumChunks, fewer when C is large), each summed in
 // unit order into a partial of its own, the chunks shared out among the threads; the partials are
 // then added in chunk order. With one chunk (few units, or a C too large for partials) the units
@@ -219,15 +223,17 @@ void chunked_sum(const CpuExecutor& executor, std::int64_t units, std::int64_t c
   const std::int64_t chunks = units >= kParallelUnits ? std::max<std::int64_t>(1, std::min({kSumChunks, units, by_memory}))
                                                       : 1;
   if (chunks == 1) {
-    for (std::int64_t u = 0; u < units; ++u) unit_product(u, c, u == 0 ? 0.0 : 1.0, executor);
+    std::vector<Acc> scratch;
+    for (std::int64_t u = 0; u < units; ++u) unit_product(u, c, u == 0 ? 0.0 : 1.0, executor, scratch);
     return;
   }
   std::vector<Acc> partials(static_cast<std::size_t>((chunks - 1) * count));
   executor.run(chunks, 1, [&](std::int64_t c0, std::int64_t c1) {
+    std::vector<Acc> scratch;
     for (std::int64_t chunk = c0; chunk < c1; ++chunk) {
       Acc* dst = chunk == 0 ? c : partials.data() + (chunk - 1) * count;
       const std::int64_t u0 = units * chunk / chunks, u1 = units * (chunk + 1) / chunks;
-      for (std::int64_t u = u0; u < u1; ++u) unit_product(u, dst, u == u0 ? 0.0 : 1.0, serial_executor());
+      for (std::int64_t u = u0; u < u1; ++u) unit_product(u, dst, u == u0 ? 0.0 : 1.0, serial_executor(), scratch);
     }
   });
   executor.run(count, cpu::kTaskElements, [&](std::int64_t i0, std::int64_t i1) {
@@ -246,7 +252,7 @@ void gram(const CpuExecutor& executor, std::int64_t n, std::int64_t k, const Acc
   constexpr std::int64_t kColumns = 1024;  // per SYRK call
   const int ni = detail::blas_int(n, "n"), ldi = detail::blas_int(ld, "lda");
   const std::int64_t units = std::max<std::int64_t>(1, (k + kColumns - 1) / kColumns);
-  chunked_sum(executor, units, n * n, g, [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor&) {
+  chunked_sum(executor, units, n * n, g, [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor&, auto&) {
     const std::int64_t k0 = u * kColumns, len = std::min(kColumns, k - k0);
     const int ki = detail::blas_int(std::max<std::int64_t>(len, 0), "k");
     if constexpr (std::is_same_v<Acc, double>) {
@@ -359,7 +365,7 @@ void project(const ProjectionShape& s, Acc* y, const CpuExecutor& executor) {
     return;
   }
   const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
-  for_units(executor, units, [&](std::int64_t u, const CpuExecutor& inner) {
+  for_units<Acc>(executor, units, [&](std::int64_t u, const CpuExecutor& inner, std::vector<Acc>& scratch) {
     const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
     if (group == 1) {  // Y_n[Ct, S] = W X_n[Cs, S]
       parallel_gemm(inner, false, false, ct, sp, cs, 1.0, w, cs, x + b0 * s.batch_stride, s.channel_stride, 0.0,
@@ -367,10 +373,11 @@ void project(const ProjectionShape& s, Acc* y, const CpuExecutor& executor) {
       return;
     }
     // Y_g[Ct, g*S] = W X_g[Cs, g*S]
-    std::vector<Acc> xg(static_cast<std::size_t>(cs * cols)), yg(static_cast<std::size_t>(ct * cols));
-    pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
-    parallel_gemm(inner, false, false, ct, cols, cs, 1.0, w, cs, xg.data(), cols, 0.0, yg.data(), cols);
-    unpack_samples(yg.data(), b0, count, ct, sp, y);
+    scratch.resize(static_cast<std::size_t>((cs + ct) * group * sp));
+    Acc *xg = scratch.data(), *yg = xg + cs * cols;
+    pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg);
+    parallel_gemm(inner, false, false, ct, cols, cs, 1.0, w, cs, xg, cols, 0.0, yg, cols);
+    unpack_samples(yg, b0, count, ct, sp, y);
   });
 }
 
@@ -389,7 +396,8 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
     if (gw && s.batch > 0) {  // dW[Ct, Cs] = G^T X, the positions in parts
       constexpr std::int64_t kPositions = 512;  // a part of the sum
       const std::int64_t positions = s.batch * sp, parts = (positions + kPositions - 1) / kPositions;
-      chunked_sum(executor, parts, ct * cs, gw, [&](std::int64_t p, Acc* dst, double beta, const CpuExecutor& inner) {
+      chunked_sum(executor, parts, ct * cs, gw, [&](std::int64_t p, Acc* dst, double beta, const CpuExecutor& inner,
+                                                    auto&) {
         const std::int64_t i0 = p * kPositions, len = std::min(kPositions, positions - i0);
         parallel_gemm(inner, true, false, ct, cs, len, 1.0, g + i0 * ct, ct, x + i0 * s.spatial_stride,
                       s.spatial_stride, beta, dst, cs);
@@ -398,30 +406,33 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
   } else {
     const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
     if (gx)
-      for_units(executor, units, [&](std::int64_t u, const CpuExecutor& inner) {
+      for_units<Acc>(executor, units, [&](std::int64_t u, const CpuExecutor& inner, std::vector<Acc>& scratch) {
         const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
         if (group == 1) {  // dX_n[Cs, S] = W^T G_n
           parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp, sp);
           return;
         }
         // dX_g[Cs, g*S] = W^T G_g
-        std::vector<Acc> gg(static_cast<std::size_t>(ct * cols)), dxg(static_cast<std::size_t>(cs * cols));
-        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
-        parallel_gemm(inner, true, false, cs, cols, ct, 1.0, w, cs, gg.data(), cols, 0.0, dxg.data(), cols);
-        unpack_samples(dxg.data(), b0, count, cs, sp, gx);
+        scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
+        Acc *gg = scratch.data(), *dxg = gg + ct * cols;
+        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg);
+        parallel_gemm(inner, true, false, cs, cols, ct, 1.0, w, cs, gg, cols, 0.0, dxg, cols);
+        unpack_samples(dxg, b0, count, cs, sp, gx);
       });
     if (gw && s.batch > 0)  // dW = sum over units of G_g X_g^T
-      chunked_sum(executor, units, ct * cs, gw, [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor& inner) {
+      chunked_sum(executor, units, ct * cs, gw,
+                  [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor& inner, std::vector<Acc>& scratch) {
         const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
         if (group == 1) {
           parallel_gemm(inner, false, true, ct, cs, sp, 1.0, g + b0 * ct * sp, sp, x + b0 * s.batch_stride,
                         s.channel_stride, beta, dst, cs);
           return;
         }
-        std::vector<Acc> gg(static_cast<std::size_t>(ct * cols)), xg(static_cast<std::size_t>(cs * cols));
-        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg.data());
-        pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg.data());
-        parallel_gemm(inner, false, true, ct, cs, cols, 1.0, gg.data(), cols, xg.data(), cols, beta, dst, cs);
+        scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
+        Acc *gg = scratch.data(), *xg = gg + ct * cols;
+        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg);
+        pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg);
+        parallel_gemm(inner, false, true, ct, cs, cols, 1.0, gg, cols, xg, cols, beta, dst, cs);
       });
   }
   if (a.grad_bias) {  // db[c] = sum over batch and space of G[., c, .]
