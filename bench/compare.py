@@ -203,7 +203,7 @@ def main():
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
 
-    def record(op, phase, dtype, shape, impl, fn, floor_bytes):
+    def record(op, phase, dtype, shape, impl, fn, floor_bytes, teacher_shape=None):
         key = (tuple(shape), str(dtype))
         if key not in ceilings:
             ceilings[key] = copy_gbs(shape, dtype, device, threads, args.min_time)
@@ -216,7 +216,8 @@ def main():
         floor_ms = floor_bytes / (ceilings[key] * 1e9) * 1e3
         results.append(dict(op=op, phase=phase, device=device, dtype=str(dtype).replace("torch.", ""),
                             shape=list(shape), impl=impl, ms=ms, peak_extra_mb=mb, floor_ms=floor_ms,
-                            copy_gbs=ceilings[key], error=error))
+                            copy_gbs=ceilings[key], error=error,
+                            **({"teacher_shape": list(teacher_shape)} if teacher_shape is not None else {})))
         shown = f"{ms:9.3f} ms" if ms is not None else error
         print(f"{op:22s} {phase:8s} {str(dtype):15s} {str(tuple(shape)):18s} {impl:10s} {shown}", flush=True)
         save()
@@ -275,7 +276,8 @@ def main():
                 impls.append(("compiled", compiled(op, composite)))
             for impl, f in impls:
                 record(op, "fwd+bwd", torch.float32, shape, impl,
-                       lambda f=f: torch.autograd.grad(f(s, t, w), leaves), 3 * s.numel() * s.element_size())
+                       lambda f=f: torch.autograd.grad(f(s, t, w), leaves), 3 * s.numel() * s.element_size(),
+                       teacher_shape=t.shape)
 
     save()
     print(f"wrote {args.out}")

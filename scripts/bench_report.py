@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections import defaultdict
@@ -149,6 +150,32 @@ def targets_section(data, device):
     return lines + [""]
 
 
+def gemm_section(data):
+    """projected_feature_mse's arithmetic rate: its time is three GEMMs (y = W x, dX = W^T G,
+    dW = G X^T, each 2 N S C_s C_t floating-point operations), not memory traffic, so the memory
+    floor says little about it."""
+    rows = []
+    for r in data["results"]:
+        if r["op"] != "projected_feature_mse" or not r.get("ms") or "teacher_shape" not in r:
+            continue
+        n, c_s, spatial = r["shape"][0], r["shape"][1], math.prod(r["shape"][2:])
+        gflop = 3 * 2 * n * spatial * c_s * r["teacher_shape"][1] / 1e9
+        rows.append((tuple(r["shape"]), r["teacher_shape"][1], gflop, r["impl"], gflop / (r["ms"] * 1e-3)))
+    if not rows:
+        return []
+    lines = ["projected_feature_mse is bound by its three GEMMs (`y = W x`, `dX = W^T dL/dy`, `dW`), not by",
+             "memory: GFLOP per call and the rate each implementation reached (the machine line says which",
+             "BLAS kernels fusedkd's ran; the composites' convolution is LibTorch's oneDNN).", "",
+             "| student shape | C_t | GFLOP | " + " | ".join(f"{i} GFLOP/s" for i in ("fusedkd", "eager", "compiled"))
+             + " |", "|---|---:|---:|---:|---:|---:|"]
+    for shape in sorted({row[0] for row in rows}):
+        mine = [row for row in rows if row[0] == shape]
+        rate = {row[3]: row[4] for row in mine}
+        cells = " | ".join(f"{rate[i]:.0f}" if i in rate else "-" for i in ("fusedkd", "eager", "compiled"))
+        lines.append(f"| {'x'.join(map(str, shape))} | {mine[0][1]} | {mine[0][2]:.1f} | {cells} |")
+    return lines + [""]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", nargs="+", required=True)
@@ -187,6 +214,7 @@ def main():
             lines += [f"**Targets ({device.upper()}, issue 15)**, checked against this run's figures; the feature-map",
                       "losses have no target of their own in the issue and are held to the small-shape one.", ""]
             lines += targets_section(devices[device], device)
+            lines += gemm_section(devices[device])
         else:
             lines += ["Not yet measured on a GPU: `scripts/gpu_check.sh` runs `bench/compare.py --device cuda` at LLM",
                       "shapes (R = 8192..16384, V = 32,000..262,144, float32 and bfloat16) with peak memory and",

@@ -64,3 +64,14 @@ def test_the_report_is_written_from_the_json(tmp_path):
     assert "**Targets (CPU, issue 15)**" in text
     assert "Not yet measured on a GPU" in text
     assert "OpenBLAS kernels (the feature losses' CPU GEMMs): Haswell (OPENBLAS_CORETYPE set in the environment)" in text
+
+
+def test_the_projection_rate_is_its_gemm_work_over_the_time():
+    shape, teacher = (128, 256, 14, 14), [128, 512, 14, 14]
+    rows = [dict(result("projected_feature_mse", "fwd+bwd", shape, impl, ms), teacher_shape=teacher)
+            for impl, ms in (("fusedkd", 96.0), ("compiled", 60.0))]
+    rows.append(result("feature_mse", "fwd+bwd", shape, "fusedkd", 1.0))  # not a GEMM loss: no row
+    lines = bench_report.gemm_section(dict(results=rows))
+    # 3 GEMMs of 2 N S C_s C_t each: 6 x 128 x 196 x 256 x 512 = 19.73 GFLOP; over 96 and 60 ms
+    assert [line for line in lines if line.startswith("| 128x")] == ["| 128x256x14x14 | 512 | 19.7 | 206 | - | 329 |"]
+    assert bench_report.gemm_section(dict(results=rows[2:])) == []
