@@ -209,6 +209,59 @@ TEST(SoftTargetLauncher, StridedRowsGiveTheContiguousResult) {
   }
 }
 
+// float16_gradients_in_float32: float16 logits read as they are, their gradients written in
+// float32, equal the gradients of the same values given as float32 (what the torch ops passed
+// before: a float32 copy of the input). Long rows (the pair read in place, the kept-numerator
+// path when only the student's gradient is wanted) and short rows (transposed), a float16 pair
+// and a float16 student beside a float32 teacher, every divergence, with labels and ignored rows.
+TEST(SoftTargetLauncher, Float16GradientsInFloat32MatchTheFloat32Copy) {
+  const std::int64_t R = 21;
+  for (const std::int64_t V : {std::int64_t{10}, std::int64_t{1500}}) {
+    const std::vector<double> sv = Buffer::from(DType::Float16, random_logits(R, V, 21)).values();
+    const std::vector<double> tv = Buffer::from(DType::Float16, random_logits(R, V, 22)).values();
+    std::vector<std::int64_t> labels(R);
+    for (std::int64_t r = 0; r < R; ++r) labels[r] = r % 5 == 4 ? -100 : (r * 37) % V;
+    for (const DType teacher_dtype : {DType::Float16, DType::Float32}) {
+      for (const Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL, Divergence::JSD, Divergence::MSE}) {
+        for (const bool teacher_gradient : {false, true}) {
+          const auto run = [&](DType student_dtype, DType t_dtype, bool wide) {
+            const Buffer s = Buffer::from(student_dtype, sv), t = Buffer::from(t_dtype, tv);
+            Buffer loss(DType::Float32, 1), gs(DType::Float32, R * V), gt(DType::Float32, R * V);
+            SoftTargetArgs args = contiguous_args(s, t, R, V, 2.0);
+            args.student_dtype = student_dtype;
+            args.teacher_dtype = t_dtype;
+            args.divergence = d;
+            args.labels = labels.data();
+            args.hard_scale = 0.5;
+            args.loss = loss.bytes.data();
+            args.grad_student = gs.bytes.data();
+            args.grad_teacher = teacher_gradient ? gt.bytes.data() : nullptr;
+            args.float16_gradients_in_float32 = wide;
+            std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
+            args.workspace = workspace.data();
+            soft_target_loss_cpu(args);
+            std::vector<double> out = loss.values();
+            for (double v : gs.values()) out.push_back(v);
+            if (teacher_gradient)
+              for (double v : gt.values()) out.push_back(v);
+            return out;
+          };
+          const std::vector<double> wide = run(DType::Float16, teacher_dtype, true);
+          // the float32 copy: the student always, the teacher too when its gradient is wanted
+          const DType copied_teacher = teacher_gradient ? DType::Float32 : teacher_dtype;
+          const std::vector<double> copy = run(DType::Float32, copied_teacher, false);
+          const std::vector<double> wide_gradients(wide.begin() + 1, wide.end());
+          const std::vector<double> copy_gradients(copy.begin() + 1, copy.end());
+          EXPECT_LT(relative_error({wide[0]}, {copy[0]}), 1e-6) << "loss, V " << V;
+          EXPECT_LT(relative_error(wide_gradients, copy_gradients), 1e-6)
+              << "V " << V << " teacher " << dtype_name(teacher_dtype) << " divergence " << static_cast<int>(d)
+              << " teacher gradient " << teacher_gradient;
+        }
+      }
+    }
+  }
+}
+
 TEST(SoftTargetLauncher, TotalDoesNotDependOnHowRowsAreSplit) {
   const std::int64_t R = 97, V = 300;
   const Buffer s = Buffer::from(DType::Float32, random_logits(R, V, 1));

@@ -31,6 +31,9 @@ struct Backend {
   void (*similarity_preserving)(const SimilarityPreservingArgs&);
   void (*projected_feature_mse)(const ProjectedFeatureMseArgs&);
   void (*projection_backward)(const ProjectionBackwardArgs&);
+  // The soft-target kernels read float16 logits as they are and write their gradient in float32
+  // (SoftTargetArgs::float16_gradients_in_float32): the CPU's; CUDA's read a float32 copy instead.
+  bool float16_gradients_in_float32;
 };
 
 // The CPU kernels on LibTorch's intra-op thread pool.

@@ -16,7 +16,8 @@ const Backend& cpu_backend() {
       [](const AttentionTransferArgs& a) { attention_transfer_cpu(a, torch_cpu_executor()); },
       [](const SimilarityPreservingArgs& a) { similarity_preserving_cpu(a, torch_cpu_executor()); },
       [](const ProjectedFeatureMseArgs& a) { projected_feature_mse_cpu(a, torch_cpu_executor()); },
-      [](const ProjectionBackwardArgs& a) { projection_backward_cpu(a, torch_cpu_executor()); }};
+      [](const ProjectionBackwardArgs& a) { projection_backward_cpu(a, torch_cpu_executor()); },
+      /*float16_gradients_in_float32=*/true};
   return backend;
 }
 

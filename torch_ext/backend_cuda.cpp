@@ -24,7 +24,8 @@ const Backend& cuda_backend() {
       [](const AttentionTransferArgs& a) { attention_transfer_cuda(a, stream()); },
       [](const SimilarityPreservingArgs& a) { similarity_preserving_cuda(a, blas()); },
       [](const ProjectedFeatureMseArgs& a) { projected_feature_mse_cuda(a, blas()); },
-      [](const ProjectionBackwardArgs& a) { projection_backward_cuda(a, blas()); }};
+      [](const ProjectionBackwardArgs& a) { projection_backward_cuda(a, blas()); },
+      /*float16_gradients_in_float32=*/false};
   return backend;
 }
 

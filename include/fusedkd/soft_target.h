@@ -44,13 +44,19 @@ struct SoftTargetArgs {
 
   // Outputs. per_row_loss: `loss` holds soft_scale * D_r for each row (accumulation dtype, [rows]);
   // else `loss` holds the total (one element). Loss dtype: float64 when an input is float64, else
-  // float32. The gradients (contiguous, the dtype of their input) are written when non-null; they
-  // must not overlap the inputs (the CPU kernel reads rows stored in the accumulation dtype where
-  // they lie while it writes the gradients).
+  // float32. The gradients (contiguous, in soft_target_gradient_dtype: their input's dtype unless
+  // float16_gradients_in_float32) are written when non-null; they must not overlap the inputs (the
+  // CPU kernel reads rows stored in the accumulation dtype where they lie while it writes the
+  // gradients).
   bool per_row_loss = false;
   void* loss = nullptr;
   void* grad_student = nullptr;
   void* grad_teacher = nullptr;
+  // A float16 input's gradient written in float32 (the CPU launcher; the CUDA launcher rejects it).
+  // The torch ops keep a float16 input's gradient in float32 until it is scaled by grad_output
+  // (torch_ext/autograd.h); with this the CPU kernel reads the float16 logits themselves instead
+  // of a float32 copy made for the gradient's sake.
+  bool float16_gradients_in_float32 = false;
 
   // Scratch the launcher needs: soft_target_workspace_bytes(args) bytes (host memory for the CPU
   // launcher, device memory for the CUDA one).
@@ -58,6 +64,11 @@ struct SoftTargetArgs {
 };
 
 std::size_t soft_target_workspace_bytes(const SoftTargetArgs& args);
+
+// The dtype of the gradient of an input stored as `input`.
+inline DType soft_target_gradient_dtype(const SoftTargetArgs& args, DType input) {
+  return args.float16_gradients_in_float32 && input == DType::Float16 ? DType::Float32 : input;
+}
 
 // True when the loss is computed in float64 (an input is float64).
 bool soft_target_uses_double(const SoftTargetArgs& args);

@@ -135,8 +135,8 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   if (!valid) {  // an ignored row: no loss, zero gradients (whatever its logits hold)
     if (a.grad_student || a.grad_teacher) {
       for (std::int64_t j = 0; j < cols; ++j) xs[j] = Acc(0);
-      if (a.grad_student) store_row(xs, cols, a.grad_student, a.student_dtype, r * cols);
-      if (a.grad_teacher) store_row(xs, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+      if (a.grad_student) store_row(xs, cols, a.grad_student, soft_target_gradient_dtype(a, a.student_dtype), r * cols);
+      if (a.grad_teacher) store_row(xs, cols, a.grad_teacher, soft_target_gradient_dtype(a, a.teacher_dtype), r * cols);
     }
     return Acc(0);
   }
@@ -216,8 +216,10 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   // below does not read (the converted logits once the numerators are kept, else xs and xt).
   Acc* spare_s = keep ? scratch.cs : xs;
   Acc* spare_t = keep ? scratch.ct : xt;
-  Acc* gs_row = a.grad_student ? output_row(a.grad_student, a.student_dtype, r * cols, spare_s) : spare_s;
-  Acc* gt_row = a.grad_teacher ? output_row(a.grad_teacher, a.teacher_dtype, r * cols, spare_t) : spare_t;
+  const DType gs_dtype = soft_target_gradient_dtype(a, a.student_dtype);
+  const DType gt_dtype = soft_target_gradient_dtype(a, a.teacher_dtype);
+  Acc* gs_row = a.grad_student ? output_row(a.grad_student, gs_dtype, r * cols, spare_s) : spare_s;
+  Acc* gt_row = a.grad_teacher ? output_row(a.grad_teacher, gt_dtype, r * cols, spare_t) : spare_t;
   const Acc ws = plan.weight * plan.soft_scale;
   const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
   if (keep) {  // xs, xt, xh hold the numerators
@@ -248,8 +250,8 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
       gt_row[j] = ws * gt;
     }
   }
-  if (a.grad_student) output_row_done(gs_row, cols, a.grad_student, a.student_dtype, r * cols);
-  if (a.grad_teacher) output_row_done(gt_row, cols, a.grad_teacher, a.teacher_dtype, r * cols);
+  if (a.grad_student) output_row_done(gs_row, cols, a.grad_student, gs_dtype, r * cols);
+  if (a.grad_teacher) output_row_done(gt_row, cols, a.grad_teacher, gt_dtype, r * cols);
   return loss;
 }
 
@@ -392,8 +394,10 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
       grad_s[j * L + l] = keep[l] != Acc(0) ? ws * gs + hard : Acc(0);
       grad_t[j * L + l] = keep[l] != Acc(0) ? ws * gt : Acc(0);
     }
-  if (a.grad_student) store_rows_transposed(grad_s, rows, cols, a.grad_student, a.student_dtype, r0 * cols);
-  if (a.grad_teacher) store_rows_transposed(grad_t, rows, cols, a.grad_teacher, a.teacher_dtype, r0 * cols);
+  if (a.grad_student)
+    store_rows_transposed(grad_s, rows, cols, a.grad_student, soft_target_gradient_dtype(a, a.student_dtype), r0 * cols);
+  if (a.grad_teacher)
+    store_rows_transposed(grad_t, rows, cols, a.grad_teacher, soft_target_gradient_dtype(a, a.teacher_dtype), r0 * cols);
 }
 
 template <typename Acc>
