@@ -174,12 +174,12 @@ TEST_P(FeatureKernel, AttentionTransferMatchesReference) {
   const std::vector<MapShape> shapes = {{1, 1, 1, 1, false, false}, {3, 5, 2, 7, false, false},
                                         {2, 4, 6, 9, true, false},  {2, 3, 3, 49, true, true},
                                         {4, 37, 5, 33, false, true},
-                                        // channels first over two full blocks of positions and a rest
-                                        // (the CPU map sums 64 float32 / 32 float64 positions at a time)
+                                        // channels first over full blocks of positions and a rest (the
+                                        // CPU map sums 64 float32 / 32 float64 positions at a time)
                                         {2, 6, 3, 150, false, false}};
   for (const MapShape& m : shapes) {
     for (const double p : {1.0, 2.0, 3.0}) {
-      for (const DType dtype : {DType::Float64, DType::Float32, DType::BFloat16}) {
+      for (const DType dtype : {DType::Float64, DType::Float32, DType::BFloat16, DType::Float16}) {
         for (const bool per_row : {false, true}) {
           const std::int64_t ns = m.batch * m.cs * m.spatial, nt = m.batch * m.ct * m.spatial;
           const Buffer s = Buffer::from(dtype, random_values(ns, 11 + m.spatial));

@@ -112,7 +112,7 @@ void attention_map(const T* x, std::int64_t channels, std::int64_t spatial, bool
     // Blocks of positions whose sums stay in registers over all the channels: summing each channel
     // row into a[] in memory ran at half the speed of reading the sample (measured,
     // docs/architecture.md).
-    constexpr std::int64_t kBlock = 4 * 64 / static_cast<std::int64_t>(sizeof(Acc));  // four 64-byte vectors
+    constexpr std::int64_t kBlock = 4 * 64 / static_cast<std::int64_t>(sizeof(Acc));  // 4 AVX-512 vectors
     std::int64_t k0 = 0;
     for (; k0 + kBlock <= spatial; k0 += kBlock) {
       Acc sums[kBlock] = {};
