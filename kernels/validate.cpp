@@ -63,6 +63,9 @@ void validate(const FeatureMseArgs& a) {
   check(a.numel == 0 || a.elementwise_loss || a.workspace, "workspace must not be null");
   check(std::isfinite(a.scale), "scale must be finite");
   check(!a.bias || (a.bias_channels >= 1 && a.bias_inner >= 1), "bias_channels and bias_inner must be >= 1");
+  check(!(a.float16_gradients_in_float32 && a.student_dtype == DType::Float16 && a.grad_student == a.student &&
+          a.numel > 0),
+        "a float16 student's float32 gradient cannot overwrite the student");
 }
 
 void validate(const ScaleElementsArgs& a) {

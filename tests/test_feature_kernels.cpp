@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -482,6 +484,103 @@ TEST_P(FeatureKernel, ProjectionOfManySamplesMatchesClosedForm) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, FeatureKernel, ::testing::Values(Backend::Cpu, Backend::Cuda), backend_test_name);
+
+// float16_gradients_in_float32 on the CPU: float16 inputs read as they are, their gradients written
+// in float32, equal the gradients of the same values given as float32 (the float32 copy the torch
+// ops passed before). feature_mse: a float16 pair and a float16 student beside a float32 teacher,
+// the total and the elementwise loss; attention_transfer: channels first (the blocked map) and last,
+// p = 2 and 3. The CUDA launchers reject the option before touching a device.
+TEST(FeatureLauncher, Float16GradientsInFloat32MatchTheFloat32Copy) {
+  const std::int64_t n = 3 * 70000 + 11;  // more than one chunk (kTaskElements) and a rest
+  const std::vector<double> sv = Buffer::from(DType::Float16, random_values(n, 31)).values();
+  const std::vector<double> tv = Buffer::from(DType::Float16, random_values(n, 32)).values();
+  for (const DType teacher_dtype : {DType::Float16, DType::Float32}) {
+    for (const bool elementwise : {false, true}) {
+      const auto run = [&](DType s_dtype, DType t_dtype, bool wide) {
+        const Buffer s = Buffer::from(s_dtype, sv), t = Buffer::from(t_dtype, tv);
+        Buffer loss(DType::Float32, elementwise ? n : 1), gs(DType::Float32, n), gt(DType::Float32, n);
+        std::vector<unsigned char> workspace;
+        FeatureMseArgs args;
+        args.student = s.bytes.data();
+        args.student_dtype = s_dtype;
+        args.teacher = t.bytes.data();
+        args.teacher_dtype = t_dtype;
+        args.numel = n;
+        args.scale = 1.0 / static_cast<double>(n);
+        args.elementwise_loss = elementwise;
+        args.loss = loss.bytes.data();
+        args.grad_student = gs.bytes.data();
+        args.grad_teacher = gt.bytes.data();
+        args.float16_gradients_in_float32 = wide;
+        workspace.resize(feature_mse_workspace_bytes(args));
+        args.workspace = workspace.data();
+        feature_mse_cpu(args);
+        return std::vector<std::vector<double>>{loss.values(), gs.values(), gt.values()};
+      };
+      const auto wide = run(DType::Float16, teacher_dtype, true);
+      const auto copy = run(DType::Float32, DType::Float32, false);
+      for (std::size_t i = 0; i < wide.size(); ++i)
+        EXPECT_LT(rel_diff(wide[i], copy[i]), 1e-6) << "output " << i << " teacher " << dtype_name(teacher_dtype);
+    }
+  }
+
+  const std::vector<MapShape> shapes = {{3, 5, 4, 150, false, false}, {2, 7, 3, 30, true, false}};
+  for (const MapShape& m : shapes) {
+    for (const double p : {2.0, 3.0}) {
+      const std::int64_t ns = m.batch * m.cs * m.spatial, nt = m.batch * m.ct * m.spatial;
+      const std::vector<double> msv = Buffer::from(DType::Float16, random_values(ns, 33)).values();
+      const std::vector<double> mtv = Buffer::from(DType::Float16, random_values(nt, 34)).values();
+      const auto run = [&](DType dtype, bool wide) {
+        const Buffer s = Buffer::from(dtype, msv), t = Buffer::from(dtype, mtv);
+        Buffer loss(DType::Float32, 1), gs(DType::Float32, ns), gt(DType::Float32, nt);
+        AttentionTransferArgs args;
+        args.student = {s.bytes.data(), dtype, m.cs, m.s_last};
+        args.teacher = {t.bytes.data(), dtype, m.ct, m.t_last};
+        args.batch = m.batch;
+        args.spatial = m.spatial;
+        args.p = p;
+        args.loss = loss.bytes.data();
+        args.grad_student = gs.bytes.data();
+        args.grad_teacher = gt.bytes.data();
+        args.float16_gradients_in_float32 = wide;
+        std::vector<unsigned char> workspace(attention_transfer_workspace_bytes(args));
+        args.workspace = workspace.data();
+        attention_transfer_cpu(args);
+        return std::vector<std::vector<double>>{loss.values(), gs.values(), gt.values()};
+      };
+      const auto wide = run(DType::Float16, true);
+      const auto copy = run(DType::Float32, false);
+      for (std::size_t i = 0; i < wide.size(); ++i)
+        EXPECT_LT(rel_diff(wide[i], copy[i]), 1e-6) << "output " << i << " p " << p << " S " << m.spatial;
+    }
+  }
+}
+
+#if FUSEDKD_WITH_CUDA
+TEST(FeatureLauncher, CudaRejectsFloat32GradientsOfFloat16) {
+  std::vector<std::uint16_t> x(8, 0);
+  std::vector<float> grad(8, 0.f), loss(1, 0.f);
+  std::vector<unsigned char> workspace(1024);
+  FeatureMseArgs mse;
+  mse.student = mse.teacher = x.data();
+  mse.student_dtype = mse.teacher_dtype = DType::Float16;
+  mse.numel = 8;
+  mse.loss = loss.data();
+  mse.grad_student = grad.data();
+  mse.workspace = workspace.data();
+  mse.float16_gradients_in_float32 = true;
+  EXPECT_THROW(feature_mse_cuda(mse, nullptr), std::invalid_argument);
+  AttentionTransferArgs at;
+  at.student = at.teacher = {x.data(), DType::Float16, 2, false};
+  at.batch = 1;
+  at.spatial = 4;
+  at.loss = loss.data();
+  at.grad_student = grad.data();
+  at.workspace = workspace.data();
+  at.float16_gradients_in_float32 = true;
+  EXPECT_THROW(attention_transfer_cuda(at, nullptr), std::invalid_argument);
+}
+#endif
 
 }  // namespace
 }  // namespace fusedkd::testing

@@ -41,13 +41,16 @@ Tensor3 attention_transfer_forward(const Backend& backend, const at::Tensor& stu
   const bool per_row = reduction == static_cast<int64_t>(Reduction::None);
   check_attention_pair(op, student, teacher, p);
   const bool s_last = prefers_channels_last(student), t_last = prefers_channels_last(teacher);
-  const at::Tensor s = to_layout(student, s_last, kernel_input_type(student, grad_student));
-  const at::Tensor t = to_layout(teacher, t_last, kernel_input_type(teacher, grad_teacher));
+  const at::Tensor s = to_layout(student, s_last, read_type(backend, student, grad_student));
+  const at::Tensor t = to_layout(teacher, t_last, read_type(backend, teacher, grad_teacher));
+  const auto gradient_options = [&](const at::Tensor& x) {  // in the dtype the kernel writes it in
+    return x.options().dtype(written_gradient_type(backend, x.scalar_type()));
+  };
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const int64_t batch = s.size(0);
   at::Tensor loss = per_row ? at::empty({batch}, loss_options) : at::empty({}, loss_options);
-  at::Tensor gs = maybe_empty(grad_student, [&] { return empty_layout(s.sizes(), s_last, s.options()); }, s);
-  at::Tensor gt = maybe_empty(grad_teacher, [&] { return empty_layout(t.sizes(), t_last, t.options()); }, t);
+  at::Tensor gs = maybe_empty(grad_student, [&] { return empty_layout(s.sizes(), s_last, gradient_options(s)); }, s);
+  at::Tensor gt = maybe_empty(grad_teacher, [&] { return empty_layout(t.sizes(), t_last, gradient_options(t)); }, t);
 
   AttentionTransferArgs args;
   args.student = feature_map(s, s_last);
@@ -56,6 +59,7 @@ Tensor3 attention_transfer_forward(const Backend& backend, const at::Tensor& stu
   args.spatial = spatial_size(s);
   args.p = p;
   args.per_row_loss = per_row;
+  args.float16_gradients_in_float32 = backend.float16_gradients_in_float32;
   const at::Tensor workspace =
       bind_outputs(args, loss, grad_student, gs, grad_teacher, gt, attention_transfer_workspace_bytes, s.options());
   const double batch_size = static_cast<double>(batch);

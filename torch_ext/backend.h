@@ -11,6 +11,7 @@
 #include <tuple>
 #include <utility>
 
+#include "common.h"
 #include "fusedkd/feature.h"
 #include "fusedkd/scale.h"
 #include "fusedkd/soft_target.h"
@@ -31,10 +32,22 @@ struct Backend {
   void (*similarity_preserving)(const SimilarityPreservingArgs&);
   void (*projected_feature_mse)(const ProjectedFeatureMseArgs&);
   void (*projection_backward)(const ProjectionBackwardArgs&);
-  // The soft-target kernels read float16 logits as they are and write their gradient in float32
-  // (SoftTargetArgs::float16_gradients_in_float32): the CPU's; CUDA's read a float32 copy instead.
+  // The soft-target, feature_mse and attention_transfer kernels read float16 inputs as they are and
+  // write their gradients in float32 (their args' float16_gradients_in_float32): the CPU's; CUDA's
+  // read a float32 copy instead.
   bool float16_gradients_in_float32;
 };
+
+// The dtype those loss kernels of `backend` read an input in: kernel_input_type (common.h), or the
+// input's own where the kernels write a float16 input's float32 gradient themselves.
+inline at::ScalarType read_type(const Backend& backend, const at::Tensor& x, bool gradient_wanted) {
+  return backend.float16_gradients_in_float32 ? x.scalar_type() : kernel_input_type(x, gradient_wanted);
+}
+// The dtype of the gradient they write for an input read as `read` (fusedkd::gradient_dtype): the
+// gradient buffer's (common.h: gradient_buffer_type) either way.
+inline at::ScalarType written_gradient_type(const Backend& backend, at::ScalarType read) {
+  return backend.float16_gradients_in_float32 ? gradient_buffer_type(read) : read;
+}
 
 // The CPU kernels on LibTorch's intra-op thread pool.
 const Backend& cpu_backend();

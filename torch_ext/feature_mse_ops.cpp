@@ -20,8 +20,8 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
   // Memory order: the student's when it is dense, with the teacher brought to the same strides. The
   // dtypes: the inputs' own or a promotion of them (the loss dtype stays the spec's, the gradients
   // are returned as their inputs' gradient buffers).
-  const DTypePair used = backend.compute_dtypes(kernel_dtype(kernel_input_type(student, grad_student)),
-                                                kernel_dtype(kernel_input_type(teacher, grad_teacher)));
+  const DTypePair used = backend.compute_dtypes(kernel_dtype(read_type(backend, student, grad_student)),
+                                                kernel_dtype(read_type(backend, teacher, grad_teacher)));
   const at::Tensor s = converted_output(student.is_non_overlapping_and_dense() ? student : student.contiguous(),
                                         scalar_type(used.student));  // strides kept
   const at::ScalarType teacher_type = scalar_type(used.teacher);
@@ -32,7 +32,10 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   at::Tensor loss =
       elementwise ? empty_strided_output(s.sizes(), s.strides(), loss_options) : at::empty({}, loss_options);
-  const auto like = [](const at::Tensor& x) { return empty_strided_output(x.sizes(), x.strides(), x.options()); };
+  const auto like = [&](const at::Tensor& x) {  // its gradient, in the dtype the kernel writes it in
+    return empty_strided_output(x.sizes(), x.strides(),
+                                x.options().dtype(written_gradient_type(backend, x.scalar_type())));
+  };
   at::Tensor gs = maybe_empty(grad_student, [&] { return like(s); }, s);
   at::Tensor gt = maybe_empty(grad_teacher, [&] { return like(t); }, t);
 
@@ -43,6 +46,7 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
   args.teacher_dtype = kernel_dtype(t.scalar_type());
   args.numel = s.numel();
   args.elementwise_loss = elementwise;
+  args.float16_gradients_in_float32 = backend.float16_gradients_in_float32;
   const at::Tensor workspace =
       bind_outputs(args, loss, grad_student, gs, grad_teacher, gt, feature_mse_workspace_bytes, s.options());
   launch_reduced(op, reduction_factor(reduction, static_cast<double>(s.numel()), 0), loss, args.scale,

@@ -47,11 +47,8 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   // the loss dtype stays the spec's; the gradients are returned as their inputs' gradient buffers).
   // A float16 input whose gradient is wanted is read as float32 (its gradient buffer's dtype),
   // unless the backend's kernels read float16 and write that gradient in float32 themselves.
-  const bool wide_gradients = backend.float16_gradients_in_float32;
-  const auto read_as = [&](const at::Tensor& x, bool gradient_wanted) {
-    return kernel_dtype(wide_gradients ? x.scalar_type() : kernel_input_type(x, gradient_wanted));
-  };
-  const DTypePair used = backend.compute_dtypes(read_as(student, grad_student), read_as(teacher, grad_teacher));
+  const DTypePair used = backend.compute_dtypes(kernel_dtype(read_type(backend, student, grad_student)),
+                                                kernel_dtype(read_type(backend, teacher, grad_teacher)));
   const at::Tensor student_used = converted_output(student, scalar_type(used.student));  // itself when unchanged
   const at::Tensor teacher_used = converted_output(teacher, scalar_type(used.teacher));
   const RowView s = row_view(student_used);
@@ -59,10 +56,9 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   const auto loss_options = student.options().dtype(loss_scalar_type({student.scalar_type(), teacher.scalar_type()}));
   const at::IntArrayRef leading = student.sizes().slice(0, student.dim() - 1);
   at::Tensor loss = per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options);
-  // Each gradient in the dtype the kernel writes it in (soft_target_gradient_dtype).
+  // Each gradient in the dtype the kernel writes it in.
   const auto gradient_options = [&](const at::Tensor& used_input) {
-    return used_input.options().dtype(wide_gradients ? gradient_buffer_type(used_input.scalar_type())
-                                                     : used_input.scalar_type());
+    return used_input.options().dtype(written_gradient_type(backend, used_input.scalar_type()));
   };
   at::Tensor grad_s = grad_student ? empty_output(student.sizes(), gradient_options(student_used))
                                    : at::empty({0}, student_used.options());
@@ -96,7 +92,7 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   args.hard_scale = hard_scale;
   args.divide_by_valid_rows = divide_by_valid_rows;
   args.per_row_loss = per_row;
-  args.float16_gradients_in_float32 = wide_gradients;
+  args.float16_gradients_in_float32 = backend.float16_gradients_in_float32;
   const at::Tensor workspace = bind_outputs(args, loss, grad_student, grad_s, grad_teacher, grad_t,
                                             soft_target_workspace_bytes, student.options());
   // The launcher's one data error, a label out of range (CPU), is kd_loss's: the public op with labels.

@@ -41,6 +41,13 @@ DTypePair cuda_kernel_dtypes(DType student, DType teacher);
 // float32 (the spec's rule, on every backend).
 DType loss_dtype(DType student, DType teacher);
 
+// The dtype a CPU kernel writes the gradient of an input stored as `input` in: the input's, or
+// float32 for float16 when asked (the loss ops' float16_gradients_in_float32: the torch ops keep a
+// float16 input's gradient in float32 until it is scaled by grad_output, torch_ext/autograd.h).
+inline DType gradient_dtype(DType input, bool float16_gradients_in_float32) {
+  return float16_gradients_in_float32 && input == DType::Float16 ? DType::Float32 : input;
+}
+
 inline std::size_t dtype_size(DType dtype) {
   return dtype == DType::Float64 ? 8 : dtype == DType::Float32 ? 4 : 2;
 }

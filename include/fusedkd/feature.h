@@ -41,9 +41,12 @@ struct FeatureMseArgs {
   double scale = 1.0;
   bool elementwise_loss = false;
   void* loss = nullptr;
-  void* grad_student = nullptr;  // student_dtype
-  void* grad_teacher = nullptr;  // teacher_dtype
+  void* grad_student = nullptr;  // gradient_dtype(student_dtype, float16_gradients_in_float32)
+  void* grad_teacher = nullptr;  // gradient_dtype(teacher_dtype, float16_gradients_in_float32)
   void* workspace = nullptr;     // feature_mse_workspace_bytes(args) bytes, on the kernel's device
+  // A float16 input's gradient written in float32 (fusedkd/dtype.h: gradient_dtype; the CPU
+  // launcher; the CUDA launcher rejects it). grad_student must then not be a float16 student itself.
+  bool float16_gradients_in_float32 = false;
 };
 
 std::size_t feature_mse_workspace_bytes(const FeatureMseArgs& args);
@@ -74,9 +77,12 @@ struct AttentionTransferArgs {
   double scale = 1.0;
   bool per_row_loss = false;
   void* loss = nullptr;
-  void* grad_student = nullptr;  // the student's dtype and layout
-  void* grad_teacher = nullptr;  // the teacher's dtype and layout
+  void* grad_student = nullptr;  // the student's layout, gradient_dtype(its dtype, float16_gradients_in_float32)
+  void* grad_teacher = nullptr;  // the teacher's likewise
   void* workspace = nullptr;
+  // A float16 map's gradient written in float32 (fusedkd/dtype.h: gradient_dtype; the CPU launcher;
+  // the CUDA launcher rejects it).
+  bool float16_gradients_in_float32 = false;
 };
 std::size_t attention_transfer_workspace_bytes(const AttentionTransferArgs& args);
 bool attention_transfer_uses_double(const AttentionTransferArgs& args);

@@ -44,8 +44,8 @@ struct SoftTargetArgs {
 
   // Outputs. per_row_loss: `loss` holds soft_scale * D_r for each row (accumulation dtype, [rows]);
   // else `loss` holds the total (one element). Loss dtype: float64 when an input is float64, else
-  // float32. The gradients (contiguous, in soft_target_gradient_dtype: their input's dtype unless
-  // float16_gradients_in_float32) are written when non-null; they must not overlap the inputs (the
+  // float32. The gradients (contiguous, in gradient_dtype(input's dtype,
+  // float16_gradients_in_float32), fusedkd/dtype.h) are written when non-null; they must not overlap the inputs (the
   // CPU kernel reads rows stored in the accumulation dtype where they lie while it writes the
   // gradients).
   bool per_row_loss = false;
@@ -64,11 +64,6 @@ struct SoftTargetArgs {
 };
 
 std::size_t soft_target_workspace_bytes(const SoftTargetArgs& args);
-
-// The dtype of the gradient of an input stored as `input`.
-inline DType soft_target_gradient_dtype(const SoftTargetArgs& args, DType input) {
-  return args.float16_gradients_in_float32 && input == DType::Float16 ? DType::Float32 : input;
-}
 
 // True when the loss is computed in float64 (an input is float64).
 bool soft_target_uses_double(const SoftTargetArgs& args);

@@ -18,9 +18,10 @@ namespace {
 constexpr std::int64_t kChunk = kTaskElements;
 
 // One chunk straight from the arrays (no bias): the sum (or the elementwise loss), then the
-// gradients, reading the chunk again while it is in cache. `gs` may be `s` itself (in place).
-template <typename TS, typename TT, typename Acc>
-double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss, TS* gs, TT* gt) {
+// gradients (stored as GS, GT), reading the chunk again while it is in cache. `gs` may be `s`
+// itself (in place).
+template <typename TS, typename TT, typename GS, typename GT, typename Acc>
+double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss, GS* gs, GT* gt) {
   const auto element = [&](std::int64_t i) {
     return mse_element(static_cast<Acc>(load_as_acc(s[i])), static_cast<Acc>(load_as_acc(t[i])), scale);
   };
@@ -39,11 +40,11 @@ double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss,
   }
   if (gt) {  // before gs, which may overwrite s
 #pragma omp simd
-    for (std::int64_t i = 0; i < n; ++i) gt[i] = StoreFromAcc<TT>::apply(static_cast<acc_t<TT>>(-element(i).grad));
+    for (std::int64_t i = 0; i < n; ++i) gt[i] = StoreFromAcc<GT>::apply(static_cast<acc_t<GT>>(-element(i).grad));
   }
   if (gs) {
 #pragma omp simd
-    for (std::int64_t i = 0; i < n; ++i) gs[i] = StoreFromAcc<TS>::apply(static_cast<acc_t<TS>>(element(i).grad));
+    for (std::int64_t i = 0; i < n; ++i) gs[i] = StoreFromAcc<GS>::apply(static_cast<acc_t<GS>>(element(i).grad));
   }
   return sum;
 }
@@ -58,13 +59,15 @@ double mse_chunk_with_bias(const FeatureMseArgs& a, std::int64_t first, std::int
   for (std::int64_t i = 0; i < n; ++i) xs[i] += bias[channel_of(first + i, a.bias_inner, a.bias_channels)];
   Acc* loss = a.elementwise_loss ? static_cast<Acc*>(a.loss) + first : nullptr;
   const bool gradient = a.grad_student || a.grad_teacher;
-  const double sum = mse_chunk<Acc, Acc, Acc>(xs, xt, n, static_cast<Acc>(a.scale), loss, gradient ? xs : nullptr, nullptr);
+  const double sum =
+      mse_chunk<Acc, Acc, Acc, Acc, Acc>(xs, xt, n, static_cast<Acc>(a.scale), loss, gradient ? xs : nullptr, nullptr);
+  const bool wide = a.float16_gradients_in_float32;
   if (a.grad_teacher) {
 #pragma omp simd
     for (std::int64_t i = 0; i < n; ++i) xt[i] = -xs[i];
-    store_row(xt, n, a.grad_teacher, a.teacher_dtype, first);
+    store_row(xt, n, a.grad_teacher, gradient_dtype(a.teacher_dtype, wide), first);
   }
-  if (a.grad_student) store_row(xs, n, a.grad_student, a.student_dtype, first);
+  if (a.grad_student) store_row(xs, n, a.grad_student, gradient_dtype(a.student_dtype, wide), first);
   return sum;
 }
 
@@ -76,22 +79,28 @@ void run_feature_mse(const FeatureMseArgs& a, const CpuExecutor& executor) {
     with_storage_type(a.teacher_dtype, [&](auto t_tag) {
       using TS = decltype(s_tag);
       using TT = decltype(t_tag);
-      executor.run(chunks, 1, [&](std::int64_t begin, std::int64_t end) {
-        for (std::int64_t chunk = begin; chunk < end; ++chunk) {
-          const std::int64_t first = chunk * kChunk;
-          const std::int64_t n = first + kChunk < a.numel ? kChunk : a.numel - first;
-          double sum;
-          if (a.bias) {
-            sum = mse_chunk_with_bias<Acc>(a, first, n, scratch_row<Acc>(kChunk, 0), scratch_row<Acc>(kChunk, 1));
-          } else {
-            sum = mse_chunk<TS, TT, Acc>(
-                static_cast<const TS*>(a.student) + first, static_cast<const TT*>(a.teacher) + first, n,
-                static_cast<Acc>(a.scale), a.elementwise_loss ? static_cast<Acc*>(a.loss) + first : nullptr,
-                a.grad_student ? static_cast<TS*>(a.grad_student) + first : nullptr,
-                a.grad_teacher ? static_cast<TT*>(a.grad_teacher) + first : nullptr);
-          }
-          if (!a.elementwise_loss) partials[chunk] = sum;
-        }
+      with_gradient_type<TS>(a.float16_gradients_in_float32, [&](auto gs_tag) {
+        with_gradient_type<TT>(a.float16_gradients_in_float32, [&](auto gt_tag) {
+          using GS = decltype(gs_tag);
+          using GT = decltype(gt_tag);
+          executor.run(chunks, 1, [&](std::int64_t begin, std::int64_t end) {
+            for (std::int64_t chunk = begin; chunk < end; ++chunk) {
+              const std::int64_t first = chunk * kChunk;
+              const std::int64_t n = first + kChunk < a.numel ? kChunk : a.numel - first;
+              double sum;
+              if (a.bias) {
+                sum = mse_chunk_with_bias<Acc>(a, first, n, scratch_row<Acc>(kChunk, 0), scratch_row<Acc>(kChunk, 1));
+              } else {
+                sum = mse_chunk<TS, TT, GS, GT, Acc>(
+                    static_cast<const TS*>(a.student) + first, static_cast<const TT*>(a.teacher) + first, n,
+                    static_cast<Acc>(a.scale), a.elementwise_loss ? static_cast<Acc*>(a.loss) + first : nullptr,
+                    a.grad_student ? static_cast<GS*>(a.grad_student) + first : nullptr,
+                    a.grad_teacher ? static_cast<GT*>(a.grad_teacher) + first : nullptr);
+              }
+              if (!a.elementwise_loss) partials[chunk] = sum;
+            }
+          });
+        });
       });
     });
   });
@@ -147,9 +156,9 @@ void attention_map(const T* x, std::int64_t channels, std::int64_t spatial, bool
 
 // grad[c, k] = d[k] * (p / C) * d|x|^p/dx for one sample; rows stored in the accumulation type
 // are read, and their gradients written, where they lie.
-template <PowerKind K, typename T, typename Acc>
+template <PowerKind K, typename T, typename G, typename Acc>
 void attention_gradient(const T* x, std::int64_t channels, std::int64_t spatial, bool channels_last, Acc p,
-                        const Acc* __restrict d, T* grad, Acc* __restrict scratch) {
+                        const Acc* __restrict d, G* grad, Acc* __restrict scratch) {
   const Acc inv_c = Acc(1) / static_cast<Acc>(channels);
   const std::int64_t rows = channels_last ? spatial : channels;
   const std::int64_t cols = channels_last ? channels : spatial;
@@ -226,7 +235,7 @@ void run_normalized_rows(const NormalizedRowsArgs& a, const CpuExecutor& executo
 // Sample n of one side (student or teacher): its map into a, or its gradient from d into grad.
 template <typename Acc>
 void attention_sample(const FeatureMap& map, std::int64_t n, std::int64_t spatial, double p, Acc* a, const Acc* d,
-                      void* grad, Acc* scratch) {
+                      void* grad, bool float16_gradients_in_float32, Acc* scratch) {
   const std::int64_t per_sample = map.channels * spatial;
   with_storage_type(map.dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -234,8 +243,11 @@ void attention_sample(const FeatureMap& map, std::int64_t n, std::int64_t spatia
       constexpr PowerKind K = decltype(kind)::value;
       const T* x = static_cast<const T*>(map.data) + n * per_sample;
       if (d) {
-        attention_gradient<K>(x, map.channels, spatial, map.channels_last, static_cast<Acc>(p), d,
-                              static_cast<T*>(grad) + n * per_sample, scratch);
+        with_gradient_type<T>(float16_gradients_in_float32, [&](auto g_tag) {
+          using G = decltype(g_tag);
+          attention_gradient<K>(x, map.channels, spatial, map.channels_last, static_cast<Acc>(p), d,
+                                static_cast<G*>(grad) + n * per_sample, scratch);
+        });
       } else {
         attention_map<K>(x, map.channels, spatial, map.channels_last, static_cast<Acc>(p), a, scratch);
       }
@@ -261,11 +273,12 @@ void run_attention_transfer(const AttentionTransferArgs& a, const CpuExecutor& e
       Acc* a_t = workspace.a_t + offset;
       Acc* d_s = a.grad_student ? workspace.d_s + offset : nullptr;
       Acc* d_t = a.grad_teacher ? workspace.d_t + offset : nullptr;
-      attention_sample<Acc>(a.student, n, spatial, a.p, a_s, nullptr, nullptr, scratch);
-      attention_sample<Acc>(a.teacher, n, spatial, a.p, a_t, nullptr, nullptr, scratch);
+      attention_sample<Acc>(a.student, n, spatial, a.p, a_s, nullptr, nullptr, false, scratch);
+      attention_sample<Acc>(a.teacher, n, spatial, a.p, a_t, nullptr, nullptr, false, scratch);
       row_loss[n] = normalized_row(a_s, a_t, spatial, scale, d_s, d_t);
-      if (d_s) attention_sample<Acc>(a.student, n, spatial, a.p, nullptr, d_s, a.grad_student, scratch);
-      if (d_t) attention_sample<Acc>(a.teacher, n, spatial, a.p, nullptr, d_t, a.grad_teacher, scratch);
+      const bool wide = a.float16_gradients_in_float32;
+      if (d_s) attention_sample<Acc>(a.student, n, spatial, a.p, nullptr, d_s, a.grad_student, wide, scratch);
+      if (d_t) attention_sample<Acc>(a.teacher, n, spatial, a.p, nullptr, d_t, a.grad_teacher, wide, scratch);
     }
   });
   if (!a.per_row_loss) {

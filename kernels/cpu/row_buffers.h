@@ -33,6 +33,16 @@ void with_storage_type(DType dtype, Fn&& fn) {
   }
 }
 
+// fn(G{}) with G the storage type of the gradient of an input stored as T: T itself, or float for
+// float16 when float16_gradients_in_float32 (fusedkd/dtype.h: gradient_dtype).
+template <typename T, typename Fn>
+void with_gradient_type(bool float16_gradients_in_float32, Fn&& fn) {
+  if constexpr (std::is_same_v<T, Half>) {
+    if (float16_gradients_in_float32) return fn(float{});
+  }
+  fn(T{});
+}
+
 template <typename T, typename Acc>
 void load_row(const T* __restrict src, std::int64_t cols, Acc* __restrict dst) {
 #pragma omp simd

@@ -132,11 +132,13 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   Acc* __restrict xs = scratch.xs;
   Acc* __restrict xt = scratch.xt;
   Acc* __restrict xh = scratch.xh;
+  const DType gs_dtype = gradient_dtype(a.student_dtype, a.float16_gradients_in_float32);
+  const DType gt_dtype = gradient_dtype(a.teacher_dtype, a.float16_gradients_in_float32);
   if (!valid) {  // an ignored row: no loss, zero gradients (whatever its logits hold)
     if (a.grad_student || a.grad_teacher) {
       for (std::int64_t j = 0; j < cols; ++j) xs[j] = Acc(0);
-      if (a.grad_student) store_row(xs, cols, a.grad_student, soft_target_gradient_dtype(a, a.student_dtype), r * cols);
-      if (a.grad_teacher) store_row(xs, cols, a.grad_teacher, soft_target_gradient_dtype(a, a.teacher_dtype), r * cols);
+      if (a.grad_student) store_row(xs, cols, a.grad_student, gs_dtype, r * cols);
+      if (a.grad_teacher) store_row(xs, cols, a.grad_teacher, gt_dtype, r * cols);
     }
     return Acc(0);
   }
@@ -216,8 +218,6 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   // below does not read (the converted logits once the numerators are kept, else xs and xt).
   Acc* spare_s = keep ? scratch.cs : xs;
   Acc* spare_t = keep ? scratch.ct : xt;
-  const DType gs_dtype = soft_target_gradient_dtype(a, a.student_dtype);
-  const DType gt_dtype = soft_target_gradient_dtype(a, a.teacher_dtype);
   Acc* gs_row = a.grad_student ? output_row(a.grad_student, gs_dtype, r * cols, spare_s) : spare_s;
   Acc* gt_row = a.grad_teacher ? output_row(a.grad_teacher, gt_dtype, r * cols, spare_t) : spare_t;
   const Acc ws = plan.weight * plan.soft_scale;
@@ -394,10 +394,11 @@ void process_short_rows(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::
       grad_s[j * L + l] = keep[l] != Acc(0) ? ws * gs + hard : Acc(0);
       grad_t[j * L + l] = keep[l] != Acc(0) ? ws * gt : Acc(0);
     }
+  const bool wide = a.float16_gradients_in_float32;
   if (a.grad_student)
-    store_rows_transposed(grad_s, rows, cols, a.grad_student, soft_target_gradient_dtype(a, a.student_dtype), r0 * cols);
+    store_rows_transposed(grad_s, rows, cols, a.grad_student, gradient_dtype(a.student_dtype, wide), r0 * cols);
   if (a.grad_teacher)
-    store_rows_transposed(grad_t, rows, cols, a.grad_teacher, soft_target_gradient_dtype(a, a.teacher_dtype), r0 * cols);
+    store_rows_transposed(grad_t, rows, cols, a.grad_teacher, gradient_dtype(a.teacher_dtype, wide), r0 * cols);
 }
 
 template <typename Acc>
