@@ -168,6 +168,24 @@ SoftTargetArgs contiguous_args(const Buffer& s, const Buffer& t, std::int64_t R,
   return args;
 }
 
+// Runs the CPU launcher on args (inputs, shape, loss options set) with a total loss and the
+// gradients in these dtypes (the teacher's when teacher_gradient): the loss, then the student's
+// gradient, then the teacher's.
+std::vector<double> run_with_gradients(SoftTargetArgs args, DType gs_dtype, DType gt_dtype, bool teacher_gradient) {
+  Buffer loss(DType::Float32, 1), gs(gs_dtype, args.rows * args.cols), gt(gt_dtype, args.rows * args.cols);
+  args.loss = loss.bytes.data();
+  args.grad_student = gs.bytes.data();
+  args.grad_teacher = teacher_gradient ? gt.bytes.data() : nullptr;
+  std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
+  args.workspace = workspace.data();
+  soft_target_loss_cpu(args);
+  std::vector<double> out = loss.values();
+  for (double v : gs.values()) out.push_back(v);
+  if (teacher_gradient)
+    for (double v : gt.values()) out.push_back(v);
+  return out;
+}
+
 // Rows further apart than their length (logits sliced from a wider tensor), each side its own
 // stride: the loss and gradients of the contiguous rows, for float32 and for 16-bit pairs, which
 // the CPU reads where they lie.
@@ -186,23 +204,13 @@ TEST(SoftTargetLauncher, StridedRowsGiveTheContiguousResult) {
     const auto run = [&](const std::vector<double>& s_values, const std::vector<double>& t_values,
                          std::int64_t s_stride, std::int64_t t_stride) {
       const Buffer s = Buffer::from(dtype, s_values), t = Buffer::from(dtype, t_values);
-      Buffer loss(DType::Float32, 1), gs(dtype, R * V), gt(dtype, R * V);
       SoftTargetArgs args = contiguous_args(s, t, R, V, 2.0);
       args.student_dtype = args.teacher_dtype = dtype;
       args.student_row_stride = s_stride;
       args.teacher_row_stride = t_stride;
       args.labels = labels.data();
       args.hard_scale = 0.5;
-      args.loss = loss.bytes.data();
-      args.grad_student = gs.bytes.data();
-      args.grad_teacher = gt.bytes.data();
-      std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
-      args.workspace = workspace.data();
-      soft_target_loss_cpu(args);
-      std::vector<double> out = loss.values();
-      for (const Buffer* g : {&gs, &gt})
-        for (double v : g->values()) out.push_back(v);
-      return out;
+      return run_with_gradients(args, dtype, dtype, true);
     };
     const std::vector<double> contiguous = run(sv, tv, V, V), strided = run(s_wide, t_wide, V + pad_s, V + pad_t);
     EXPECT_LT(relative_error(strided, contiguous, 1e-6), 1e-5) << dtype_name(dtype);
@@ -226,25 +234,14 @@ TEST(SoftTargetLauncher, Float16GradientsInFloat32MatchTheFloat32Copy) {
         for (const bool teacher_gradient : {false, true}) {
           const auto run = [&](DType student_dtype, DType t_dtype, bool wide) {
             const Buffer s = Buffer::from(student_dtype, sv), t = Buffer::from(t_dtype, tv);
-            Buffer loss(DType::Float32, 1), gs(DType::Float32, R * V), gt(DType::Float32, R * V);
             SoftTargetArgs args = contiguous_args(s, t, R, V, 2.0);
             args.student_dtype = student_dtype;
             args.teacher_dtype = t_dtype;
             args.divergence = d;
             args.labels = labels.data();
             args.hard_scale = 0.5;
-            args.loss = loss.bytes.data();
-            args.grad_student = gs.bytes.data();
-            args.grad_teacher = teacher_gradient ? gt.bytes.data() : nullptr;
             args.float16_gradients_in_float32 = wide;
-            std::vector<unsigned char> workspace(soft_target_workspace_bytes(args));
-            args.workspace = workspace.data();
-            soft_target_loss_cpu(args);
-            std::vector<double> out = loss.values();
-            for (double v : gs.values()) out.push_back(v);
-            if (teacher_gradient)
-              for (double v : gt.values()) out.push_back(v);
-            return out;
+            return run_with_gradients(args, DType::Float32, DType::Float32, teacher_gradient);
           };
           const std::vector<double> wide = run(DType::Float16, teacher_dtype, true);
           // the float32 copy: the student always, the teacher too when its gradient is wanted
