@@ -487,18 +487,20 @@ INSTANTIATE_TEST_SUITE_P(All, FeatureKernel, ::testing::Values(Backend::Cpu, Bac
 
 // float16_gradients_in_float32 on the CPU: float16 inputs read as they are, their gradients written
 // in float32, equal the gradients of the same values given as float32 (the float32 copy the torch
-// ops passed before). feature_mse: a float16 pair and a float16 student beside a float32 teacher,
-// the total and the elementwise loss; attention_transfer: channels first (the blocked map) and last,
-// p = 2 and 3. The CUDA launchers reject the option before touching a device.
+// ops passed before). feature_mse: a float16 pair, and a float16 student beside a float32 or a
+// float64 teacher (accumulating in double), the total and the elementwise loss; attention_transfer:
+// channels first (the blocked map) and last, p = 1, 2 and 3. A float16 student's float32 gradient
+// cannot overwrite the student. The CUDA launchers reject the option before touching a device.
 TEST(FeatureLauncher, Float16GradientsInFloat32MatchTheFloat32Copy) {
   const std::int64_t n = 3 * 70000 + 11;  // more than one chunk (kTaskElements) and a rest
   const std::vector<double> sv = Buffer::from(DType::Float16, random_values(n, 31)).values();
   const std::vector<double> tv = Buffer::from(DType::Float16, random_values(n, 32)).values();
-  for (const DType teacher_dtype : {DType::Float16, DType::Float32}) {
+  for (const DType teacher_dtype : {DType::Float16, DType::Float32, DType::Float64}) {
     for (const bool elementwise : {false, true}) {
       const auto run = [&](DType s_dtype, DType t_dtype, bool wide) {
         const Buffer s = Buffer::from(s_dtype, sv), t = Buffer::from(t_dtype, tv);
-        Buffer loss(DType::Float32, elementwise ? n : 1), gs(DType::Float32, n), gt(DType::Float32, n);
+        Buffer loss(loss_dtype(s_dtype, t_dtype), elementwise ? n : 1), gs(gradient_dtype(s_dtype, wide), n),
+            gt(gradient_dtype(t_dtype, wide), n);
         std::vector<unsigned char> workspace;
         FeatureMseArgs args;
         args.student = s.bytes.data();
@@ -518,15 +520,30 @@ TEST(FeatureLauncher, Float16GradientsInFloat32MatchTheFloat32Copy) {
         return std::vector<std::vector<double>>{loss.values(), gs.values(), gt.values()};
       };
       const auto wide = run(DType::Float16, teacher_dtype, true);
-      const auto copy = run(DType::Float32, DType::Float32, false);
+      const auto copy = run(DType::Float32, teacher_dtype == DType::Float64 ? DType::Float64 : DType::Float32, false);
       for (std::size_t i = 0; i < wide.size(); ++i)
         EXPECT_LT(rel_diff(wide[i], copy[i]), 1e-6) << "output " << i << " teacher " << dtype_name(teacher_dtype);
     }
   }
+  {  // in place: the student's own buffer cannot take its float32 gradient
+    Buffer s = Buffer::from(DType::Float16, sv), t = Buffer::from(DType::Float16, tv);
+    Buffer loss(DType::Float32, 1);
+    FeatureMseArgs args;
+    args.student = s.bytes.data();
+    args.student_dtype = args.teacher_dtype = DType::Float16;
+    args.teacher = t.bytes.data();
+    args.numel = n;
+    args.loss = loss.bytes.data();
+    args.grad_student = s.bytes.data();
+    args.float16_gradients_in_float32 = true;
+    std::vector<unsigned char> workspace(feature_mse_workspace_bytes(args));
+    args.workspace = workspace.data();
+    EXPECT_THROW(feature_mse_cpu(args), std::invalid_argument);
+  }
 
   const std::vector<MapShape> shapes = {{3, 5, 4, 150, false, false}, {2, 7, 3, 30, true, false}};
   for (const MapShape& m : shapes) {
-    for (const double p : {2.0, 3.0}) {
+    for (const double p : {1.0, 2.0, 3.0}) {
       const std::int64_t ns = m.batch * m.cs * m.spatial, nt = m.batch * m.ct * m.spatial;
       const std::vector<double> msv = Buffer::from(DType::Float16, random_values(ns, 33)).values();
       const std::vector<double> mtv = Buffer::from(DType::Float16, random_values(nt, 34)).values();

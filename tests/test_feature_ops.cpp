@@ -153,7 +153,7 @@ TEST_P(FeatureOps, AttentionTransferMatchesComposite) {
                                    {{3, 6, 5, 7}, {3, 4, 5, 7}},     {{1, 16, 7, 7}, {1, 32, 7, 7}},
                                    {{2, 3, 3, 4, 5}, {2, 2, 3, 4, 5}}, {{4, 7}, {4, 3}}};
   for (const Case& c : cases) {
-    for (const auto type : {at::kDouble, at::kFloat, at::kBFloat16}) {
+    for (const auto type : {at::kDouble, at::kFloat, at::kBFloat16, at::kHalf}) {
       for (const double p : {2.0, 1.0, 3.0}) {
         for (const std::string reduction : {"mean", "sum", "batchmean", "none"}) {
           const at::Tensor s = features(c.s, type, device(), 5), t = features(c.t, type, device(), 6);
@@ -174,7 +174,8 @@ TEST_P(FeatureOps, AttentionTransferLayouts) {
       {s.contiguous(at::MemoryFormat::ChannelsLast), t},
       {s, t.contiguous(at::MemoryFormat::ChannelsLast)},
       {s.slice(1, 0, 8, 2), t.transpose(2, 3).contiguous().transpose(2, 3)},
-      {s.to(at::kBFloat16), t.to(at::kDouble)}};
+      {s.to(at::kBFloat16), t.to(at::kDouble)},
+      {s.to(at::kHalf).contiguous(at::MemoryFormat::ChannelsLast), t.to(at::kDouble)}};
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const auto& [a, b] = cases[i];
     check_against({a, b}, [&](const auto& v) { return fusedkd::attention_transfer(v[0], v[1], 2.0, "mean"); },

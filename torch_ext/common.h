@@ -34,8 +34,9 @@ at::ScalarType loss_scalar_type(std::initializer_list<at::ScalarType> inputs);
 // with |grad_output| < 1 a gradient above 65504 would be inf.
 at::ScalarType gradient_buffer_type(at::ScalarType input);
 // The dtype the kernels read an input in: gradient_buffer_type when its gradient is wanted (most
-// kernels write a gradient in the dtype they read; the CPU soft-target kernels read float16 and
-// write float32 themselves, Backend::float16_gradients_in_float32), else the input's own.
+// kernels write a gradient in the dtype they read; the CPU soft-target, feature_mse and
+// attention_transfer kernels read float16 and write float32 themselves: backend.h, read_type),
+// else the input's own.
 at::ScalarType kernel_input_type(const at::Tensor& x, bool gradient_wanted);
 // x's options with its gradient buffer's dtype (Meta kernels).
 at::TensorOptions gradient_buffer_options(const at::Tensor& x);

@@ -81,7 +81,7 @@ struct AttentionTransferArgs {
   void* grad_teacher = nullptr;  // the teacher's likewise
   void* workspace = nullptr;
   // A float16 map's gradient written in float32 (fusedkd/dtype.h: gradient_dtype; the CPU launcher;
-  // the CUDA launcher rejects it).
+  // the CUDA launcher rejects it). The gradients must not overlap the maps.
   bool float16_gradients_in_float32 = false;
 };
 std::size_t attention_transfer_workspace_bytes(const AttentionTransferArgs& args);

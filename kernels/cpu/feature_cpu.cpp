@@ -49,14 +49,17 @@ double mse_chunk(const TS* s, const TT* t, std::int64_t n, Acc scale, Acc* loss,
   return sum;
 }
 
-// The same with a per-channel bias on the student (the projection): through scratch rows, the
-// student's gradient in place of its values.
+// The same through scratch rows, converted once, the student's gradient in place of its values:
+// with a per-channel bias on the student (the projection), or for float16 where the instruction
+// set does not convert it (kReadInPlace: each read of the chunk would convert it again).
 template <typename Acc>
-double mse_chunk_with_bias(const FeatureMseArgs& a, std::int64_t first, std::int64_t n, Acc* xs, Acc* xt) {
-  const Acc* bias = static_cast<const Acc*>(a.bias);
+double mse_chunk_converted(const FeatureMseArgs& a, std::int64_t first, std::int64_t n, Acc* xs, Acc* xt) {
   load_row(a.student, a.student_dtype, first, n, xs);
   load_row(a.teacher, a.teacher_dtype, first, n, xt);
-  for (std::int64_t i = 0; i < n; ++i) xs[i] += bias[channel_of(first + i, a.bias_inner, a.bias_channels)];
+  if (a.bias) {
+    const Acc* bias = static_cast<const Acc*>(a.bias);
+    for (std::int64_t i = 0; i < n; ++i) xs[i] += bias[channel_of(first + i, a.bias_inner, a.bias_channels)];
+  }
   Acc* loss = a.elementwise_loss ? static_cast<Acc*>(a.loss) + first : nullptr;
   const bool gradient = a.grad_student || a.grad_teacher;
   const double sum =
@@ -79,6 +82,7 @@ void run_feature_mse(const FeatureMseArgs& a, const CpuExecutor& executor) {
     with_storage_type(a.teacher_dtype, [&](auto t_tag) {
       using TS = decltype(s_tag);
       using TT = decltype(t_tag);
+      const bool converted = a.bias || !kReadInPlace<TS> || !kReadInPlace<TT>;
       with_gradient_type<TS>(a.float16_gradients_in_float32, [&](auto gs_tag) {
         with_gradient_type<TT>(a.float16_gradients_in_float32, [&](auto gt_tag) {
           using GS = decltype(gs_tag);
@@ -88,8 +92,8 @@ void run_feature_mse(const FeatureMseArgs& a, const CpuExecutor& executor) {
               const std::int64_t first = chunk * kChunk;
               const std::int64_t n = first + kChunk < a.numel ? kChunk : a.numel - first;
               double sum;
-              if (a.bias) {
-                sum = mse_chunk_with_bias<Acc>(a, first, n, scratch_row<Acc>(kChunk, 0), scratch_row<Acc>(kChunk, 1));
+              if (converted) {
+                sum = mse_chunk_converted<Acc>(a, first, n, scratch_row<Acc>(kChunk, 0), scratch_row<Acc>(kChunk, 1));
               } else {
                 sum = mse_chunk<TS, TT, GS, GT, Acc>(
                     static_cast<const TS*>(a.student) + first, static_cast<const TT*>(a.teacher) + first, n,
