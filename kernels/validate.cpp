@@ -75,6 +75,14 @@ void validate(const ScaleElementsArgs& a) {
   check(a.factor_group >= a.numel || a.numel % a.factor_group == 0, "factor_group must divide numel");
 }
 
+void check_cuda_gradient_dtypes(bool float16_gradients_in_float32, const char* launcher) {
+  if (float16_gradients_in_float32) {
+    throw std::invalid_argument(std::string(launcher) +
+                                ": float16_gradients_in_float32 is a CPU launcher option (the CUDA kernels write each "
+                                "gradient in its input's dtype)");
+  }
+}
+
 int blas_int(std::int64_t value, const char* what) {
   check(value <= std::numeric_limits<std::int32_t>::max(),
         std::string(what) + " = " + std::to_string(value) + " exceeds the 32-bit sizes of BLAS");

@@ -23,6 +23,10 @@ void validate(const SimilarityPreservingArgs& args);
 void validate(const ProjectedFeatureMseArgs& args);
 void validate(const ProjectionBackwardArgs& args);
 
+// The CUDA launchers write each gradient in its input's dtype: std::invalid_argument naming
+// `launcher` when float16_gradients_in_float32 (a CPU launcher option) is set.
+void check_cuda_gradient_dtypes(bool float16_gradients_in_float32, const char* launcher);
+
 // `value` as a 32-bit BLAS dimension; std::invalid_argument naming `what` when it does not fit.
 int blas_int(std::int64_t value, const char* what);
 

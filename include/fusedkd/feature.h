@@ -77,8 +77,9 @@ struct AttentionTransferArgs {
   double scale = 1.0;
   bool per_row_loss = false;
   void* loss = nullptr;
-  void* grad_student = nullptr;  // the student's layout, gradient_dtype(its dtype, float16_gradients_in_float32)
-  void* grad_teacher = nullptr;  // the teacher's likewise
+  // The gradients: each in its map's layout, gradient_dtype(its dtype, float16_gradients_in_float32).
+  void* grad_student = nullptr;
+  void* grad_teacher = nullptr;
   void* workspace = nullptr;
   // A float16 map's gradient written in float32 (fusedkd/dtype.h: gradient_dtype; the CPU launcher;
   // the CUDA launcher rejects it). The gradients must not overlap the maps.

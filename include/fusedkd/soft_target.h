@@ -44,9 +44,9 @@ struct SoftTargetArgs {
 
   // Outputs. per_row_loss: `loss` holds soft_scale * D_r for each row (accumulation dtype, [rows]);
   // else `loss` holds the total (one element). Loss dtype: float64 when an input is float64, else
-  // float32. The gradients (contiguous, in gradient_dtype(input's dtype,
-  // float16_gradients_in_float32), fusedkd/dtype.h) are written when non-null; they must not overlap the inputs (the
-  // CPU kernel reads rows stored in the accumulation dtype where they lie while it writes the
+  // float32. The gradients (contiguous, in fusedkd/dtype.h's gradient_dtype of their input's dtype
+  // and float16_gradients_in_float32) are written when non-null; they must not overlap the inputs
+  // (the CPU kernel reads rows stored in the accumulation dtype where they lie while it writes the
   // gradients).
   bool per_row_loss = false;
   void* loss = nullptr;

@@ -236,10 +236,7 @@ namespace fusedkd {
 
 void feature_mse_cuda(const FeatureMseArgs& args, CUstream_st* stream) {
   detail::validate(args);
-  if (args.float16_gradients_in_float32) {
-    throw std::invalid_argument("feature_mse_cuda: float16_gradients_in_float32 is a CPU launcher option (the CUDA kernels "
-                                "write each gradient in its input's dtype)");
-  }
+  detail::check_cuda_gradient_dtypes(args.float16_gradients_in_float32, "feature_mse_cuda");
   if (args.numel == 0) {
     if (args.elementwise_loss) return;
     if (feature_mse_uses_double(args)) cuda::zero_loss<double>(args.loss, stream);
@@ -251,10 +248,7 @@ void feature_mse_cuda(const FeatureMseArgs& args, CUstream_st* stream) {
 
 void attention_transfer_cuda(const AttentionTransferArgs& args, CUstream_st* stream) {
   detail::validate(args);
-  if (args.float16_gradients_in_float32) {
-    throw std::invalid_argument("attention_transfer_cuda: float16_gradients_in_float32 is a CPU launcher option (the CUDA kernels "
-                                "write each gradient in its input's dtype)");
-  }
+  detail::check_cuda_gradient_dtypes(args.float16_gradients_in_float32, "attention_transfer_cuda");
   const bool is_double = attention_transfer_uses_double(args);
   if (args.batch == 0) {
     if (args.per_row_loss) return;

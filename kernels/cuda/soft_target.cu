@@ -267,11 +267,7 @@ CudaLongRowPolicy cuda_long_row_policy() {
 
 void soft_target_loss_cuda(const SoftTargetArgs& args, CUstream_st* stream) {
   detail::validate(args);
-  if (args.float16_gradients_in_float32) {
-    throw std::invalid_argument(
-        "soft_target_loss_cuda: float16_gradients_in_float32 is a CPU launcher option (the CUDA kernels write "
-        "each gradient in its input's dtype)");
-  }
+  detail::check_cuda_gradient_dtypes(args.float16_gradients_in_float32, "soft_target_loss_cuda");
   if (args.rows == 0) {
     if (!args.per_row_loss) {
       FUSEDKD_CUDA_CHECK(cudaMemsetAsync(args.loss, 0, soft_target_uses_double(args) ? 8 : 4, stream));
