@@ -43,14 +43,13 @@ Tensor3 attention_transfer_forward(const Backend& backend, const at::Tensor& stu
   const bool s_last = prefers_channels_last(student), t_last = prefers_channels_last(teacher);
   const at::Tensor s = to_layout(student, s_last, read_type(backend, student, grad_student));
   const at::Tensor t = to_layout(teacher, t_last, read_type(backend, teacher, grad_teacher));
-  const auto gradient_options = [&](const at::Tensor& x) {  // in the dtype the kernel writes it in
-    return x.options().dtype(written_gradient_type(backend, x.scalar_type()));
-  };
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   const int64_t batch = s.size(0);
   at::Tensor loss = per_row ? at::empty({batch}, loss_options) : at::empty({}, loss_options);
-  at::Tensor gs = maybe_empty(grad_student, [&] { return empty_layout(s.sizes(), s_last, gradient_options(s)); }, s);
-  at::Tensor gt = maybe_empty(grad_teacher, [&] { return empty_layout(t.sizes(), t_last, gradient_options(t)); }, t);
+  at::Tensor gs =
+      maybe_empty(grad_student, [&] { return empty_layout(s.sizes(), s_last, gradient_buffer_options(s)); }, s);
+  at::Tensor gt =
+      maybe_empty(grad_teacher, [&] { return empty_layout(t.sizes(), t_last, gradient_buffer_options(t)); }, t);
 
   AttentionTransferArgs args;
   args.student = feature_map(s, s_last);

@@ -43,11 +43,9 @@ struct Backend {
 inline at::ScalarType read_type(const Backend& backend, const at::Tensor& x, bool gradient_wanted) {
   return backend.float16_gradients_in_float32 ? x.scalar_type() : kernel_input_type(x, gradient_wanted);
 }
-// The dtype of the gradient they write for an input read as `read` (fusedkd::gradient_dtype): the
-// gradient buffer's (common.h: gradient_buffer_type) either way.
-inline at::ScalarType written_gradient_type(const Backend& backend, at::ScalarType read) {
-  return backend.float16_gradients_in_float32 ? gradient_buffer_type(read) : read;
-}
+// Either way the kernels write an input's gradient in the gradient buffer's dtype of what they
+// read (common.h: gradient_buffer_options): a float16 input they read is read only without a
+// gradient, or with one where they write it in float32 (fusedkd::gradient_dtype).
 
 // The CPU kernels on LibTorch's intra-op thread pool.
 const Backend& cpu_backend();

@@ -32,9 +32,8 @@ Tensor3 feature_mse_forward(const Backend& backend, const at::Tensor& student, c
   const auto loss_options = s.options().dtype(loss_scalar_type({s.scalar_type(), t.scalar_type()}));
   at::Tensor loss =
       elementwise ? empty_strided_output(s.sizes(), s.strides(), loss_options) : at::empty({}, loss_options);
-  const auto like = [&](const at::Tensor& x) {  // its gradient, in the dtype the kernel writes it in
-    return empty_strided_output(x.sizes(), x.strides(),
-                                x.options().dtype(written_gradient_type(backend, x.scalar_type())));
+  const auto like = [](const at::Tensor& x) {  // its gradient (backend.h: the gradient buffer's dtype)
+    return empty_strided_output(x.sizes(), x.strides(), gradient_buffer_options(x));
   };
   at::Tensor gs = maybe_empty(grad_student, [&] { return like(s); }, s);
   at::Tensor gt = maybe_empty(grad_teacher, [&] { return like(t); }, t);

@@ -56,13 +56,10 @@ Tensor3 soft_target_forward(const Backend& backend, const at::Tensor& student, c
   const auto loss_options = student.options().dtype(loss_scalar_type({student.scalar_type(), teacher.scalar_type()}));
   const at::IntArrayRef leading = student.sizes().slice(0, student.dim() - 1);
   at::Tensor loss = per_row ? at::empty(leading, loss_options) : at::empty({}, loss_options);
-  // Each gradient in the dtype the kernel writes it in.
-  const auto gradient_options = [&](const at::Tensor& used_input) {
-    return used_input.options().dtype(written_gradient_type(backend, used_input.scalar_type()));
-  };
-  at::Tensor grad_s = grad_student ? empty_output(student.sizes(), gradient_options(student_used))
+  // Each gradient in the dtype the kernel writes it in (backend.h: the gradient buffer's dtype).
+  at::Tensor grad_s = grad_student ? empty_output(student.sizes(), gradient_buffer_options(student_used))
                                    : at::empty({0}, student_used.options());
-  at::Tensor grad_t = grad_teacher ? empty_output(teacher_used.sizes(), gradient_options(teacher_used))
+  at::Tensor grad_t = grad_teacher ? empty_output(teacher_used.sizes(), gradient_buffer_options(teacher_used))
                                    : at::empty({0}, teacher_used.options());
   const auto as_buffers = [&] {
     return std::tuple<at::Tensor, at::Tensor, at::Tensor>{loss, grad_s.to(gradient_buffer_type(student.scalar_type())),
