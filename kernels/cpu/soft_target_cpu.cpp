@@ -41,13 +41,32 @@ inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, Acc max_s, Acc 
 // hard one when kHard) and the KL loss sum C; with kKeep it also writes each element's softmax
 // numerators (ks: exp((s - m_s)/T), kt: exp((t - m_t)/T), kh: exp(s - m_s)), for later sweeps
 // without exponentials (see keeps_numerators). kFinite: neither row holds a -inf, so the terms
-// need no exact-zero selects and C reuses the numerator exp((x - m_x)/T) of its sum.
+// need no exact-zero selects and C reuses the numerator exp((x - m_x)/T) of its sum. A 16-bit
+// pair is widened block by block into two float rows on the stack (8 KiB, in L1) and the block
+// summed by the float loop: read in the loop itself, the 16-bit type made the vectoriser take
+// 32 elements per iteration, which spilled its registers (bfloat16 at 4096 x 32,000 with the rows
+// in cache: 31.1-31.2 -> 27.6-27.7 ms; from memory 32.3-32.7 -> 30.2-30.5 ms; measured
+// 2026-12-01).
 template <Divergence D, bool kHard, bool kKeep, bool kFinite, typename Acc, typename In>
 inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& plan, Acc max_s, Acc max_t,
                                                             std::int64_t j0, std::int64_t j1,
                                                             const In* __restrict s, const In* __restrict t,
                                                             Acc* __restrict ks, Acc* __restrict kt, Acc* __restrict kh,
                                                             Acc& bs, Acc& bt, Acc& bh, Acc& bc) {
+  if constexpr (!std::is_same_v<In, Acc>) {
+    alignas(64) Acc ws[kSumBlock], wt[kSumBlock];
+    const std::int64_t n = j1 - j0;
+#pragma omp simd
+    for (std::int64_t j = 0; j < n; ++j) {
+      ws[j] = at<Acc>(s, j0 + j);
+      wt[j] = at<Acc>(t, j0 + j);
+    }
+    Acc* const none = nullptr;
+    statistics_block<D, kHard, kKeep, kFinite, Acc, Acc>(plan, max_s, max_t, 0, n, ws, wt, kKeep ? ks + j0 : none,
+                                                        kKeep ? kt + j0 : none, kKeep && kHard ? kh + j0 : none, bs,
+                                                        bt, bh, bc);
+    return;
+  }
 #pragma omp simd reduction(+ : bs, bt, bh, bc)
   for (std::int64_t j = j0; j < j1; ++j) {
     Acc es, et, eh = Acc(0);
@@ -124,7 +143,8 @@ struct RowScratch {
 // the rows' storage type as the sweeps read it, Acc (in place or converted into cs, ct) or the
 // 16-bit type both rows share. Read as they are, a bfloat16 pair's statistics sweep (no gradient)
 // at 4096 x 32,000 took 27.5-28.0 ms against 37.3-38.1 ms through converted rows (measured,
-// alternating runs): the conversion pass wrote 4 bytes per element and waited on memory.
+// alternating runs): the conversion pass wrote 4 bytes per element and waited on memory (the
+// statistics sweep's own widening, block by block into L1, stays in cache).
 template <Divergence D, typename In, typename Acc>
 Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r, bool valid,
                 std::int64_t label, const RowScratch<Acc>& scratch) {
