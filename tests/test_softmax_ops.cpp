@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <string>
 
@@ -242,6 +244,32 @@ TEST_P(SoftmaxOps, MetaTensorsGiveShapesOnly) {
   EXPECT_TRUE(out.is_meta());
   EXPECT_EQ(out.sizes(), x.sizes());
   EXPECT_EQ(out.scalar_type(), torch::kBFloat16);
+}
+
+// The C++ API of the cache of freed large CPU outputs (torch_ext/outputs.h; its reuse and its
+// settings are tested from Python, python/tests/test_outputs.py).
+TEST(CpuOutputCache, ReleaseFreesTheBlocksKeptAndReturnsTheirBytes) {
+  const char* huge = std::getenv("FUSEDKD_CPU_HUGE_PAGES");
+  const char* capacity = std::getenv("FUSEDKD_CPU_OUTPUT_CACHE_MB");
+  if ((huge && std::string(huge) == "0") || (capacity && std::string(capacity) == "0"))
+    GTEST_SKIP() << "the output cache is turned off in this environment";
+  fusedkd::release_cpu_output_cache();
+  const std::int64_t bytes = 4096 * 4096 * 4;  // 64 MiB: above the allocator's 32 MiB threshold
+  const at::Tensor x = torch::randn({4096, 4096});
+  const void* first = nullptr;
+  {
+    const at::Tensor y = fusedkd::softmax_t(x, 2.0);
+    first = y.data_ptr();
+  }
+  const at::Tensor again = fusedkd::softmax_t(x, 2.0);  // the block just freed
+  EXPECT_EQ(again.data_ptr(), first);
+  EXPECT_TRUE(torch::allclose(again, torch::softmax(x / 2.0, -1), 1e-5, 1e-7));
+  EXPECT_EQ(fusedkd::release_cpu_output_cache(), 0);  // the one block is in use
+  {
+    const at::Tensor y = fusedkd::softmax_t(x * 2, 2.0);  // a second block while `again` lives
+  }
+  EXPECT_GE(fusedkd::release_cpu_output_cache(), bytes);
+  EXPECT_EQ(fusedkd::release_cpu_output_cache(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -3,6 +3,7 @@
 // Behaviour: ../shared/spec/ops.md, docs/architecture.md; the op bodies: ops.h.
 #include <torch/library.h>
 
+#include "fusedkd/torch.h"
 #include "ops.h"
 
 TORCH_LIBRARY(fusedkd, m) {
@@ -54,6 +55,12 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
         "bool keep_gradient, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
   m.def("_projection_backward(Tensor grad_projection, Tensor student, Tensor weight, bool grad_student, "
         "bool grad_weight, bool grad_bias) -> (Tensor, Tensor, Tensor)");
+}
+
+// The cache of freed large CPU outputs (torch_ext/outputs.h): frees what it holds, returns the
+// bytes. No tensor argument: the one kernel serves every dispatch key.
+TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
+  m.def("release_cpu_output_cache() -> int", [] { return fusedkd::release_cpu_output_cache(); });
 }
 
 // ---------------------------------------------------------------- registrations

@@ -1,31 +1,134 @@
 #include "outputs.h"
 
+#include "fusedkd/torch.h"
+
 #include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <mutex>
+#include <vector>
 
 namespace fusedkd::torch_ext {
 namespace {
 
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
-void free_huge(void* p) { std::free(p); }
+// The cache's capacity in bytes: FUSEDKD_CPU_OUTPUT_CACHE_MB (MiB; 0 turns the cache off), read
+// once, by default kDefaultCacheMiB.
+constexpr std::size_t kDefaultCacheMiB = 1024;
+std::size_t cache_capacity() {
+  static const std::size_t bytes = [] {
+    const char* value = std::getenv("FUSEDKD_CPU_OUTPUT_CACHE_MB");
+    if (value == nullptr || *value == '\0') return kDefaultCacheMiB << 20;
+    char* end = nullptr;
+    const unsigned long long mib = std::strtoull(value, &end, 10);
+    TORCH_CHECK(*end == '\0' && value[0] != '-', "fusedkd: FUSEDKD_CPU_OUTPUT_CACHE_MB must be a whole number of MiB, "
+                "not \"", value, "\"");
+    return static_cast<std::size_t>(mib) << 20;
+  }();
+  return bytes;
+}
+
+// Freed large outputs, kept for the next output of the same size. A training loop frees a step's
+// gradient buffer before the next step asks for one just as large; handing it the same block
+// again saves the faults and the zeroing of fresh pages that every mmap'd block costs, even on
+// huge pages (docs/architecture.md). Blocks are matched by their size rounded up to whole huge
+// pages; the oldest go first when a freed block does not fit in the capacity.
+class OutputCache {
+ public:
+  // A cached block of exactly `bytes` (rounded), or null.
+  void* take(std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
+      if (it->bytes != bytes) continue;
+      void* data = it->data;
+      cached_ -= it->bytes;
+      blocks_.erase(it);
+      return data;
+    }
+    return nullptr;
+  }
+  // Keeps a freed block, or frees it when it is larger than the whole capacity.
+  void give(void* data, std::size_t bytes) {
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (bytes <= cache_capacity()) {
+        while (cached_ + bytes > cache_capacity()) {
+          evicted.push_back(blocks_.front().data);
+          cached_ -= blocks_.front().bytes;
+          blocks_.pop_front();
+        }
+        blocks_.push_back({data, bytes});
+        cached_ += bytes;
+        data = nullptr;
+      }
+    }
+    for (void* p : evicted) std::free(p);
+    std::free(data);
+  }
+  std::size_t release() {
+    std::deque<Block> blocks;
+    std::size_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(blocks_);
+      bytes = cached_;
+      cached_ = 0;
+    }
+    for (const Block& b : blocks) std::free(b.data);
+    return bytes;
+  }
+
+ private:
+  struct Block {
+    void* data;
+    std::size_t bytes;
+  };
+  std::mutex mutex_;
+  std::deque<Block> blocks_;
+  std::size_t cached_ = 0;
+};
+
+// Never destroyed: tensors may be freed while static objects are torn down at exit.
+OutputCache& output_cache() {
+  static OutputCache* cache = new OutputCache;
+  return *cache;
+}
+
+// A block's context: its size, for the cache.
+struct BlockContext {
+  void* data;
+  std::size_t bytes;
+};
+
+void free_block(void* context) {
+  const BlockContext* block = static_cast<BlockContext*>(context);
+  output_cache().give(block->data, block->bytes);
+  delete block;
+}
 
 // 2 MiB-aligned blocks with madvise(MADV_HUGEPAGE) over their whole huge pages (what LibTorch does
 // for every CPU tensor under THP_MEM_ALLOC_ENABLE=1), for the large outputs alone; anything
-// smaller goes to LibTorch's CPU allocator (a resize of one of these tensors may).
+// smaller goes to LibTorch's CPU allocator (a resize of one of these tensors may). Freed blocks go
+// to the output cache.
 class HugePageAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(std::size_t bytes) override {
     if (bytes < kHugePageThreshold) return c10::GetCPUAllocator()->allocate(bytes);
-    void* p = nullptr;
-    if (posix_memalign(&p, kHugePage, bytes) != 0 || p == nullptr)
-      TORCH_CHECK(false, "fusedkd: out of memory allocating ", bytes, " bytes");
-    madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);  // a hint: its failure changes nothing
-    return {p, p, &free_huge, c10::Device(c10::DeviceType::CPU)};
+    cache_capacity();  // read here, where a bad setting can throw (free_block must not)
+    const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    void* p = output_cache().take(rounded);
+    if (p == nullptr) {
+      if (posix_memalign(&p, kHugePage, rounded) != 0 || p == nullptr)
+        TORCH_CHECK(false, "fusedkd: out of memory allocating ", bytes, " bytes");
+      madvise(p, rounded, MADV_HUGEPAGE);  // a hint: its failure changes nothing
+    }
+    return {p, new BlockContext{p, rounded}, &free_block, c10::Device(c10::DeviceType::CPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -80,4 +183,12 @@ at::Tensor empty_strided_output(at::IntArrayRef sizes, at::IntArrayRef strides, 
                                            c10::typeMetaToScalarType(options.dtype()));
 }
 
+std::size_t release_cpu_output_cache() { return output_cache().release(); }
+
 }  // namespace fusedkd::torch_ext
+
+namespace fusedkd {
+
+std::int64_t release_cpu_output_cache() { return static_cast<std::int64_t>(torch_ext::release_cpu_output_cache()); }
+
+}  // namespace fusedkd

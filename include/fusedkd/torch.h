@@ -54,4 +54,9 @@ at::Tensor projected_feature_mse(const at::Tensor& student, const at::Tensor& we
 // Similarity-preserving loss ||normalize(F_s F_s^T) - normalize(F_t F_t^T)||_F^2 / N^2, F = x.reshape(N, -1).
 at::Tensor similarity_preserving(const at::Tensor& student, const at::Tensor& teacher);
 
+// Large CPU outputs (32 MiB and more) are kept when freed, up to FUSEDKD_CPU_OUTPUT_CACHE_MB
+// (1024 MiB by default; 0 keeps none), for the next output of the same size. This frees every
+// block kept; returns their bytes (torch.ops.fusedkd.release_cpu_output_cache in Python).
+std::int64_t release_cpu_output_cache();
+
 }  // namespace fusedkd

@@ -1,6 +1,7 @@
 """Large CPU outputs come from fusedkd's huge-page allocator (torch_ext/outputs.h): they must be
 ordinary tensors (resizable, freed, usable as .grad) with the same bits as with the allocator off
-(FUSEDKD_CPU_HUGE_PAGES=0, read once per process: compared in a subprocess)."""
+(FUSEDKD_CPU_HUGE_PAGES=0, read once per process: compared in a subprocess). Freed ones are kept
+for reuse (FUSEDKD_CPU_OUTPUT_CACHE_MB): no page faults, no stale values, and released on demand."""
 from __future__ import annotations
 
 import os
@@ -61,6 +62,8 @@ def test_large_gradient_lies_on_huge_pages():
     mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
     if "[never]" in mode:
         pytest.skip("transparent huge pages are off on this machine")
+    if os.environ.get("FUSEDKD_CPU_HUGE_PAGES") == "0":
+        pytest.skip("fusedkd's huge-page allocator is turned off (FUSEDKD_CPU_HUGE_PAGES=0)")
 
     def huge_kb():
         return int(re.search(r"AnonHugePages:\s+(\d+)", open("/proc/self/smaps_rollup").read()).group(1))
@@ -68,7 +71,76 @@ def test_large_gradient_lies_on_huge_pages():
     # 64 MiB: above glibc's largest mmap threshold (32 MiB), so the buffer is always fresh memory
     # (a smaller one may reuse heap pages faulted earlier, which madvise does not turn into huge ones).
     s, t = torch.randn(4096, 4096, requires_grad=True), torch.randn(4096, 4096)
+    fusedkd.release_cpu_output_cache()  # a block kept from an earlier test would be no fresh memory
     before = huge_kb()
     grad, = torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])
     assert huge_kb() - before >= 32 * 1024, "the 64 MiB gradient is mostly not on 2 MiB pages"
     del grad
+
+
+def _minor_faults():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+# Run in a subprocess with the cache setting given: a warm-up call, then the faults of a second
+# call whose 64 MiB gradient could reuse the first one's freed block.
+FAULTS_PROBE = """
+import resource, torch, fusedkd
+s, t = torch.randn(4096, 4096, requires_grad=True), torch.randn(4096, 4096)
+for _ in range(2):
+    torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+grad, = torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults_with_cache(setting):
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
+    env = dict(os.environ, FUSEDKD_CPU_OUTPUT_CACHE_MB=setting, FUSEDKD_CPU_HUGE_PAGES="1",
+               PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", FAULTS_PROBE], env=env, check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
+
+
+def test_a_freed_large_gradient_is_reused_without_page_faults():
+    # 64 MiB is 32 huge pages or 16,384 small ones: a fresh block faults at least 32 times.
+    cached, uncached = _faults_with_cache("1024"), _faults_with_cache("0")
+    assert uncached >= 32, uncached
+    assert cached < 16, (cached, uncached)
+
+
+def test_a_bad_cache_setting_is_a_clear_error():
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
+    env = dict(os.environ, FUSEDKD_CPU_OUTPUT_CACHE_MB="lots", FUSEDKD_CPU_HUGE_PAGES="1",
+               PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    probe = "import torch, fusedkd\nfusedkd.softmax_t(torch.randn(4096, 4096))"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "FUSEDKD_CPU_OUTPUT_CACHE_MB must be a whole number of MiB" in out.stderr
+
+
+def test_reused_blocks_hold_no_stale_values_and_release_frees_them():
+    g = torch.Generator().manual_seed(11)
+    s1, t1 = torch.randn(4096, 4096, generator=g).requires_grad_(), torch.randn(4096, 4096, generator=g)
+    s2, t2 = torch.randn(4096, 4096, generator=g).requires_grad_(), torch.randn(4096, 4096, generator=g)
+    labels = torch.randint(0, 4096, (4096,), generator=g)
+    labels[::3] = -100  # ignored rows: their gradient is written as zeros, not left as it was
+
+    def grad():
+        return torch.autograd.grad(fusedkd.kd_loss(s2, t2, labels, temperature=2.0, hard_weight=0.5), [s2])[0]
+
+    fusedkd.release_cpu_output_cache()
+    expected = grad()  # a fresh block, kept alive below
+    for _ in range(2):
+        stale, = torch.autograd.grad(fusedkd.kd_loss(s1, t1, temperature=3.0), [s1])
+        del stale  # the block goes to the cache, holding another call's values
+        got = grad()
+        assert torch.equal(got, expected)
+        assert not got[::3].any()
+        del got
+    caching = os.environ.get("FUSEDKD_CPU_HUGE_PAGES") != "0" and os.environ.get("FUSEDKD_CPU_OUTPUT_CACHE_MB") != "0"
+    assert fusedkd.release_cpu_output_cache() >= (4096 * 4096 * 4 if caching else 0)
+    assert fusedkd.release_cpu_output_cache() == 0
