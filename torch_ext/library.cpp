@@ -58,7 +58,9 @@ TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
 }
 
 // The cache of freed large CPU outputs (torch_ext/outputs.h): frees what it holds, returns the
-// bytes. No tensor argument: the one kernel serves every dispatch key.
+// bytes. No tensor argument: a kernel registered with the schema (CompositeImplicitAutograd) is
+// what a call without tensors reaches. Not for traced code: fusedkd.release_cpu_output_cache
+// keeps torch.compile out of it.
 TORCH_LIBRARY_FRAGMENT(fusedkd, m) {
   m.def("release_cpu_output_cache() -> int", [] { return fusedkd::release_cpu_output_cache(); });
 }

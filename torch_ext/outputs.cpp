@@ -4,13 +4,14 @@
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
-#include <vector>
+#include <unordered_map>
 
 namespace fusedkd::torch_ext {
 namespace {
@@ -24,63 +25,70 @@ std::size_t cache_capacity() {
   static const std::size_t bytes = [] {
     const char* value = std::getenv("FUSEDKD_CPU_OUTPUT_CACHE_MB");
     if (value == nullptr || *value == '\0') return kDefaultCacheMiB << 20;
-    char* end = nullptr;
-    const unsigned long long mib = std::strtoull(value, &end, 10);
-    TORCH_CHECK(*end == '\0' && value[0] != '-', "fusedkd: FUSEDKD_CPU_OUTPUT_CACHE_MB must be a whole number of MiB, "
-                "not \"", value, "\"");
-    return static_cast<std::size_t>(mib) << 20;
+    const std::size_t digits = std::strspn(value, "0123456789");
+    TORCH_CHECK(value[digits] == '\0' && digits <= 12, "fusedkd: FUSEDKD_CPU_OUTPUT_CACHE_MB must be a whole "
+                "number of MiB (at most 12 digits), not \"", value, "\"");
+    return static_cast<std::size_t>(std::strtoull(value, nullptr, 10)) << 20;
   }();
   return bytes;
 }
 
-// Freed large outputs, kept for the next output of the same size. A training loop frees a step's
-// gradient buffer before the next step asks for one just as large; handing it the same block
-// again saves the faults and the zeroing of fresh pages that every mmap'd block costs, even on
-// huge pages (docs/architecture.md). Blocks are matched by their size rounded up to whole huge
-// pages; the oldest go first when a freed block does not fit in the capacity.
+// The large outputs' blocks: those in use (with their sizes) and the freed ones kept for the next
+// output of the same size. A training loop frees a step's gradient buffer before the next step
+// asks for one just as large; handing it the same block again saves the faults and the zeroing
+// of fresh pages that every mmap'd block costs, even on huge pages (docs/architecture.md). Blocks
+// are matched by their size rounded up to whole huge pages; the oldest go first when the kept
+// ones would exceed the capacity.
 class OutputCache {
  public:
-  // A cached block of exactly `bytes` (rounded), or null.
+  // A kept block of exactly `bytes` (rounded), now in use, or null.
   void* take(std::size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
       if (it->bytes != bytes) continue;
       void* data = it->data;
-      cached_ -= it->bytes;
-      blocks_.erase(it);
+      in_use_.emplace(data, bytes);  // first: if it throws, nothing has changed
+      idle_bytes_ -= bytes;
+      idle_.erase(it);
       return data;
     }
     return nullptr;
   }
-  // Keeps a freed block, or frees it when it is larger than the whole capacity.
-  void give(void* data, std::size_t bytes) {
-    std::vector<void*> evicted;
-    {
+  // A new block in use; throws only std::bad_alloc, with nothing changed.
+  void track(void* data, std::size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    in_use_.emplace(data, bytes);
+  }
+  // A freed block (the tensors' deleter): kept, or freed. Never throws; a block it does not know
+  // (one from before a fork, see output_cache) is freed.
+  void give(void* data) noexcept {
+    try {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (bytes <= cache_capacity()) {
-        while (cached_ + bytes > cache_capacity()) {
-          evicted.push_back(blocks_.front().data);
-          cached_ -= blocks_.front().bytes;
-          blocks_.pop_front();
+      const auto it = in_use_.find(data);
+      if (it != in_use_.end()) {
+        const std::size_t bytes = it->second;
+        in_use_.erase(it);
+        if (bytes <= cache_capacity()) {
+          idle_.push_back({data, bytes});  // first: if it throws, the block is freed below
+          idle_bytes_ += bytes;
+          while (idle_bytes_ > cache_capacity()) {
+            std::free(idle_.front().data);
+            idle_bytes_ -= idle_.front().bytes;
+            idle_.pop_front();
+          }
+          return;
         }
-        blocks_.push_back({data, bytes});
-        cached_ += bytes;
-        data = nullptr;
       }
+    } catch (...) {
     }
-    for (void* p : evicted) std::free(p);
     std::free(data);
   }
   std::size_t release() {
-    std::deque<Block> blocks;
-    std::size_t bytes = 0;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      blocks.swap(blocks_);
-      bytes = cached_;
-      cached_ = 0;
-    }
-    for (const Block& b : blocks) std::free(b.data);
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Block& b : idle_) std::free(b.data);
+    idle_.clear();
+    const std::size_t bytes = idle_bytes_;
+    idle_bytes_ = 0;
     return bytes;
   }
 
@@ -90,27 +98,26 @@ class OutputCache {
     std::size_t bytes;
   };
   std::mutex mutex_;
-  std::deque<Block> blocks_;
-  std::size_t cached_ = 0;
+  std::unordered_map<void*, std::size_t> in_use_;
+  std::deque<Block> idle_;
+  std::size_t idle_bytes_ = 0;
 };
 
-// Never destroyed: tensors may be freed while static objects are torn down at exit.
+// Never destroyed: tensors may be freed while static objects are torn down at exit. A forked child
+// starts a cache of its own (its mutex may have been held by another thread of the parent at the
+// fork): the parent's kept blocks are left alone, and its blocks in use are freed when freed.
+OutputCache* cache_in_process = nullptr;
 OutputCache& output_cache() {
-  static OutputCache* cache = new OutputCache;
-  return *cache;
+  static OutputCache* const first = [] {
+    cache_in_process = new OutputCache;
+    pthread_atfork(nullptr, nullptr, [] { cache_in_process = new OutputCache; });
+    return cache_in_process;
+  }();
+  (void)first;
+  return *cache_in_process;
 }
 
-// A block's context: its size, for the cache.
-struct BlockContext {
-  void* data;
-  std::size_t bytes;
-};
-
-void free_block(void* context) {
-  const BlockContext* block = static_cast<BlockContext*>(context);
-  output_cache().give(block->data, block->bytes);
-  delete block;
-}
+void free_block(void* data) { output_cache().give(data); }
 
 // 2 MiB-aligned blocks with madvise(MADV_HUGEPAGE) over their whole huge pages (what LibTorch does
 // for every CPU tensor under THP_MEM_ALLOC_ENABLE=1), for the large outputs alone; anything
@@ -120,15 +127,23 @@ class HugePageAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(std::size_t bytes) override {
     if (bytes < kHugePageThreshold) return c10::GetCPUAllocator()->allocate(bytes);
-    cache_capacity();  // read here, where a bad setting can throw (free_block must not)
+    cache_capacity();  // read here, where a bad setting can throw (the deleter must not)
     const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
     void* p = output_cache().take(rounded);
     if (p == nullptr) {
       if (posix_memalign(&p, kHugePage, rounded) != 0 || p == nullptr)
         TORCH_CHECK(false, "fusedkd: out of memory allocating ", bytes, " bytes");
       madvise(p, rounded, MADV_HUGEPAGE);  // a hint: its failure changes nothing
+      try {
+        output_cache().track(p, rounded);
+      } catch (...) {
+        std::free(p);
+        throw;
+      }
     }
-    return {p, new BlockContext{p, rounded}, &free_block, c10::Device(c10::DeviceType::CPU)};
+    // The context is the data pointer, as LibTorch's own CPU allocator has it (copy-on-write
+    // clones require that); the cache knows each block's size.
+    return {p, p, &free_block, c10::Device(c10::DeviceType::CPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);

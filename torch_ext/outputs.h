@@ -29,8 +29,8 @@ std::size_t release_cpu_output_cache();
 
 // 32 MiB: glibc's largest mmap threshold. Smaller blocks come from its heap, which a training loop
 // reuses step after step with no fault at all (measured: a fresh 33 MB float32 gradient from here
-// made kl_div at [8192 x 1000] 1.2 ms slower than LibTorch's allocator); larger ones are always
-// fresh mmap'd memory, faulted anew on every call.
+// made kl_div at [8192 x 1000] 1.2 ms slower than LibTorch's allocator); larger ones glibc always
+// maps afresh, faulted anew on every call, hence the huge pages and the cache of freed blocks.
 constexpr std::size_t kHugePageThreshold = std::size_t{32} << 20;
 
 }  // namespace fusedkd::torch_ext

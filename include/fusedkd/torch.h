@@ -1,5 +1,5 @@
 // The C++ API of the LibTorch ops (library fusedkd_torch, CMake target fusedkd::torch).
-// Each function calls the registered op through the dispatcher, so autograd, CPU/CUDA dispatch
+// Each op function calls the registered op through the dispatcher, so autograd, CPU/CUDA dispatch
 // and the argument checks are the same as for torch.ops.fusedkd.* in Python.
 #pragma once
 
@@ -54,9 +54,10 @@ at::Tensor projected_feature_mse(const at::Tensor& student, const at::Tensor& we
 // Similarity-preserving loss ||normalize(F_s F_s^T) - normalize(F_t F_t^T)||_F^2 / N^2, F = x.reshape(N, -1).
 at::Tensor similarity_preserving(const at::Tensor& student, const at::Tensor& teacher);
 
-// Large CPU outputs (32 MiB and more) are kept when freed, up to FUSEDKD_CPU_OUTPUT_CACHE_MB
-// (1024 MiB by default; 0 keeps none), for the next output of the same size. This frees every
-// block kept; returns their bytes (torch.ops.fusedkd.release_cpu_output_cache in Python).
+// Not an op: the memory of the ops' large CPU outputs (32 MiB and more), which is kept when they
+// are freed, up to FUSEDKD_CPU_OUTPUT_CACHE_MB (1024 MiB by default; 0 keeps none), for the next
+// output of the same size rounded to 2 MiB. This frees every block kept and returns their bytes
+// (fusedkd.release_cpu_output_cache in Python; docs/python.md).
 std::int64_t release_cpu_output_cache();
 
 }  // namespace fusedkd

@@ -70,6 +70,7 @@ from .functional import (  # noqa: E402
 from . import functional, nn  # noqa: E402
 
 
+@torch.compiler.disable
 def release_cpu_output_cache() -> int:
     """Frees the large CPU output blocks fusedkd keeps for reuse; returns their bytes.
 

@@ -144,3 +144,33 @@ def test_reused_blocks_hold_no_stale_values_and_release_frees_them():
     caching = os.environ.get("FUSEDKD_CPU_HUGE_PAGES") != "0" and os.environ.get("FUSEDKD_CPU_OUTPUT_CACHE_MB") != "0"
     assert fusedkd.release_cpu_output_cache() >= (4096 * 4096 * 4 if caching else 0)
     assert fusedkd.release_cpu_output_cache() == 0
+
+
+def test_a_forked_child_uses_a_cache_of_its_own():
+    s, t = torch.randn(4096, 4096, requires_grad=True), torch.randn(4096, 4096)
+    torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])  # a block kept in the parent
+    live, = torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])  # one in use at the fork
+    pid = os.fork()
+    if pid == 0:  # the child: frees the parent's block in use, makes and frees its own
+        code = 1
+        try:
+            import signal
+
+            signal.alarm(60)
+            # As in a DataLoader worker: LibTorch's OpenMP threads do not survive a fork (torch's own
+            # softmax hangs in such a child otherwise, on this project's VM).
+            torch.set_num_threads(1)
+            expected = live.clone()
+            del live
+            kept = fusedkd.release_cpu_output_cache()  # its own cache: nothing kept yet
+            for _ in range(2):
+                grad, = torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])
+                assert torch.equal(grad, expected)
+                del grad
+            code = 0 if kept == 0 and fusedkd.release_cpu_output_cache() >= 4096 * 4096 * 4 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    del live
+    assert fusedkd.release_cpu_output_cache() >= 4096 * 4096 * 4
