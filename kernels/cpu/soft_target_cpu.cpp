@@ -27,6 +27,7 @@ struct RowPlan : Temperature<Acc> {
   Mixture<Acc> mixture;
   Acc weight, soft_scale, hard_scale;
   bool hard;
+  bool stream_student, stream_teacher;  // the gradients stored with store_row's `stream` (row_buffers.h)
 };
 
 // Element j's share of the KL loss sum C (relative to the row maxima), weighed by the teacher
@@ -157,8 +158,8 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   if (!valid) {  // an ignored row: no loss, zero gradients (whatever its logits hold)
     if (a.grad_student || a.grad_teacher) {
       for (std::int64_t j = 0; j < cols; ++j) xs[j] = Acc(0);
-      if (a.grad_student) store_row(xs, cols, a.grad_student, gs_dtype, r * cols);
-      if (a.grad_teacher) store_row(xs, cols, a.grad_teacher, gt_dtype, r * cols);
+      if (a.grad_student) store_row(xs, cols, a.grad_student, gs_dtype, r * cols, plan.stream_student);
+      if (a.grad_teacher) store_row(xs, cols, a.grad_teacher, gt_dtype, r * cols, plan.stream_teacher);
     }
     return Acc(0);
   }
@@ -270,8 +271,8 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
       gt_row[j] = ws * gt;
     }
   }
-  if (a.grad_student) output_row_done(gs_row, cols, a.grad_student, gs_dtype, r * cols);
-  if (a.grad_teacher) output_row_done(gt_row, cols, a.grad_teacher, gt_dtype, r * cols);
+  if (a.grad_student) output_row_done(gs_row, cols, a.grad_student, gs_dtype, r * cols, plan.stream_student);
+  if (a.grad_teacher) output_row_done(gt_row, cols, a.grad_teacher, gt_dtype, r * cols, plan.stream_teacher);
   return loss;
 }
 
@@ -437,6 +438,12 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
   plan.soft_scale = static_cast<Acc>(a.soft_scale);
   plan.hard_scale = static_cast<Acc>(a.hard_scale);
   plan.hard = a.labels != nullptr && a.hard_scale != 0.0;
+  const auto streamed = [&](DType input) {  // narrower than Acc, and large (kStreamedOutputBytes)
+    const std::int64_t size = static_cast<std::int64_t>(dtype_size(gradient_dtype(input, a.float16_gradients_in_float32)));
+    return size < static_cast<std::int64_t>(sizeof(Acc)) && a.rows * a.cols * size >= kStreamedOutputBytes;
+  };
+  plan.stream_student = a.grad_student && streamed(a.student_dtype);
+  plan.stream_teacher = a.grad_teacher && streamed(a.teacher_dtype);
 
   Acc* row_losses = a.per_row_loss ? static_cast<Acc*>(a.loss) : static_cast<Acc*>(a.workspace);
   const bool short_rows = a.cols <= kShortRowMax;

@@ -174,3 +174,34 @@ def test_a_forked_child_uses_a_cache_of_its_own():
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     del live
     assert fusedkd.release_cpu_output_cache() >= 4096 * 4096 * 4
+
+
+# A bfloat16 gradient of 32 MiB and more is stored with non-temporal stores (kernels/cpu/
+# row_buffers.h: kStreamedOutputBytes); rows of an odd length start at every alignment. Each row's
+# gradient of a "sum" KL depends on that row alone, so a small call (stored plainly) must give the
+# same bits. Run under every instruction-set copy (each has its own streaming code).
+STREAM_PROBE = """
+import torch, fusedkd
+g = torch.Generator().manual_seed(3)
+R, V = 4100, 4099  # 33.6 MB of bfloat16: just above the 32 MiB threshold
+s = (torch.randn(R, V, generator=g) * 3).bfloat16().requires_grad_()
+t = (torch.randn(R, V, generator=g) * 3).bfloat16()
+grad, = torch.autograd.grad(fusedkd.kl_div(s, t, temperature=2.0, reduction="sum"), [s])
+for rows in (slice(0, 40), slice(2001, 2041), slice(R - 40, R)):
+    part = s[rows].detach().requires_grad_()
+    expected, = torch.autograd.grad(fusedkd.kl_div(part, t[rows], temperature=2.0, reduction="sum"), [part])
+    assert torch.equal(grad[rows], expected), rows
+labels = torch.randint(0, V, (R,), generator=g)
+labels[1::2] = -100
+grad, = torch.autograd.grad(fusedkd.kd_loss(s, t, labels, temperature=2.0, hard_weight=0.5), [s])
+assert not grad[1::2].any() and grad[0::2].abs().sum() > 0 and grad.isfinite().all()
+"""
+
+
+def test_streamed_large_bfloat16_gradients_match_plain_stores():
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
+    for isa in ("baseline", "avx2", "avx512"):
+        env = dict(os.environ, FUSEDKD_CPU_ISA=isa,
+                   PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+        out = subprocess.run([sys.executable, "-c", STREAM_PROBE], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, (isa, out.stderr[-2000:])
