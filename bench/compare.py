@@ -288,6 +288,8 @@ def machine_info(device, threads):
                    torch=torch.__version__, fusedkd=fusedkd.__version__, python=sys.version.split()[0],
                    device=torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
                    huge_pages=os.environ.get("FUSEDKD_CPU_HUGE_PAGES", "1") != "0",
+                   output_cache_mb=(int(os.environ.get("FUSEDKD_CPU_OUTPUT_CACHE_MB") or 1024)
+                                    if os.environ.get("FUSEDKD_CPU_HUGE_PAGES", "1") != "0" else 0),
                    openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"))
     try:
         from importlib.metadata import version

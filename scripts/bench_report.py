@@ -42,11 +42,17 @@ def openblas_kernels(machine):
     return f"{named} (OPENBLAS_CORETYPE set in the environment)" if named else "chosen by fusedkd for the CPU"
 
 
+def output_cache(m):
+    mib = m.get("output_cache_mb")  # not recorded by runs before the cache existed
+    return "not recorded" if mib is None else (f"{mib} MiB" if mib else "off")
+
+
 def compare_section(data):
     m = data["machine"]
     lines = [f"Machine: {m['device']}, {m['cpus']} CPUs, {m['threads']} intra-op threads; torch {m['torch']}, "
              f"fusedkd {m['fusedkd']}, Python {m['python']}; liger-kernel: {m['liger_kernel'] or 'not installed'}; "
              f"fusedkd's CPU huge-page outputs: {'on' if m['huge_pages'] else 'off'}; "
+             f"fusedkd's CPU output cache: {output_cache(m)}; "
              f"OpenBLAS kernels (the feature losses' CPU GEMMs): {openblas_kernels(m)}. "
              f"Date {data['date']}. Command: `{data['command']}`.", ""]
     cases = defaultdict(dict)
@@ -198,9 +204,11 @@ def main():
         "`blocked_autorange`. Logits are `randn * 3`, T = 2. The floor is the minimal traffic (3X for",
         "forward + backward: read the student and the teacher, write the gradient; 2X for stats) at the",
         "bandwidth of a copy of one such tensor measured in the same run; \"% of floor\" is the floor's",
-        "time over fusedkd's (100% = at the memory floor). Every call allocates its outputs afresh, as in",
-        "training. Each case is warmed up first, untimed (at least 3 calls and 1 s: compilation, and a",
-        "fresh large CPU output's first huge pages, docs/architecture.md); Inductor compiles in-process,",
+        "time over fusedkd's (100% = at the memory floor). Every call allocates its outputs and frees them,",
+        "as in training (fusedkd's large CPU outputs then reuse the block the previous call freed, its",
+        "output cache, docs/python.md; the composites' come from LibTorch's allocator). Each case is",
+        "warmed up first, untimed (at least 3 calls and 1 s: compilation, and a fresh large CPU output's",
+        "first huge pages, docs/architecture.md); Inductor compiles in-process,",
         "so that no compile worker runs beside the timed calls. On this project's 2-core VM the same",
         "case moved by up to a third between runs, and the copy bandwidth between 45 and 76 GB/s: read",
         "the ratios within one run.",

@@ -54,7 +54,7 @@ def test_targets_count_the_cases_that_meet_them_and_name_the_others():
 def test_the_report_is_written_from_the_json(tmp_path):
     data = run_data()
     data["machine"] = dict(device="test cpu", cpus=2, threads=2, torch="2.11.0", fusedkd="0.1.0", python="3.11",
-                           liger_kernel=None, huge_pages=True, openblas_coretype="Haswell")
+                           liger_kernel=None, huge_pages=True, output_cache_mb=1024, openblas_coretype="Haswell")
     (tmp_path / "cpu.json").write_text(json.dumps(data))
     out = tmp_path / "benchmarks.md"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_report.py"), "--compare", str(tmp_path / "cpu.json"),
@@ -64,6 +64,12 @@ def test_the_report_is_written_from_the_json(tmp_path):
     assert "**Targets (CPU, issue 15)**" in text
     assert "Not yet measured on a GPU" in text
     assert "OpenBLAS kernels (the feature losses' CPU GEMMs): Haswell (OPENBLAS_CORETYPE set in the environment)" in text
+    assert "fusedkd's CPU output cache: 1024 MiB;" in text
+    del data["machine"]["output_cache_mb"]  # a run from before the cache: said so, not guessed
+    (tmp_path / "cpu.json").write_text(json.dumps(data))
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_report.py"), "--compare", str(tmp_path / "cpu.json"),
+                    "--command", "test", "--out", str(out)], check=True, capture_output=True)
+    assert "fusedkd's CPU output cache: not recorded;" in out.read_text()
 
 
 def test_the_projection_rate_is_its_gemm_work_over_the_time():
