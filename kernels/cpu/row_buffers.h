@@ -55,15 +55,16 @@ void load_row(const T* __restrict src, std::int64_t cols, Acc* __restrict dst) {
   for (std::int64_t j = 0; j < cols; ++j) dst[j] = static_cast<Acc>(load_as_acc(src[j]));
 }
 
-// Outputs of at least this many bytes, converted from a scratch row into a narrower type, are
-// written with non-temporal stores (store_row's `stream`, stream_copy): larger than the
-// last-level cache of the machines this project measures (32 MiB on its VM), such an output is
-// read back from memory by whatever reads it next, and a plain store first reads every cache line
-// it writes. Measured 2026-12-01 (kd_loss fwd+bwd at 4096 x 32,000, alternating runs): bfloat16
-// medians 46.1-47.3 -> 41.1-46.2 ms, minima 45.1-46.8 -> 40.7-42.6 ms, with a fence per row (a
-// fence per tile lost it all). Outputs in the accumulation type are written by the sweeps
-// themselves; writing them into a scratch row and streaming that out made float32 slower
-// (53.9-56.4 -> 55.7-58.3 ms), so they are not. Smaller outputs stay in cache for their reader.
+// Outputs of at least this many bytes are written with non-temporal stores (stream_copy), block
+// by block from a tile in L1 (stream_blocks; store_row's `stream`, and the soft-target gradient
+// sweeps): larger than the last-level cache of the machines this project measures (32 MiB on its
+// VM), such an output is read back from memory by whatever reads it next, and a plain store first
+// reads every cache line it writes. Measured 2026-12-01, kd_loss fwd+bwd at 4096 x 32,000,
+// alternating runs: bfloat16 (converted from a scratch row) medians 46.1-47.3 -> 41.1-46.2 ms,
+// float32 (the gradient sweep writing into the tile instead of the output) 48.3-55.7 ->
+// 42.7-51.3 ms (three runs of four at 42.7-43.1). One fence per row: a fence after every tile lost the gain. A float32 row written
+// whole into a scratch row in L2 and then streamed out was slower (53.9-56.4 -> 55.7-58.3 ms).
+// Smaller outputs stay in cache for their reader.
 constexpr std::int64_t kStreamedOutputBytes = std::int64_t{32} << 20;
 
 // Copies `bytes` from src to dst, dst's whole cache lines with non-temporal stores (written
@@ -94,6 +95,33 @@ inline void stream_copy(const void* src, void* dst, std::size_t bytes) {
 #endif
 }
 
+// Whether stream_copy writes with non-temporal stores here (else it is a memcpy, and streaming
+// through a tile would only add a copy).
+#if defined(__SSE2__)
+constexpr bool kStreamingStores = true;
+#else
+constexpr bool kStreamingStores = false;
+#endif
+
+// The tile a streamed output is written through: 4 KiB, in L1.
+constexpr std::size_t kStreamTileBytes = 4096;
+
+// Calls block(j0, j1) over [0, cols) in pieces of at most kStreamTileBytes of T, the first one cut
+// short so that every later piece of `dst` starts on a cache line (a piece's partial lines are
+// written by memcpy, read first).
+template <typename T, typename Block>
+void stream_blocks(const T* dst, std::int64_t cols, const Block& block) {
+  constexpr std::int64_t kTile = kStreamTileBytes / sizeof(T);
+  const std::int64_t head =
+      static_cast<std::int64_t>((64 - reinterpret_cast<std::uintptr_t>(dst) % 64) % 64 / sizeof(T));
+  std::int64_t j0 = 0;
+  if (head > 0) {
+    j0 = std::min(head, cols);
+    block(std::int64_t{0}, j0);
+  }
+  for (; j0 < cols; j0 += kTile) block(j0, std::min(j0 + kTile, cols));
+}
+
 // Orders the non-temporal stores before it (for any thread that synchronises with this one
 // afterwards). Once per row: a fence after every few KiB made the streamed store slower than the
 // plain one.
@@ -103,18 +131,16 @@ inline void stream_fence() {
 #endif
 }
 
-// src converted into dst; with `stream`, through a small tile in L1 and stream_copy.
+// src converted into dst; with `stream`, through a tile in L1 and stream_copy.
 template <typename T, typename Acc>
 void store_row(const Acc* __restrict src, std::int64_t cols, T* __restrict dst, bool stream = false) {
   if (stream) {
-    constexpr std::int64_t kTile = 2048 / sizeof(T);
-    alignas(64) T tile[kTile];
-    for (std::int64_t j0 = 0; j0 < cols; j0 += kTile) {
-      const std::int64_t n = std::min(kTile, cols - j0);
+    alignas(64) T tile[kStreamTileBytes / sizeof(T)];
+    stream_blocks(dst, cols, [&](std::int64_t j0, std::int64_t j1) {
 #pragma omp simd
-      for (std::int64_t j = 0; j < n; ++j) tile[j] = StoreFromAcc<T>::apply(static_cast<acc_t<T>>(src[j0 + j]));
-      stream_copy(tile, dst + j0, static_cast<std::size_t>(n) * sizeof(T));
-    }
+      for (std::int64_t j = j0; j < j1; ++j) tile[j - j0] = StoreFromAcc<T>::apply(static_cast<acc_t<T>>(src[j]));
+      stream_copy(tile, dst + j0, static_cast<std::size_t>(j1 - j0) * sizeof(T));
+    });
     stream_fence();
     return;
   }

@@ -27,7 +27,7 @@ struct RowPlan : Temperature<Acc> {
   Mixture<Acc> mixture;
   Acc weight, soft_scale, hard_scale;
   bool hard;
-  bool stream_student, stream_teacher;  // the gradients stored with store_row's `stream` (row_buffers.h)
+  bool stream_student, stream_teacher;  // the gradients written with streaming stores (row_buffers.h)
 };
 
 // Element j's share of the KL loss sum C (relative to the row maxima), weighed by the teacher
@@ -66,32 +66,32 @@ inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& 
     statistics_block<D, kHard, kKeep, kFinite, Acc, Acc>(plan, max_s, max_t, 0, n, ws, wt, kKeep ? ks + j0 : none,
                                                         kKeep ? kt + j0 : none, kKeep && kHard ? kh + j0 : none, bs,
                                                         bt, bh, bc);
-    return;
-  }
+  } else {
 #pragma omp simd reduction(+ : bs, bt, bh, bc)
-  for (std::int64_t j = j0; j < j1; ++j) {
-    Acc es, et, eh = Acc(0);
-    if constexpr (kFinite) {
-      es = softmax_numerator(at<Acc>(s, j), max_s, plan.scale_log2);
-      et = softmax_numerator(at<Acc>(t, j), max_t, plan.scale_log2);
-      if constexpr (kHard) eh = softmax_numerator(at<Acc>(s, j), max_s, Acc(kLog2e));
-      if constexpr (D == Divergence::ForwardKL)
-        bc += kl_cross_term_finite(et, at<Acc>(t, j), max_t, at<Acc>(s, j), max_s, plan.inv_t);
-      if constexpr (D == Divergence::ReverseKL)
-        bc += kl_cross_term_finite(es, at<Acc>(s, j), max_s, at<Acc>(t, j), max_t, plan.inv_t);
-    } else {
-      es = softmax_sum_term(at<Acc>(s, j), max_s, plan.scale_log2);
-      et = softmax_sum_term(at<Acc>(t, j), max_t, plan.scale_log2);
-      if constexpr (kHard) eh = softmax_sum_term(at<Acc>(s, j), max_s, Acc(kLog2e));
-      if constexpr (is_kl(D)) bc += kl_cross<D>(at<Acc>(s, j), at<Acc>(t, j), max_s, max_t, plan);
-    }
-    bs += es;
-    bt += et;
-    if constexpr (kHard) bh += eh;
-    if constexpr (kKeep) {
-      ks[j] = es;
-      kt[j] = et;
-      if constexpr (kHard) kh[j] = eh;
+    for (std::int64_t j = j0; j < j1; ++j) {
+      Acc es, et, eh = Acc(0);
+      if constexpr (kFinite) {
+        es = softmax_numerator(at<Acc>(s, j), max_s, plan.scale_log2);
+        et = softmax_numerator(at<Acc>(t, j), max_t, plan.scale_log2);
+        if constexpr (kHard) eh = softmax_numerator(at<Acc>(s, j), max_s, Acc(kLog2e));
+        if constexpr (D == Divergence::ForwardKL)
+          bc += kl_cross_term_finite(et, at<Acc>(t, j), max_t, at<Acc>(s, j), max_s, plan.inv_t);
+        if constexpr (D == Divergence::ReverseKL)
+          bc += kl_cross_term_finite(es, at<Acc>(s, j), max_s, at<Acc>(t, j), max_t, plan.inv_t);
+      } else {
+        es = softmax_sum_term(at<Acc>(s, j), max_s, plan.scale_log2);
+        et = softmax_sum_term(at<Acc>(t, j), max_t, plan.scale_log2);
+        if constexpr (kHard) eh = softmax_sum_term(at<Acc>(s, j), max_s, Acc(kLog2e));
+        if constexpr (is_kl(D)) bc += kl_cross<D>(at<Acc>(s, j), at<Acc>(t, j), max_s, max_t, plan);
+      }
+      bs += es;
+      bt += et;
+      if constexpr (kHard) bh += eh;
+      if constexpr (kKeep) {
+        ks[j] = es;
+        kt[j] = et;
+        if constexpr (kHard) kh[j] = eh;
+      }
     }
   }
 }
@@ -128,6 +128,24 @@ template <Divergence D>
 bool keeps_numerators(const SoftTargetArgs& a) {
   if constexpr (D == Divergence::MSE) return true;
   return D == Divergence::ForwardKL && a.grad_student && !a.grad_teacher;
+}
+
+// Runs a gradient sweep sweep(j0, j1, gs_out, gt_out) over a row, writing element j at
+// out[j - j0]: over the whole row into gs_row / gt_row, or, where an output is streamed (tile_s,
+// tile_t: a large output in the accumulation type, kStreamedOutputBytes), block by block into L1
+// tiles that stream_copy writes out.
+template <typename Acc, typename Sweep>
+inline __attribute__((always_inline)) void gradient_blocks(std::int64_t cols, Acc* gs_row, bool tile_s, Acc* gt_row,
+                                                           bool tile_t, const Sweep& sweep) {
+  if (!tile_s && !tile_t) return sweep(std::int64_t{0}, cols, gs_row, gt_row);
+  alignas(64) Acc ts[kStreamTileBytes / sizeof(Acc)], tt[kStreamTileBytes / sizeof(Acc)];
+  stream_blocks(tile_s ? gs_row : gt_row, cols, [&](std::int64_t j0, std::int64_t j1) {
+    sweep(j0, j1, tile_s ? ts : gs_row + j0, tile_t ? tt : gt_row + j0);
+    const std::size_t bytes = static_cast<std::size_t>(j1 - j0) * sizeof(Acc);
+    if (tile_s) stream_copy(ts, gs_row + j0, bytes);
+    if (tile_t) stream_copy(tt, gt_row + j0, bytes);
+  });
+  stream_fence();
 }
 
 // A thread's scratch rows for long rows, each distinct from the others: xs, xt, xh for the kept
@@ -243,33 +261,43 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
   Acc* gt_row = a.grad_teacher ? output_row(a.grad_teacher, gt_dtype, r * cols, spare_t) : spare_t;
   const Acc ws = plan.weight * plan.soft_scale;
   const Acc wh = plan.hard ? plan.weight * plan.hard_scale : Acc(0);
+  // The sweep below writes element j of a block [j0, j1) at gs_out[j - j0], gt_out[j - j0]: the
+  // rows themselves, or for a large output in Acc the stream tiles (gradient_blocks).
+  const bool tile_s = plan.stream_student && gs_row != spare_s, tile_t = plan.stream_teacher && gt_row != spare_t;
   if (keep) {  // xs, xt, xh hold the numerators
     const auto gradients = [&](auto with_hard) {
+      gradient_blocks(cols, gs_row, tile_s, gt_row, tile_t,
+                      [&](std::int64_t j0, std::int64_t j1, Acc* __restrict gs_out, Acc* __restrict gt_out) {
 #pragma omp simd
-      for (std::int64_t j = 0; j < cols; ++j) {
-        const Acc q = xs[j] * inv_z_s, p = xt[j] * inv_z_t;
-        Acc gs, gt = Acc(0);
-        if constexpr (D == Divergence::MSE) {
-          mse_gradients(q, p, row.inv_t, sums, gs, gt);
-        } else {
-          gs = forward_kl_student_gradient(q, p, row.inv_t);
-        }
-        gs = ws * gs;
-        if constexpr (decltype(with_hard)::value) gs += wh * cross_entropy_gradient(xh[j] * inv_z_h, j == label);
-        gs_row[j] = gs;
-        if constexpr (D == Divergence::MSE) gt_row[j] = ws * gt;  // the KL's teacher gradient is not kept
-      }
+                        for (std::int64_t j = j0; j < j1; ++j) {
+                          const Acc q = xs[j] * inv_z_s, p = xt[j] * inv_z_t;
+                          Acc gs, gt = Acc(0);
+                          if constexpr (D == Divergence::MSE) {
+                            mse_gradients(q, p, row.inv_t, sums, gs, gt);
+                          } else {
+                            gs = forward_kl_student_gradient(q, p, row.inv_t);
+                          }
+                          gs = ws * gs;
+                          if constexpr (decltype(with_hard)::value)
+                            gs += wh * cross_entropy_gradient(xh[j] * inv_z_h, j == label);
+                          gs_out[j - j0] = gs;
+                          if constexpr (D == Divergence::MSE) gt_out[j - j0] = ws * gt;  // the KL's is not kept
+                        }
+                      });
     };
     wh != Acc(0) ? gradients(std::true_type{}) : gradients(std::false_type{});
   } else {
+    gradient_blocks(cols, gs_row, tile_s, gt_row, tile_t,
+                    [&](std::int64_t j0, std::int64_t j1, Acc* __restrict gs_out, Acc* __restrict gt_out) {
 #pragma omp simd
-    for (std::int64_t j = 0; j < cols; ++j) {
-      Acc gs, gt;
-      kd_soft_gradients<D>(row, sums, at<Acc>(s, j), at<Acc>(t, j), gs, gt);
-      const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_gradient(at<Acc>(s, j), j == label);
-      gs_row[j] = ws * gs + hard;
-      gt_row[j] = ws * gt;
-    }
+                      for (std::int64_t j = j0; j < j1; ++j) {
+                        Acc gs, gt;
+                        kd_soft_gradients<D>(row, sums, at<Acc>(s, j), at<Acc>(t, j), gs, gt);
+                        const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_gradient(at<Acc>(s, j), j == label);
+                        gs_out[j - j0] = ws * gs + hard;
+                        gt_out[j - j0] = ws * gt;
+                      }
+                    });
   }
   if (a.grad_student) output_row_done(gs_row, cols, a.grad_student, gs_dtype, r * cols, plan.stream_student);
   if (a.grad_teacher) output_row_done(gt_row, cols, a.grad_teacher, gt_dtype, r * cols, plan.stream_teacher);
@@ -438,9 +466,9 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
   plan.soft_scale = static_cast<Acc>(a.soft_scale);
   plan.hard_scale = static_cast<Acc>(a.hard_scale);
   plan.hard = a.labels != nullptr && a.hard_scale != 0.0;
-  const auto streamed = [&](DType input) {  // narrower than Acc, and large (kStreamedOutputBytes)
-    const std::int64_t size = static_cast<std::int64_t>(dtype_size(gradient_dtype(input, a.float16_gradients_in_float32)));
-    return size < static_cast<std::int64_t>(sizeof(Acc)) && a.rows * a.cols * size >= kStreamedOutputBytes;
+  const auto streamed = [&](DType input) {  // large (kStreamedOutputBytes)
+    const DType g = gradient_dtype(input, a.float16_gradients_in_float32);
+    return kStreamingStores && a.rows * a.cols * static_cast<std::int64_t>(dtype_size(g)) >= kStreamedOutputBytes;
   };
   plan.stream_student = a.grad_student && streamed(a.student_dtype);
   plan.stream_teacher = a.grad_teacher && streamed(a.teacher_dtype);

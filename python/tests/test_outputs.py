@@ -176,29 +176,39 @@ def test_a_forked_child_uses_a_cache_of_its_own():
     assert fusedkd.release_cpu_output_cache() >= 4096 * 4096 * 4
 
 
-# A bfloat16 gradient of 32 MiB and more is stored with non-temporal stores (kernels/cpu/
-# row_buffers.h: kStreamedOutputBytes); rows of an odd length start at every alignment. Each row's
-# gradient of a "sum" KL depends on that row alone, so a small call (stored plainly) must give the
-# same bits. Run under every instruction-set copy (each has its own streaming code).
+# A gradient of 32 MiB and more is written with non-temporal stores (kernels/cpu/row_buffers.h:
+# kStreamedOutputBytes): a bfloat16 one converted from a scratch row, a float32 one by the gradient
+# sweep through a tile (also the float32 student of a float64 teacher, accumulated in double); rows
+# of an odd length start at every alignment. Each row's gradient of a "sum" divergence depends on
+# that row alone, so a small call (stored plainly) must give the same bits. Run under every
+# instruction-set copy (each has its own streaming code).
 STREAM_PROBE = """
 import torch, fusedkd
 g = torch.Generator().manual_seed(3)
 R, V = 4100, 4099  # 33.6 MB of bfloat16: just above the 32 MiB threshold
-s = (torch.randn(R, V, generator=g) * 3).bfloat16().requires_grad_()
-t = (torch.randn(R, V, generator=g) * 3).bfloat16()
-grad, = torch.autograd.grad(fusedkd.kl_div(s, t, temperature=2.0, reduction="sum"), [s])
-for rows in (slice(0, 40), slice(2001, 2041), slice(R - 40, R)):
-    part = s[rows].detach().requires_grad_()
-    expected, = torch.autograd.grad(fusedkd.kl_div(part, t[rows], temperature=2.0, reduction="sum"), [part])
-    assert torch.equal(grad[rows], expected), rows
-labels = torch.randint(0, V, (R,), generator=g)
-labels[1::2] = -100
-grad, = torch.autograd.grad(fusedkd.kd_loss(s, t, labels, temperature=2.0, hard_weight=0.5), [s])
-assert not grad[1::2].any() and grad[0::2].abs().sum() > 0 and grad.isfinite().all()
+for student, teacher in ((torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+                         (torch.float32, torch.float64)):
+    s = (torch.randn(R, V, generator=g) * 3).to(student).requires_grad_()
+    t = (torch.randn(R, V, generator=g) * 3).to(teacher)
+    # the student's gradient alone (the forward KL keeps its numerators), then both
+    for loss, t_grad in ((lambda s, t: fusedkd.kl_div(s, t, temperature=2.0, reduction="sum"), False),
+                         (lambda s, t: fusedkd.jsd(s, t, temperature=2.0, reduction="sum"), student == torch.float32)):
+        t.requires_grad_(t_grad)
+        grads = torch.autograd.grad(loss(s, t), [x for x in (s, t) if x.requires_grad])
+        for rows in (slice(0, 40), slice(2001, 2041), slice(R - 40, R)):
+            parts = [x[rows].detach().requires_grad_(x.requires_grad) for x in (s, t)]
+            expected = torch.autograd.grad(loss(*parts), [x for x in parts if x.requires_grad])
+            for got, want in zip(grads, expected):
+                assert got.dtype == want.dtype and torch.equal(got[rows], want), (student, teacher, rows)
+        del grads
+    labels = torch.randint(0, V, (R,), generator=g)
+    labels[1::2] = -100
+    grad, = torch.autograd.grad(fusedkd.kd_loss(s, t.detach(), labels, temperature=2.0, hard_weight=0.5), [s])
+    assert not grad[1::2].any() and grad[0::2].abs().sum() > 0 and grad.isfinite().all()
 """
 
 
-def test_streamed_large_bfloat16_gradients_match_plain_stores():
+def test_streamed_large_gradients_match_plain_stores():
     python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
     for isa in ("baseline", "avx2", "avx512"):
         env = dict(os.environ, FUSEDKD_CPU_ISA=isa,
