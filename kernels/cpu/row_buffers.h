@@ -62,9 +62,9 @@ void load_row(const T* __restrict src, std::int64_t cols, Acc* __restrict dst) {
 // reads every cache line it writes. Measured 2026-12-01, kd_loss fwd+bwd at 4096 x 32,000,
 // alternating runs: bfloat16 (converted from a scratch row) medians 46.1-47.3 -> 41.1-46.2 ms,
 // float32 (the gradient sweep writing into the tile instead of the output) 48.3-55.7 ->
-// 42.7-51.3 ms (three runs of four at 42.7-43.1). One fence per row: a fence after every tile lost the gain. A float32 row written
-// whole into a scratch row in L2 and then streamed out was slower (53.9-56.4 -> 55.7-58.3 ms).
-// Smaller outputs stay in cache for their reader.
+// 42.7-51.3 ms (three runs of four at 42.7-43.1). One fence per row: a fence after every tile
+// lost the gain. A float32 row written whole into a scratch row in L2 and then streamed out was
+// slower (53.9-56.4 -> 55.7-58.3 ms). Smaller outputs stay in cache for their reader.
 constexpr std::int64_t kStreamedOutputBytes = std::int64_t{32} << 20;
 
 // Copies `bytes` from src to dst, dst's whole cache lines with non-temporal stores (written
@@ -86,7 +86,8 @@ inline void stream_copy(const void* src, void* dst, std::size_t bytes) {
                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32)));
 #else
     for (int k = 0; k < 64; k += 16)
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + k), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + k)));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + k),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + k)));
 #endif
   }
   std::memcpy(d + i, s + i, bytes - i);
