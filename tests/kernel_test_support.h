@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <ostream>
@@ -166,6 +167,24 @@ inline void run_on_backend(Backend backend, const std::vector<const Buffer*>& in
   cudaFree(workspace);
 #endif
 }
+
+// Host buffers for a launcher call that asks for float32 gradients of float16 inputs
+// (float16_gradients_in_float32: the CPU launchers' option, which the CUDA ones reject before
+// they touch the device): 8 float16 inputs, their float32 gradient, a loss and a workspace.
+struct Float16GradientRequest {
+  std::vector<std::uint16_t> x = std::vector<std::uint16_t>(8, 0);
+  std::vector<float> grad = std::vector<float>(8, 0.f), loss = std::vector<float>(1, 0.f);
+  std::vector<unsigned char> workspace = std::vector<unsigned char>(1024);
+  // Points args' outputs at these buffers and sets the option.
+  template <typename Args>
+  Args& ask(Args& args) {
+    args.loss = loss.data();
+    args.grad_student = grad.data();
+    args.workspace = workspace.data();
+    args.float16_gradients_in_float32 = true;
+    return args;
+  }
+};
 
 }  // namespace fusedkd::testing
 

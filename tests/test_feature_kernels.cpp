@@ -575,27 +575,17 @@ TEST(FeatureLauncher, Float16GradientsInFloat32MatchTheFloat32Copy) {
 
 #if FUSEDKD_WITH_CUDA
 TEST(FeatureLauncher, CudaRejectsFloat32GradientsOfFloat16) {
-  std::vector<std::uint16_t> x(8, 0);
-  std::vector<float> grad(8, 0.f), loss(1, 0.f);
-  std::vector<unsigned char> workspace(1024);
+  fusedkd::testing::Float16GradientRequest request;
   FeatureMseArgs mse;
-  mse.student = mse.teacher = x.data();
+  mse.student = mse.teacher = request.x.data();
   mse.student_dtype = mse.teacher_dtype = DType::Float16;
   mse.numel = 8;
-  mse.loss = loss.data();
-  mse.grad_student = grad.data();
-  mse.workspace = workspace.data();
-  mse.float16_gradients_in_float32 = true;
-  EXPECT_THROW(feature_mse_cuda(mse, nullptr), std::invalid_argument);
+  EXPECT_THROW(feature_mse_cuda(request.ask(mse), nullptr), std::invalid_argument);
   AttentionTransferArgs at;
-  at.student = at.teacher = {x.data(), DType::Float16, 2, false};
+  at.student = at.teacher = {request.x.data(), DType::Float16, 2, false};
   at.batch = 1;
   at.spatial = 4;
-  at.loss = loss.data();
-  at.grad_student = grad.data();
-  at.workspace = workspace.data();
-  at.float16_gradients_in_float32 = true;
-  EXPECT_THROW(attention_transfer_cuda(at, nullptr), std::invalid_argument);
+  EXPECT_THROW(attention_transfer_cuda(request.ask(at), nullptr), std::invalid_argument);
 }
 #endif
 

@@ -111,20 +111,14 @@ TEST(SoftTargetCudaPlan, RowsTakeTheDocumentedRegime) {
 // float16_gradients_in_float32 is the CPU launcher's: the CUDA launcher says so before it touches
 // the device (no GPU needed), rather than writing float32 into a buffer sized for float16.
 TEST(SoftTargetCudaErrors, RejectsFloat32GradientsOfFloat16) {
-  std::vector<std::uint16_t> x(8, 0);
-  std::vector<float> grad(8, 0.f), loss(1, 0.f);
-  std::vector<unsigned char> workspace(256);
+  fusedkd::testing::Float16GradientRequest request;
   SoftTargetArgs args;
-  args.student = args.teacher = x.data();
+  args.student = args.teacher = request.x.data();
   args.student_dtype = args.teacher_dtype = DType::Float16;
   args.student_row_stride = args.teacher_row_stride = 4;
   args.rows = 2;
   args.cols = 4;
-  args.loss = loss.data();
-  args.grad_student = grad.data();
-  args.workspace = workspace.data();
-  args.float16_gradients_in_float32 = true;
-  EXPECT_THROW(soft_target_loss_cuda(args, nullptr), std::invalid_argument);
+  EXPECT_THROW(soft_target_loss_cuda(request.ask(args), nullptr), std::invalid_argument);
 }
 
 // An error left pending by an earlier, unchecked CUDA call is reported by the next launch, never
