@@ -102,6 +102,7 @@ struct Case {
   bool labels;   // labels with some ignored rows, hard weight 0.5
   bool per_row;  // per-row losses instead of the mean
   Regime regime = Regime::Auto;
+  double masked = 0.05;  // the fraction of the vocabulary masked (-inf) for both models
 };
 
 #if FUSEDKD_WITH_CUDA
@@ -139,7 +140,7 @@ inline std::string name_of(const ::testing::TestParamInfo<Case>& info) {
   std::ostringstream s;
   s << backend_name(c.backend) << "_" << dtype_name(c.student) << "_" << dtype_name(c.teacher) << "_"
     << divergence_name(c.divergence) << "_R" << c.rows << "_V" << c.cols << (c.labels ? "_labels" : "")
-    << (c.per_row ? "_per_row" : "");
+    << (c.per_row ? "_per_row" : "") << (c.masked == 0 ? "_unmasked" : "");
   if (c.regime != Regime::Auto) s << "_" << regime_name(c.regime);
   s << "_" << info.index;
   return s.str();
@@ -151,7 +152,7 @@ inline void PrintTo(const Case& c, std::ostream* os) {
       << dtype_name(c.teacher) << ", " << divergence_name(c.divergence);
   if (c.divergence == Divergence::JSD) *os << " beta " << c.beta;
   *os << ", rows " << c.rows << ", cols " << c.cols << ", T " << c.temperature << (c.labels ? ", labels" : "")
-      << (c.per_row ? ", per_row" : "") << ", regime " << regime_name(c.regime) << "}";
+      << (c.per_row ? ", per_row" : "") << ", regime " << regime_name(c.regime) << ", masked " << c.masked << "}";
 }
 
 // What the launcher must produce for a case, in float64: per-row losses, the total, the gradients,
@@ -204,7 +205,7 @@ class SoftTargetKernel : public ::testing::TestWithParam<Case> {
     const std::uint64_t seed = static_cast<std::uint64_t>(R * 31 + V * 7 + static_cast<int>(c.divergence));
     // A masked vocabulary (-inf) is masked for both models: a -inf student logit where the teacher
     // has mass makes the forward KL infinite, as the math says.
-    const std::vector<double> teacher_logits = random_logits(R, V, seed + 1, 3.0, 0.05);
+    const std::vector<double> teacher_logits = random_logits(R, V, seed + 1, 3.0, c.masked);
     std::vector<double> student_logits = random_logits(R, V, seed, 3.0);
     for (std::size_t i = 0; i < student_logits.size(); ++i)
       if (std::isinf(teacher_logits[i])) student_logits[i] = teacher_logits[i];

@@ -30,6 +30,19 @@ TEST(SharedMath, Exp2NonpositiveIsAccurateAndHandlesSpecialValues) {
   EXPECT_TRUE(std::isnan(exp2_nonpositive(std::numeric_limits<float>::quiet_NaN())));
 }
 
+// The square the CPU's statistics sweep takes for exp(x) from exp(x / 2): exact where the square
+// is a normal number, 0 below that (no subnormal), NaN kept.
+TEST(SharedMath, SquareNonnegativeFlushesBelowTheSmallestNormal) {
+  EXPECT_EQ(square_nonnegative(0.5f), 0.25f);
+  EXPECT_EQ(square_nonnegative(1.0f), 1.0f);
+  EXPECT_EQ(square_nonnegative(0x1p-63f), 0x1p-126f);
+  EXPECT_EQ(square_nonnegative(0x1.fffffep-64f), 0.0f);
+  EXPECT_EQ(square_nonnegative(0.0f), 0.0f);
+  EXPECT_EQ(square_nonnegative(0x1p-511), 0x1p-1022);
+  EXPECT_EQ(square_nonnegative(0x1.fffffffffffffp-512), 0.0);
+  EXPECT_TRUE(std::isnan(square_nonnegative(std::numeric_limits<float>::quiet_NaN())));
+}
+
 TEST(SharedMath, Log1pOnTheUnitIntervalIsAccurate) {
   double worst = 0;
   for (int i = 1; i <= 100000; ++i) {

@@ -62,6 +62,16 @@ std::vector<Case> all_cases() {
     for (DType dtype : {DType::BFloat16, DType::Float16})
       for (Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL})
         cases.push_back({backend, dtype, dtype, d, 0.0, 5, 2049, 2.0, true, false});
+  // Labels at T = 1 and T = 2, where the CPU takes the cross-entropy's numerators from the soft
+  // ones (the same and their squares), in rows with and without masked logits (the statistics
+  // sweep with and without selects), for a divergence whose gradients recompute exponentials
+  // (reverse KL) and one that keeps the numerators (soft MSE).
+  for (Backend backend : {Backend::Cpu, Backend::Cuda})
+    for (DType dtype : {DType::Float32, DType::Float64, DType::BFloat16})
+      for (Divergence d : {Divergence::ReverseKL, Divergence::MSE})
+        for (double T : {1.0, 2.0})
+          for (double masked : {0.0, 0.05})
+            cases.push_back({backend, dtype, dtype, d, 0.0, 5, 2049, T, true, false, Regime::Auto, masked});
   return cases;
 }
 

@@ -60,6 +60,16 @@ FUSEDKD_HD float exp2_nonpositive(float x) {
 
 FUSEDKD_HD double exp2_nonpositive(double x) { return exp2(x); }
 
+// e * e for 0 <= e <= 1 (an exponential from the square root of its numerator, exp(x) =
+// exp(x / 2)^2), 0 where the square would fall below the smallest normal number, as
+// exp2_nonpositive flushes: no subnormal is formed (a slow path on some processors).
+template <typename Acc>
+FUSEDKD_HD Acc square_nonnegative(Acc e) {
+  constexpr Acc kSmallest = sizeof(Acc) == 4 ? Acc(0x1p-63) : Acc(0x1p-511);  // sqrt of the smallest normal
+  return e < kSmallest ? Acc(0) : e * e;
+}
+
+
 // 1 / x, correctly rounded. On the GPU the intrinsic keeps the division's rarely taken slow path
 // (a called subroutine, which costs a stack frame) out of the kernels.
 FUSEDKD_HD float reciprocal(float x) {
