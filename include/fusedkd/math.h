@@ -28,6 +28,17 @@ FUSEDKD_HD Acc neg_infinity() {
   return -std::numeric_limits<Acc>::infinity();
 }
 
+// 2^f for |f| <= 1/2, the polynomial of exp2_nonpositive below, for float or, on the CPU, a
+// vector of floats (kernels/cpu/vector_math.h): written once so that both give the same bits.
+template <typename F>
+FUSEDKD_HD F exp2_fraction(F f) {
+  F p = f * 0.001326472725575404f + 0.009671512700161474f;
+  p = p * f + 0.05550733743663355f;
+  p = p * f + 0.24022242084451076f;
+  p = p * f + 0.6931469775986017f;
+  return p * f + 1.0f;
+}
+
 // 2^x for x <= 0 (or NaN), the only range the softmax family needs (logits minus their maximum).
 // On the GPU this is the hardware exp2; on the CPU a branch-free polynomial that vectorises:
 // x = n + f with n integral and |f| <= 1/2, 2^f from a degree-5 polynomial fitted for relative
@@ -46,12 +57,7 @@ FUSEDKD_HD float exp2_nonpositive(float x) {
   const float shifted = clamped + kRound;
   const float n = shifted - kRound;
   const float f = clamped - n;
-  float p = 0.001326472725575404f;
-  p = p * f + 0.009671512700161474f;
-  p = p * f + 0.05550733743663355f;
-  p = p * f + 0.24022242084451076f;
-  p = p * f + 0.6931469775986017f;
-  p = p * f + 1.0f;
+  const float p = exp2_fraction(f);
   // The low mantissa bits of `shifted` hold n; n + 127 is the biased exponent of 2^n.
   const std::int32_t n_int = bit_cast<std::int32_t>(shifted) - bit_cast<std::int32_t>(kRound);
   const float scale = bit_cast<float>(static_cast<std::uint32_t>(n_int + 127) << 23);
