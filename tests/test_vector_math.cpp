@@ -1,7 +1,8 @@
 // The AVX-512 forms of the shared math (kernels/cpu/vector_math.h) against the scalar functions
-// they stand in for, bit for bit, on a processor with AVX-512 (skipped elsewhere). Built with the
-// flags of the kernels' avx512 copy, so that both forms contract the polynomial's multiply-adds
-// alike, as they do in that copy.
+// they stand in for, bit for bit, on a processor with AVX-512 (skipped elsewhere). Only
+// tests/vector_math_probe.cpp is compiled for AVX-512 (with the kernels' avx512 flags, so that
+// the scalar and the vector forms both contract the polynomial's multiply-adds, as in that copy):
+// this file, and the test binary's start-up, run on any x86-64 processor.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,8 +11,11 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/vector_math.h"
-#include "fusedkd/soft_target_math.h"
+
+namespace fusedkd::testing {
+// tests/vector_math_probe.cpp, compiled for AVX-512.
+void apply_both(int which, const float* x, const float* y, std::size_t n, float* scalar, float* vector);
+}  // namespace fusedkd::testing
 
 namespace fusedkd::testing {
 namespace {
@@ -22,19 +26,15 @@ std::uint32_t bits(float x) {
   return b;
 }
 
-// Applies f16 to xs 16 at a time (a partial last vector padded with 0) and returns the lanes.
-template <typename F16>
-std::vector<float> lanes(const std::vector<float>& xs, const std::vector<float>& ys, F16 f16) {
-  std::vector<float> out(xs.size());
-  for (std::size_t i = 0; i < xs.size(); i += 16) {
-    alignas(64) float x[16] = {}, y[16] = {}, r[16];
-    for (std::size_t k = 0; k < 16 && i + k < xs.size(); ++k) {
-      x[k] = xs[i + k];
-      y[k] = ys[i + k];
-    }
-    _mm512_store_ps(r, f16(_mm512_load_ps(x), _mm512_load_ps(y)));
-    for (std::size_t k = 0; k < 16 && i + k < xs.size(); ++k) out[i + k] = r[k];
-  }
+// The lanes of the vector form where they differ from the scalar function (NaN matching NaN).
+std::vector<std::size_t> mismatches(int which, const std::vector<float>& x, const std::vector<float>& y,
+                                    std::vector<float>& scalar, std::vector<float>& vector) {
+  scalar.assign(x.size(), 0.0f);
+  vector.assign(x.size(), 0.0f);
+  apply_both(which, x.data(), y.data(), x.size(), scalar.data(), vector.data());
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    if (std::isnan(scalar[i]) ? !std::isnan(vector[i]) : bits(scalar[i]) != bits(vector[i])) out.push_back(i);
   return out;
 }
 
@@ -50,15 +50,11 @@ TEST(VectorMath, Exp2NonpositiveGivesTheScalarBits) {
   for (float x : {-0.0f, -0.5f, -1.5f, -2.5f, -125.5f, -126.0f, -126.25f, -126.5f, -126.75f, -127.0f, -149.0f,
                   -150.0f, -1e30f, std::numeric_limits<float>::lowest(), -kInf, kNaN, -kNaN})
     xs.push_back(x);
-  const std::vector<float> got =
-      lanes(xs, xs, [](__m512 x, __m512) { return cpu::exp2_nonpositive_x16(x); });
-  int mismatches = 0;
-  for (std::size_t i = 0; i < xs.size(); ++i) {
-    const float want = exp2_nonpositive(xs[i]);
-    const bool same = std::isnan(want) ? std::isnan(got[i]) : bits(got[i]) == bits(want);
-    if (!same && ++mismatches <= 5) ADD_FAILURE() << "x " << xs[i] << ": " << got[i] << " against " << want;
-  }
-  EXPECT_EQ(mismatches, 0);
+  std::vector<float> scalar, vector;
+  const std::vector<std::size_t> bad = mismatches(0, xs, xs, scalar, vector);
+  for (std::size_t k = 0; k < bad.size() && k < 5; ++k)
+    ADD_FAILURE() << "x " << xs[bad[k]] << ": " << vector[bad[k]] << " against " << scalar[bad[k]];
+  EXPECT_EQ(bad.size(), 0u);
 }
 
 TEST(VectorMath, WeightedAndSquareFollowTheScalarRules) {
@@ -71,20 +67,13 @@ TEST(VectorMath, WeightedAndSquareFollowTheScalarRules) {
       ps.push_back(p);
       xs.push_back(x);
     }
-  const std::vector<float> w = lanes(ps, xs, [](__m512 p, __m512 x) { return cpu::weighted_x16(p, x); });
-  const std::vector<float> sq = lanes(ps, xs, [](__m512 p, __m512) { return cpu::square_nonnegative_x16(p); });
-  for (std::size_t i = 0; i < ps.size(); ++i) {
-    const float want_w = weighted(ps[i], xs[i]), want_sq = square_nonnegative(ps[i]);
-    if (std::isnan(want_w)) {
-      EXPECT_TRUE(std::isnan(w[i])) << ps[i] << " * " << xs[i];
-    } else {
-      EXPECT_EQ(bits(w[i]), bits(want_w)) << ps[i] << " * " << xs[i];
-    }
-    if (std::isnan(want_sq)) {
-      EXPECT_TRUE(std::isnan(sq[i])) << ps[i];
-    } else {
-      EXPECT_EQ(bits(sq[i]), bits(want_sq)) << ps[i];
-    }
+  std::vector<float> scalar, vector;
+  for (int which : {1, 2}) {
+    const std::vector<std::size_t> bad = mismatches(which, ps, xs, scalar, vector);
+    for (std::size_t k = 0; k < bad.size() && k < 5; ++k)
+      ADD_FAILURE() << (which == 1 ? "weighted(" : "square_nonnegative(") << ps[bad[k]] << ", " << xs[bad[k]]
+                    << "): " << vector[bad[k]] << " against " << scalar[bad[k]];
+    EXPECT_EQ(bad.size(), 0u);
   }
 }
 
