@@ -15,6 +15,7 @@
 
 #include "fusedkd/dtype.h"
 #include "fusedkd/math.h"
+#include "vector_math.h"
 
 namespace fusedkd::cpu::FUSEDKD_CPU_ISA {
 namespace {
@@ -254,6 +255,38 @@ Acc row_max(const T* __restrict x, std::int64_t cols) {
   return m;
 }
 
+#if defined(__AVX512F__)
+// rows_max for float sums of float or bfloat16 rows in AVX-512: vmaxps(x, m) is `x > m ? x : m`
+// and vminps(x, lo) is `x < lo ? x : lo`, the scalar loop's selects (a NaN x keeps m and lo), 16
+// elements a step, the last under a mask. GCC built the bfloat16 loop from the scalar selects as
+// compares, masked shifts and register copies, about 20 instructions a step against 8 here: the
+// statistics sweep of kd_loss at 4096 x 32,000 bfloat16 23.3-23.5 -> 22.4-22.6 ms, float32
+// unchanged (memory-bound), measured 2026-12-01 in alternating runs.
+template <typename T>
+void rows_max_x16(const T* __restrict s, const T* __restrict t, std::int64_t cols, float& max_s, float& max_t,
+                  bool& has_neg_inf) {
+  const __m512 neg_inf = _mm512_set1_ps(neg_infinity<float>()), pos_inf = _mm512_set1_ps(-neg_infinity<float>());
+  __m512 ms = neg_inf, mt = neg_inf, lo_s = pos_inf, lo_t = pos_inf;
+  const auto step = [&](std::int64_t j, __mmask16 m) __attribute__((always_inline)) {
+    // Lanes outside m read as 0 and are kept out of the reductions by the mask.
+    const __m512 sj = load_x16(s + j, m), tj = load_x16(t + j, m);
+    ms = _mm512_mask_max_ps(ms, m, sj, ms);
+    mt = _mm512_mask_max_ps(mt, m, tj, mt);
+    lo_s = _mm512_mask_min_ps(lo_s, m, sj, lo_s);
+    lo_t = _mm512_mask_min_ps(lo_t, m, tj, lo_t);
+  };
+  std::int64_t j = 0;
+  for (; j + 16 <= cols; j += 16) step(j, 0xFFFF);
+  if (j < cols) step(j, static_cast<__mmask16>((1u << (cols - j)) - 1));
+  max_s = _mm512_reduce_max_ps(ms);
+  max_t = _mm512_reduce_max_ps(mt);
+  has_neg_inf = _mm512_reduce_min_ps(_mm512_min_ps(lo_s, lo_t)) == neg_infinity<float>();
+}
+#else
+template <typename... Args>
+void rows_max_x16(Args&&...) {}  // never instantiated: kVectorMath is false
+#endif
+
 // The maxima of two rows, and whether some element of either is -inf (a masked logit: the sweeps
 // then keep their exact-zero rules; rows without one take the sweeps without selects); a NaN is
 // neither. Both rows in one loop: the first sweep over a row waits on memory, and two streams at
@@ -266,6 +299,10 @@ Acc row_max(const T* __restrict x, std::int64_t cols) {
 template <typename Acc, typename T>
 void rows_max(const T* __restrict s, const T* __restrict t, std::int64_t cols, Acc& max_s, Acc& max_t,
               bool& has_neg_inf) {
+  if constexpr (kVectorMath && std::is_same_v<Acc, float> &&
+                (std::is_same_v<T, float> || std::is_same_v<T, BFloat16>)) {
+    return rows_max_x16(s, t, cols, max_s, max_t, has_neg_inf);
+  }
   Acc ms = neg_infinity<Acc>(), mt = neg_infinity<Acc>(), lo_s = -neg_infinity<Acc>(), lo_t = lo_s;
 #pragma omp simd reduction(max : ms, mt) reduction(min : lo_s, lo_t)
   for (std::int64_t j = 0; j < cols; ++j) {

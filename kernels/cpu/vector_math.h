@@ -6,11 +6,21 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "fusedkd/dtype.h"
 #include "fusedkd/math.h"
 
 namespace fusedkd::cpu {
 
 constexpr bool kVectorMath = true;
+
+// Lanes of m from 16 consecutive elements at p, widened to float exactly (0 in the other lanes).
+inline __attribute__((always_inline)) __m512 load_x16(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+inline __attribute__((always_inline)) __m512 load_x16(const BFloat16* p, __mmask16 m) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
 
 // exp2_nonpositive of each lane, the same bits: n rounded to nearest even (vrndscaleps, as the
 // scalar 1.5 * 2^23 addition does), 2^f from the same polynomial (exp2_fraction), 2^n applied by
