@@ -275,9 +275,7 @@ void rows_max_x16(const T* __restrict s, const T* __restrict t, std::int64_t col
     lo_s = _mm512_mask_min_ps(lo_s, m, sj, lo_s);
     lo_t = _mm512_mask_min_ps(lo_t, m, tj, lo_t);
   };
-  std::int64_t j = 0;
-  for (; j + 16 <= cols; j += 16) step(j, 0xFFFF);
-  if (j < cols) step(j, static_cast<__mmask16>((1u << (cols - j)) - 1));
+  for_each_x16(0, cols, step);
   max_s = _mm512_reduce_max_ps(ms);
   max_t = _mm512_reduce_max_ps(mt);
   has_neg_inf = _mm512_reduce_min_ps(_mm512_min_ps(lo_s, lo_t)) == neg_infinity<float>();

@@ -96,9 +96,7 @@ inline __attribute__((always_inline)) void statistics_x16(const RowPlan<float>& 
       if constexpr (kHard) _mm512_mask_storeu_ps(kh + j, m, eh);
     }
   };
-  std::int64_t j = j0;
-  for (; j + 16 <= j1; j += 16) step(j, 0xFFFF);
-  if (j < j1) step(j, static_cast<__mmask16>((1u << (j1 - j)) - 1));
+  for_each_x16(j0, j1, step);
   bs += _mm512_reduce_add_ps(vs);
   bt += _mm512_reduce_add_ps(vt);
   if constexpr (kHard) bh += _mm512_reduce_add_ps(vh);

@@ -6,12 +6,23 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "fusedkd/dtype.h"
 #include "fusedkd/math.h"
 
 namespace fusedkd::cpu {
 
 constexpr bool kVectorMath = true;
+
+// Calls step(j, lanes) over [j0, j1), 16 elements a step, the last partial step with the lanes
+// past j1 masked off.
+template <typename Step>
+inline __attribute__((always_inline)) void for_each_x16(std::int64_t j0, std::int64_t j1, const Step& step) {
+  std::int64_t j = j0;
+  for (; j + 16 <= j1; j += 16) step(j, __mmask16(0xFFFF));
+  if (j < j1) step(j, static_cast<__mmask16>((1u << (j1 - j)) - 1));
+}
 
 // Lanes of m from 16 consecutive elements at p, widened to float exactly (0 in the other lanes).
 inline __attribute__((always_inline)) __m512 load_x16(const float* p, __mmask16 m) {
