@@ -16,14 +16,21 @@
 namespace fusedkd::testing {
 namespace {
 
+// Measured (2026-12-01): worst 7.9e-8 with multiply-adds fused (the avx2 / avx512 kernel copies),
+// 9.9e-8 without (this test's flags, the baseline copy); mean 2.2-2.3e-8. The degree-5 polynomial
+// once used fails both bounds (1.7-1.9e-7, mean 5.6e-8; include/fusedkd/math.h).
 TEST(SharedMath, Exp2NonpositiveIsAccurateAndHandlesSpecialValues) {
-  double worst = 0;
-  for (int i = 0; i <= 1260000; ++i) {
+  double worst = 0, total = 0;
+  constexpr int kSteps = 1260000;
+  for (int i = 0; i <= kSteps; ++i) {
     const float x = -static_cast<float>(i) * 1e-4f;  // [-126, 0]
     const double ref = std::exp2(static_cast<double>(x));
-    worst = std::max(worst, std::abs(exp2_nonpositive(x) - ref) / ref);
+    const double error = std::abs(exp2_nonpositive(x) - ref) / ref;
+    worst = std::max(worst, error);
+    total += error;
   }
-  EXPECT_LT(worst, 3e-7);
+  EXPECT_LT(worst, 1.2e-7);
+  EXPECT_LT(total / (kSteps + 1), 3e-8);
   EXPECT_EQ(exp2_nonpositive(-std::numeric_limits<float>::infinity()), 0.0f);
   EXPECT_EQ(exp2_nonpositive(-1000.0f), 0.0f);
   EXPECT_EQ(exp2_nonpositive(0.0f), 1.0f);

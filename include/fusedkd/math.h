@@ -32,22 +32,24 @@ FUSEDKD_HD Acc neg_infinity() {
 // vector of floats (kernels/cpu/vector_math.h): written once so that both give the same bits.
 template <typename F>
 FUSEDKD_HD F exp2_fraction(F f) {
-  F p = f * 0.001326472725575404f + 0.009671512700161474f;
-  p = p * f + 0.05550733743663355f;
-  p = p * f + 0.24022242084451076f;
-  p = p * f + 0.6931469775986017f;
-  return p * f + 1.0f;
+  F p = f * 1.5345798328785312e-04f + 1.3399931110218734e-03f;
+  p = p * f + 9.618489007968065e-03f;
+  p = p * f + 5.550328777304883e-02f;
+  p = p * f + 2.4022646890164073e-01f;
+  p = p * f + 6.931472057370580e-01f;
+  return p * f + 1.0f;  // 1.0000000005542309, rounded: 2^0 is exactly 1
 }
 
 // 2^x for x <= 0 (or NaN), the only range the softmax family needs (logits minus their maximum).
 // On the GPU this is the hardware exp2; on the CPU a branch-free polynomial that vectorises:
-// x = n + f with n integral and |f| <= 1/2, 2^f from a degree-5 polynomial fitted for relative
-// error on [-1/2, 1/2] with 2^0 = 1 exact (9.1e-8 in exact arithmetic), 2^n built in the exponent
-// bits. The whole function's worst relative error over [-126, 0] is 1.9e-7 in float (1.6 units in
-// the last place; CUDA's exp2f is within 2), against 9.9e-8 for the degree-6 polynomial it
-// replaced: that multiply-add per exponential made the statistics sweep of kd_loss 7% slower
-// (4096 x 32,000, measured 2026-12-01; docs/architecture.md). Results below 2^-126 flush to 0; a
-// NaN argument gives NaN.
+// x = n + f with n integral and |f| <= 1/2, 2^f from a degree-6 polynomial fitted for relative
+// error on [-1/2, 1/2] (2e-9 in exact arithmetic), 2^n built in the exponent bits. The whole
+// function's relative error over [-126, 0] in float: worst 7.9e-8 (0.93 units in the last place),
+// mean 2.2e-8 (every 1e-5, measured 2026-12-01). A degree-5 polynomial (one multiply-add fewer,
+// the statistics sweep about 7% faster on AVX-512) gave worst 1.7e-7 (2 units), mean 5.6e-8, and
+// softmax_t outputs less accurate than torch.softmax's on long peaked rows on an AVX2 machine
+// (python/tests/test_numerics.py); it was dropped. Results below 2^-126 flush to 0; a NaN argument
+// gives NaN.
 FUSEDKD_HD float exp2_nonpositive(float x) {
 #if defined(__CUDA_ARCH__)
   return exp2f(x);
