@@ -9,7 +9,7 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <deque>
+#include <list>
 #include <mutex>
 #include <unordered_map>
 
@@ -60,8 +60,12 @@ class OutputCache {
     in_use_.emplace(data, bytes);
   }
   // A freed block (the tensors' deleter): kept, or freed. Never throws; a block it does not know
-  // (one from before a fork, see output_cache) is freed.
+  // (one from before a fork, see output_cache) is freed. Blocks are freed (munmap, which takes
+  // milliseconds for a large one) after the lock is released, so that no other thread's take or
+  // give waits on it.
   void give(void* data) noexcept {
+    std::list<Block> evicted;
+    bool kept = false;
     try {
       std::lock_guard<std::mutex> lock(mutex_);
       const auto it = in_use_.find(data);
@@ -70,25 +74,29 @@ class OutputCache {
         in_use_.erase(it);
         if (bytes <= cache_capacity()) {
           idle_.push_back({data, bytes});  // first: if it throws, the block is freed below
+          kept = true;
           idle_bytes_ += bytes;
-          while (idle_bytes_ > cache_capacity()) {
-            std::free(idle_.front().data);
+          while (idle_bytes_ > cache_capacity()) {  // the oldest first
             idle_bytes_ -= idle_.front().bytes;
-            idle_.pop_front();
+            evicted.splice(evicted.end(), idle_, idle_.begin());  // no allocation: cannot throw
           }
-          return;
         }
       }
     } catch (...) {
     }
-    std::free(data);
+    for (const Block& b : evicted) std::free(b.data);
+    if (!kept) std::free(data);
   }
   std::size_t release() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const Block& b : idle_) std::free(b.data);
-    idle_.clear();
-    const std::size_t bytes = idle_bytes_;
-    idle_bytes_ = 0;
+    std::list<Block> released;
+    std::size_t bytes;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      released.swap(idle_);
+      bytes = idle_bytes_;
+      idle_bytes_ = 0;
+    }
+    for (const Block& b : released) std::free(b.data);
     return bytes;
   }
 
@@ -99,7 +107,7 @@ class OutputCache {
   };
   std::mutex mutex_;
   std::unordered_map<void*, std::size_t> in_use_;
-  std::deque<Block> idle_;
+  std::list<Block> idle_;
   std::size_t idle_bytes_ = 0;
 };
 

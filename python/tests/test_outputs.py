@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import torch
 
 import fusedkd
@@ -110,6 +112,30 @@ def test_a_freed_large_gradient_is_reused_without_page_faults():
     cached, uncached = _faults_with_cache("1024"), _faults_with_cache("0")
     assert uncached >= 32, uncached
     assert cached < 16, (cached, uncached)
+
+
+EVICTION_PROBE = """
+import torch, fusedkd
+s, t = torch.randn(4096, 4096, requires_grad=True), torch.randn(4096, 4096)
+grads = [torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])[0] for _ in range(3)]
+expected = grads[0].clone()
+del grads  # three 64 MiB blocks freed
+got, = torch.autograd.grad(fusedkd.kd_loss(s, t, temperature=2.0), [s])  # a kept block reused
+assert torch.equal(got, expected)
+del got
+print(fusedkd.release_cpu_output_cache(), fusedkd.release_cpu_output_cache())
+"""
+
+
+@pytest.mark.parametrize("capacity_mb, kept_blocks", [("0", 0), ("63", 0), ("64", 1), ("150", 2), ("1024", 3)])
+def test_the_cache_keeps_what_its_capacity_holds_and_frees_the_oldest(capacity_mb, kept_blocks):
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
+    env = dict(os.environ, FUSEDKD_CPU_OUTPUT_CACHE_MB=capacity_mb, FUSEDKD_CPU_HUGE_PAGES="1",
+               PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", EVICTION_PROBE], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    released, again = map(int, out.stdout.split())
+    assert (released, again) == (kept_blocks * 4096 * 4096 * 4, 0)
 
 
 def test_a_bad_cache_setting_is_a_clear_error():
