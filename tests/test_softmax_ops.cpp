@@ -254,7 +254,7 @@ TEST(CpuOutputCache, ReleaseFreesTheBlocksKeptAndReturnsTheirBytes) {
   if ((huge && std::string(huge) == "0") || (capacity && std::string(capacity) == "0"))
     GTEST_SKIP() << "the output cache is turned off in this environment";
   fusedkd::release_cpu_output_cache();
-  const std::int64_t bytes = 4096 * 4096 * 4;  // 64 MiB: above the allocator's 32 MiB threshold
+  const std::int64_t bytes = 4096 * 4096 * 4;  // 64 MiB: above the allocator's 2 MiB threshold
   const at::Tensor x = torch::randn({4096, 4096});
   const void* first = nullptr;
   {

@@ -27,10 +27,14 @@ at::Tensor converted_output(const at::Tensor& x, at::ScalarType type);
 // Frees every block the output cache holds; returns their bytes (fusedkd::release_cpu_output_cache).
 std::size_t release_cpu_output_cache();
 
-// 32 MiB: glibc's largest mmap threshold. Smaller blocks come from its heap, which a training loop
-// reuses step after step with no fault at all (measured: a fresh 33 MB float32 gradient from here
-// made kl_div at [8192 x 1000] 1.2 ms slower than LibTorch's allocator); larger ones glibc always
-// maps afresh, faulted anew on every call, hence the huge pages and the cache of freed blocks.
-constexpr std::size_t kHugePageThreshold = std::size_t{32} << 20;
+// 2 MiB: one huge page. Smaller outputs stay with LibTorch's allocator (glibc's heap). This was
+// 32 MiB, glibc's largest mmap threshold, on the belief that glibc's heap serves a training loop's
+// smaller outputs without faults; measured 2026-12-02 (fwd+bwd, 2 threads, alternating runs of
+// both builds), it did not: at 8192 x 1000 the calls faulted 0-1067 times each as glibc trimmed
+// and regrew its heap, and from this allocator and its cache none did and every op got faster
+// (float32 kd_loss 6.4-6.7 -> 5.5 ms, softmax_t 8.1-8.2 -> 6.4-6.7 ms, log_softmax_t 9.0-9.2 ->
+// 6.7-6.8 ms; bfloat16 log_softmax_t 7.6 -> 6.4-6.5 ms; feature_mse at 128 x 256 x 14 x 14
+// 3.1-3.3 -> 2.0-2.1 ms; float32 kd_loss at 65536 x 10 (2.6 MB) 1.85-1.93 -> 1.68-1.81 ms).
+constexpr std::size_t kHugePageThreshold = std::size_t{2} << 20;
 
 }  // namespace fusedkd::torch_ext

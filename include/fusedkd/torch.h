@@ -54,7 +54,7 @@ at::Tensor projected_feature_mse(const at::Tensor& student, const at::Tensor& we
 // Similarity-preserving loss ||normalize(F_s F_s^T) - normalize(F_t F_t^T)||_F^2 / N^2, F = x.reshape(N, -1).
 at::Tensor similarity_preserving(const at::Tensor& student, const at::Tensor& teacher);
 
-// Not an op: the memory of the ops' large CPU outputs (32 MiB and more), which is kept when they
+// Not an op: the memory of the ops' large CPU outputs (2 MiB and more), which is kept when they
 // are freed, up to FUSEDKD_CPU_OUTPUT_CACHE_MB (1024 MiB by default; 0 keeps none), for the next
 // output of the same size rounded to 2 MiB. This frees every block kept and returns their bytes
 // (fusedkd.release_cpu_output_cache in Python; docs/python.md).

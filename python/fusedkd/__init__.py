@@ -74,7 +74,7 @@ from . import functional, nn  # noqa: E402
 def release_cpu_output_cache() -> int:
     """Frees the large CPU output blocks fusedkd keeps for reuse; returns their bytes.
 
-    A CPU output of 32 MiB or more (a gradient of large logits, say) is kept when it is freed, so
+    A CPU output of 2 MiB or more (a gradient of large logits, say) is kept when it is freed, so
     that the next output of the same size reuses its memory instead of faulting in fresh pages:
     up to ``FUSEDKD_CPU_OUTPUT_CACHE_MB`` MiB (1024 by default, 0 keeps none; read once per
     process). Call this to give that memory back, as ``torch.cuda.empty_cache`` does on a GPU.

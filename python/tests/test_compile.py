@@ -85,7 +85,7 @@ def test_compiled_training_step_matches_eager(name):
 @pytest.mark.parametrize("op", ["kd_loss", "feature_mse"])
 def test_compiled_float16_gradient_through_a_large_conversion(op):
     """A float16 input whose gradient is wanted is read as float32 and its gradient cast back; eager,
-    such copies of 32 MiB and more come from fusedkd's huge-page allocator, which must not be used
+    such copies of 2 MiB and more come from fusedkd's huge-page allocator, which must not be used
     on the functional tensors the compiled backward is traced with (here the float16 gradient the
     backward casts to is over 32 MiB)."""
     import fusedkd

@@ -14,7 +14,7 @@ import torch
 
 import fusedkd
 
-# Outputs of 32 MiB and more take the huge-page path: [8400 x 1000] float32 is 33.6 MB.
+# Outputs of 2 MiB and more take the huge-page path: [8400 x 1000] float32 is 33.6 MB.
 PROBE = """
 import torch, fusedkd
 g = torch.Generator().manual_seed(5)
