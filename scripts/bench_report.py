@@ -212,9 +212,10 @@ def main():
         "output cache, docs/python.md; the composites' come from LibTorch's allocator). Each case is",
         "warmed up first, untimed (at least 3 calls and 1 s: compilation, and a fresh large CPU output's",
         "first huge pages, docs/architecture.md); Inductor compiles in-process,",
-        "so that no compile worker runs beside the timed calls. On this project's 2-core VM the same",
-        "case moved by up to a third between runs, and the copy bandwidth between 45 and 76 GB/s: read",
-        "the ratios within one run.",
+        "so that no compile worker runs beside the timed calls. On this project's 2-core VMs the same",
+        "case moved by up to a third between runs, the copy bandwidth between 45 and 76 GB/s on one VM,",
+        "and the VM itself changed between sessions (the machine line says which ran this): read the",
+        "ratios within one run.",
         "",
     ]
     for device in ("cpu", "cuda"):
