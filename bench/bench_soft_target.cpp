@@ -1,8 +1,9 @@
 // kd_loss, kl_div, jsd, soft_mse, forward + backward (student requires grad, the teacher does not),
-// against the LibTorch composites a PyTorch user writes for them. bytes_per_second counts the
-// minimal traffic of a fused forward+backward: read the student and the teacher, write the
-// student gradient (3X, X = R * V * element size). scripts/bench_table.py pairs each fusedkd
-// case with its composite.
+// against the LibTorch composites a PyTorch user writes for them; and, as "fwd+bwd-both", kd_loss
+// and kl_div with the teacher's gradient too (mutual learning, where both networks train).
+// bytes_per_second counts the minimal traffic of a fused forward+backward: read the student and
+// the teacher, write the student gradient (3X, X = R * V * element size), and the teacher's with
+// it (4X). scripts/bench_table.py pairs each fusedkd case with its composite.
 #include <cmath>
 #include <string>
 #include <vector>
@@ -85,7 +86,8 @@ struct PolicyScope {
 };
 #endif
 
-void run_case(benchmark::State& state, Op op, Impl impl, at::ScalarType dtype, bool cuda, Shape shape) {
+void run_case(benchmark::State& state, Op op, Impl impl, at::ScalarType dtype, bool cuda, Shape shape,
+              bool both) {
   const bool ours = impl != Impl::Composite;
 #if FUSEDKD_WITH_CUDA
   const PolicyScope policy(impl == Impl::FusedStreaming);
@@ -93,15 +95,15 @@ void run_case(benchmark::State& state, Op op, Impl impl, at::ScalarType dtype, b
   const auto device = cuda ? torch::kCUDA : torch::kCPU;
   torch::manual_seed(0);
   const at::Tensor s = random_normal({shape.rows, shape.cols}, dtype, device, 3.0).requires_grad_(true);
-  const at::Tensor t = random_normal({shape.rows, shape.cols}, dtype, device, 3.0);
+  const at::Tensor t = random_normal({shape.rows, shape.cols}, dtype, device, 3.0).requires_grad_(both);
   const at::Tensor y = torch::randint(0, shape.cols, {shape.rows}, torch::TensorOptions(torch::kLong).device(device));
   const auto step = [&] {
     const at::Tensor loss = ours ? fused(op, s, t, y) : composite(op, s, t, y);
-    benchmark::DoNotOptimize(torch::autograd::grad({loss}, {s})[0]);
+    benchmark::DoNotOptimize(both ? torch::autograd::grad({loss}, {s, t}) : torch::autograd::grad({loss}, {s}));
   };
   time_loop(state, cuda, step);
   const int64_t bytes = shape.rows * shape.cols * static_cast<int64_t>(c10::elementSize(dtype));
-  state.SetBytesProcessed(state.iterations() * bytes * 3);
+  state.SetBytesProcessed(state.iterations() * bytes * (both ? 4 : 3));
 #if FUSEDKD_WITH_CUDA
   // The issue's memory target: one fwd+bwd allocates at its peak one [R x V] gradient buffer
   // (extra_per_grad 1.0 plus a per-row workspace); the composite's figure is beside it.
@@ -123,18 +125,21 @@ void register_all() {
     for (const Shape& shape : cuda ? cuda_shapes : cpu_shapes)
       for (at::ScalarType dtype : {at::kFloat, at::kBFloat16})
         for (Op op : {Op::KdLossKl, Op::KlDiv, Op::Jsd, Op::SoftMse})
-          for (Impl impl : {Impl::Fused, Impl::Composite, Impl::FusedStreaming}) {
-            // The large CPU shape is the target case (kd_loss, kl, float32) alone: 0.5 GB a tensor.
-            if (!cuda && shape.cols == 32000 && (op != Op::KdLossKl || dtype != at::kFloat)) continue;
-            // The streaming comparison: CUDA, kd_loss, rows beyond the register tiles.
-            if (impl == Impl::FusedStreaming && (!cuda || op != Op::KdLossKl || shape.cols <= 4096)) continue;
-            const std::string name = std::string(op_name(op)) + "/fwd+bwd/" + impl_name(impl) + "/" +
-                                     (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) + "/R" +
-                                     std::to_string(shape.rows) + "xV" + std::to_string(shape.cols);
-            fusedkd::bench::register_case(name, cuda, benchmark::kMillisecond, [=](benchmark::State& state) {
-              run_case(state, op, impl, dtype, cuda, shape);
-            });
-          }
+          for (Impl impl : {Impl::Fused, Impl::Composite, Impl::FusedStreaming})
+            for (bool both : {false, true}) {
+              // The large CPU shape is the target case (kd_loss, kl, float32) alone: 0.5 GB a tensor.
+              if (!cuda && shape.cols == 32000 && (op != Op::KdLossKl || dtype != at::kFloat)) continue;
+              // The streaming comparison: CUDA, kd_loss, rows beyond the register tiles.
+              if (impl == Impl::FusedStreaming && (!cuda || op != Op::KdLossKl || shape.cols <= 4096 || both)) continue;
+              // Both gradients: the KL divergences, whose teacher gradient is a sweep of its own.
+              if (both && op != Op::KdLossKl && op != Op::KlDiv) continue;
+              const std::string name = std::string(op_name(op)) + (both ? "/fwd+bwd-both/" : "/fwd+bwd/") +
+                                       impl_name(impl) + "/" + (cuda ? "cuda" : "cpu") + "/" + c10::toString(dtype) +
+                                       "/R" + std::to_string(shape.rows) + "xV" + std::to_string(shape.cols);
+              fusedkd::bench::register_case(name, cuda, benchmark::kMillisecond, [=](benchmark::State& state) {
+                run_case(state, op, impl, dtype, cuda, shape, both);
+              });
+            }
   }
 }
 

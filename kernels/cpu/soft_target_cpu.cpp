@@ -373,17 +373,31 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
     };
     wh != Acc(0) ? gradients(std::true_type{}) : gradients(std::false_type{});
   } else {
-    gradient_blocks(cols, gs_row, tile_s, gt_row, tile_t,
-                    [&](std::int64_t j0, std::int64_t j1, Acc* __restrict gs_out, Acc* __restrict gt_out) {
+    // The row's constants copied into locals of the sweep (and the cross-entropy's term chosen
+    // outside the loop): read through the captured references, GCC 12 left the forward KL's loop
+    // (the teacher's gradient wanted) scalar, because `sums.loss`, read only where p != 0
+    // (`weighted`), became a masked load, which it cannot vectorise; kd_loss fwd+bwd with both
+    // gradients at 4096 x 32,000 float32 took 504 ms against 111 ms for the reverse KL (measured
+    // 2026-12-02). The same values as before.
+    const auto gradients = [&](auto with_hard) {
+      gradient_blocks(cols, gs_row, tile_s, gt_row, tile_t,
+                      [&](std::int64_t j0, std::int64_t j1, Acc* __restrict gs_out, Acc* __restrict gt_out) {
+                        const KDRow<Acc> rc = row;
+                        const KDSums<Acc> sc = sums;
+                        const Acc wsc = ws, whc = wh;
+                        const std::int64_t labelc = label;
 #pragma omp simd
-                      for (std::int64_t j = j0; j < j1; ++j) {
-                        Acc gs, gt;
-                        kd_soft_gradients<D>(row, sums, at<Acc>(s, j), at<Acc>(t, j), gs, gt);
-                        const Acc hard = wh == Acc(0) ? Acc(0) : wh * row.hard_gradient(at<Acc>(s, j), j == label);
-                        gs_out[j - j0] = ws * gs + hard;
-                        gt_out[j - j0] = ws * gt;
-                      }
-                    });
+                        for (std::int64_t j = j0; j < j1; ++j) {
+                          Acc gs, gt;
+                          kd_soft_gradients<D>(rc, sc, at<Acc>(s, j), at<Acc>(t, j), gs, gt);
+                          Acc hard = Acc(0);
+                          if constexpr (decltype(with_hard)::value) hard = whc * rc.hard_gradient(at<Acc>(s, j), j == labelc);
+                          gs_out[j - j0] = wsc * gs + hard;
+                          gt_out[j - j0] = wsc * gt;
+                        }
+                      });
+    };
+    wh != Acc(0) ? gradients(std::true_type{}) : gradients(std::false_type{});
   }
   if (a.grad_student) output_row_done(gs_row, cols, a.grad_student, gs_dtype, r * cols, plan.stream_student);
   if (a.grad_teacher) output_row_done(gt_row, cols, a.grad_teacher, gt_dtype, r * cols, plan.stream_teacher);
