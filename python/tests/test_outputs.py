@@ -14,6 +14,13 @@ import torch
 
 import fusedkd
 
+def _env(**settings):
+    """The environment of a probe subprocess: this one's, with `settings` (the variables fusedkd reads
+    once per process) and the package's parent directory first on PYTHONPATH."""
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
+    return dict(os.environ, **settings, PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+
+
 # Outputs of 2 MiB and more take the huge-page path: [8400 x 1000] float32 is 33.6 MB.
 PROBE = """
 import torch, fusedkd
@@ -33,10 +40,8 @@ def test_large_outputs_are_ordinary_tensors_with_the_same_bits(tmp_path):
     results = {}
     for setting in ("1", "0"):
         path = str(tmp_path / f"outs{setting}.pt")
-        python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))  # the package's parent
-        env = dict(os.environ, FUSEDKD_CPU_HUGE_PAGES=setting,
-                   PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
-        subprocess.run([sys.executable, "-c", PROBE.format(path=path)], env=env, check=True)
+        subprocess.run([sys.executable, "-c", PROBE.format(path=path)], env=_env(FUSEDKD_CPU_HUGE_PAGES=setting),
+                       check=True)
         results[setting] = torch.load(path)
     for a, b in zip(results["1"], results["0"]):
         assert torch.equal(a, b)
@@ -100,9 +105,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults_with_cache(setting):
-    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
-    env = dict(os.environ, FUSEDKD_CPU_OUTPUT_CACHE_MB=setting, FUSEDKD_CPU_HUGE_PAGES="1",
-               PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    env = _env(FUSEDKD_CPU_OUTPUT_CACHE_MB=setting, FUSEDKD_CPU_HUGE_PAGES="1")
     out = subprocess.run([sys.executable, "-c", FAULTS_PROBE], env=env, check=True, capture_output=True, text=True)
     return int(out.stdout.split()[-1])
 
@@ -129,9 +132,7 @@ print(fusedkd.release_cpu_output_cache(), fusedkd.release_cpu_output_cache())
 
 @pytest.mark.parametrize("capacity_mb, kept_blocks", [("0", 0), ("63", 0), ("64", 1), ("150", 2), ("1024", 3)])
 def test_the_cache_keeps_what_its_capacity_holds_and_frees_the_oldest(capacity_mb, kept_blocks):
-    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
-    env = dict(os.environ, FUSEDKD_CPU_OUTPUT_CACHE_MB=capacity_mb, FUSEDKD_CPU_HUGE_PAGES="1",
-               PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    env = _env(FUSEDKD_CPU_OUTPUT_CACHE_MB=capacity_mb, FUSEDKD_CPU_HUGE_PAGES="1")
     out = subprocess.run([sys.executable, "-c", EVICTION_PROBE], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     released, again = map(int, out.stdout.split())
@@ -139,9 +140,7 @@ def test_the_cache_keeps_what_its_capacity_holds_and_frees_the_oldest(capacity_m
 
 
 def test_a_bad_cache_setting_is_a_clear_error():
-    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
-    env = dict(os.environ, FUSEDKD_CPU_OUTPUT_CACHE_MB="lots", FUSEDKD_CPU_HUGE_PAGES="1",
-               PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
+    env = _env(FUSEDKD_CPU_OUTPUT_CACHE_MB="lots", FUSEDKD_CPU_HUGE_PAGES="1")
     probe = "import torch, fusedkd\nfusedkd.softmax_t(torch.randn(4096, 4096))"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert out.returncode != 0
@@ -235,9 +234,7 @@ for student, teacher in ((torch.bfloat16, torch.bfloat16), (torch.float32, torch
 
 
 def test_streamed_large_gradients_match_plain_stores():
-    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fusedkd.__file__)))
     for isa in ("baseline", "avx2", "avx512"):
-        env = dict(os.environ, FUSEDKD_CPU_ISA=isa,
-                   PYTHONPATH=os.pathsep.join([python_dir, os.environ.get("PYTHONPATH", "")]))
-        out = subprocess.run([sys.executable, "-c", STREAM_PROBE], env=env, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", STREAM_PROBE], env=_env(FUSEDKD_CPU_ISA=isa), capture_output=True,
+                             text=True)
         assert out.returncode == 0, (isa, out.stderr[-2000:])
