@@ -384,16 +384,14 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
                       [&](std::int64_t j0, std::int64_t j1, Acc* __restrict gs_out, Acc* __restrict gt_out) {
                         const KDRow<Acc> rc = row;
                         const KDSums<Acc> sc = sums;
-                        const Acc wsc = ws, whc = wh;
-                        const std::int64_t labelc = label;
 #pragma omp simd
                         for (std::int64_t j = j0; j < j1; ++j) {
                           Acc gs, gt;
                           kd_soft_gradients<D>(rc, sc, at<Acc>(s, j), at<Acc>(t, j), gs, gt);
                           Acc hard = Acc(0);
-                          if constexpr (decltype(with_hard)::value) hard = whc * rc.hard_gradient(at<Acc>(s, j), j == labelc);
-                          gs_out[j - j0] = wsc * gs + hard;
-                          gt_out[j - j0] = wsc * gt;
+                          if constexpr (decltype(with_hard)::value) hard = wh * rc.hard_gradient(at<Acc>(s, j), j == label);
+                          gs_out[j - j0] = ws * gs + hard;
+                          gt_out[j - j0] = ws * gt;
                         }
                       });
     };
