@@ -26,15 +26,20 @@ std::uint32_t bits(float x) {
   return b;
 }
 
-// The lanes of the vector form where they differ from the scalar function (NaN matching NaN).
+// The lanes of the vector form where they differ from the scalar function (NaN matching NaN): in
+// their bits, or with `values`, as values (the sign of a zero added to a sum aside).
 std::vector<std::size_t> mismatches(int which, const std::vector<float>& x, const std::vector<float>& y,
-                                    std::vector<float>& scalar, std::vector<float>& vector) {
+                                    std::vector<float>& scalar, std::vector<float>& vector, bool values = false) {
   scalar.assign(x.size(), 0.0f);
   vector.assign(x.size(), 0.0f);
   apply_both(which, x.data(), y.data(), x.size(), scalar.data(), vector.data());
   std::vector<std::size_t> out;
-  for (std::size_t i = 0; i < x.size(); ++i)
-    if (std::isnan(scalar[i]) ? !std::isnan(vector[i]) : bits(scalar[i]) != bits(vector[i])) out.push_back(i);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const bool same = std::isnan(scalar[i]) ? std::isnan(vector[i])
+                      : values               ? scalar[i] == vector[i]
+                                             : bits(scalar[i]) == bits(vector[i]);
+    if (!same) out.push_back(i);
+  }
   return out;
 }
 
@@ -69,7 +74,7 @@ TEST(VectorMath, WeightedAndSquareFollowTheScalarRules) {
     }
   std::vector<float> scalar, vector;
   for (int which : {1, 2}) {
-    const std::vector<std::size_t> bad = mismatches(which, ps, xs, scalar, vector);
+    const std::vector<std::size_t> bad = mismatches(which, ps, xs, scalar, vector, which == 1);
     for (std::size_t k = 0; k < bad.size() && k < 5; ++k)
       ADD_FAILURE() << (which == 1 ? "weighted(" : "square_nonnegative(") << ps[bad[k]] << ", " << xs[bad[k]]
                     << "): " << vector[bad[k]] << " against " << scalar[bad[k]];

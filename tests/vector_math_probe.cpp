@@ -10,8 +10,9 @@ static_assert(fusedkd::cpu::kVectorMath, "built without the AVX-512 flags");
 
 namespace fusedkd::testing {
 
-// Which: 0 exp2_nonpositive(x), 1 weighted(x, y), 2 square_nonnegative(x); the vector form 16 at
-// a time, a partial last vector padded with 0.
+// Which: 0 exp2_nonpositive(x), 1 weighted(x, y) (its vector form a multiply-add into -0, which
+// adds nothing), 2 square_nonnegative(x); the vector form 16 at a time, a partial last vector
+// padded with 0.
 void apply_both(int which, const float* x, const float* y, std::size_t n, float* scalar, float* vector) {
   for (std::size_t i = 0; i < n; ++i)
     scalar[i] = which == 0 ? exp2_nonpositive(x[i]) : which == 1 ? weighted(x[i], y[i]) : square_nonnegative(x[i]);
@@ -23,7 +24,7 @@ void apply_both(int which, const float* x, const float* y, std::size_t n, float*
     }
     const __m512 va = _mm512_load_ps(a), vb = _mm512_load_ps(b);
     _mm512_store_ps(r, which == 0   ? cpu::exp2_nonpositive_x16(va)
-                       : which == 1 ? cpu::weighted_x16(va, vb)
+                       : which == 1 ? cpu::weighted_fmadd_x16(_mm512_set1_ps(-0.0f), va, vb, 0xFFFF)
                                     : cpu::square_nonnegative_x16(va));
     for (std::size_t k = 0; k < 16 && i + k < n; ++k) vector[i + k] = r[k];
   }

@@ -65,13 +65,14 @@ inline __attribute__((always_inline)) void statistics_x16(const RowPlan<float>& 
                                                                  const float* __restrict s, const float* __restrict t,
                                                                  float* __restrict ks, float* __restrict kt,
                                                                  float* __restrict kh, float& bs, float& bt, float& bh,
-                                                                 float& bc) {
+                                                                 float& bc, const RowPrefetch& next) {
   const __m512 ms = _mm512_set1_ps(max_s), mt = _mm512_set1_ps(max_t);
-  const __m512 scale = _mm512_set1_ps(plan.scale_log2), inv_t = _mm512_set1_ps(plan.inv_t);
+  const __m512 scale = _mm512_set1_ps(plan.scale_log2);
   const __m512 log2e = _mm512_set1_ps(static_cast<float>(kLog2e));
   __m512 vs = _mm512_setzero_ps(), vt = vs, vh = vs, vc = vs;
   const __m512 neg_inf = _mm512_set1_ps(neg_infinity<float>());
   const auto step = [&](std::int64_t j, __mmask16 m) __attribute__((always_inline)) {
+    next.step(j - j0);
     const __m512 sj = _mm512_maskz_loadu_ps(m, s + j), tj = _mm512_maskz_loadu_ps(m, t + j);
     // Without kFinite, the lanes whose logit is finite, and each side's difference from its
     // maximum as kl_cross_term takes it (-inf stays -inf).
@@ -82,8 +83,9 @@ inline __attribute__((always_inline)) void statistics_x16(const RowPlan<float>& 
     const __m512 et = _mm512_maskz_mov_ps(ft, exp2_nonpositive_x16(dt * scale));
     vs = _mm512_mask_add_ps(vs, m, vs, es);
     vt = _mm512_mask_add_ps(vt, m, vt, et);
-    if constexpr (D == Divergence::ForwardKL) vc = _mm512_mask_add_ps(vc, m, vc, weighted_x16(et, (dt - ds) * inv_t));
-    if constexpr (D == Divergence::ReverseKL) vc = _mm512_mask_add_ps(vc, m, vc, weighted_x16(es, (ds - dt) * inv_t));
+    // The KL share: the weight times the log-ratio, without 1/T (applied to the sum, once).
+    if constexpr (D == Divergence::ForwardKL) vc = weighted_fmadd_x16(vc, et, dt - ds, m);
+    if constexpr (D == Divergence::ReverseKL) vc = weighted_fmadd_x16(vc, es, ds - dt, m);
     __m512 eh = es;
     if constexpr (kHard) {
       if constexpr (kH == HardNumerator::Exp) eh = _mm512_maskz_mov_ps(fs, exp2_nonpositive_x16(ds * log2e));
@@ -100,7 +102,7 @@ inline __attribute__((always_inline)) void statistics_x16(const RowPlan<float>& 
   bs += _mm512_reduce_add_ps(vs);
   bt += _mm512_reduce_add_ps(vt);
   if constexpr (kHard) bh += _mm512_reduce_add_ps(vh);
-  if constexpr (is_kl(D)) bc += _mm512_reduce_add_ps(vc);
+  if constexpr (is_kl(D)) bc += _mm512_reduce_add_ps(vc) * plan.inv_t;
 }
 #else
 template <Divergence D, bool kHard, bool kKeep, bool kFinite, HardNumerator kH, typename... Args>
@@ -123,7 +125,8 @@ inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& 
                                                             std::int64_t j0, std::int64_t j1,
                                                             const In* __restrict s, const In* __restrict t,
                                                             Acc* __restrict ks, Acc* __restrict kt, Acc* __restrict kh,
-                                                            Acc& bs, Acc& bt, Acc& bh, Acc& bc) {
+                                                            Acc& bs, Acc& bt, Acc& bh, Acc& bc,
+                                                            const RowPrefetch& next) {
   if constexpr (!std::is_same_v<In, Acc>) {
     alignas(64) Acc ws[kSumBlock], wt[kSumBlock];
     const std::int64_t n = j1 - j0;
@@ -135,9 +138,9 @@ inline __attribute__((always_inline)) void statistics_block(const RowPlan<Acc>& 
     Acc* const none = nullptr;
     statistics_block<D, kHard, kKeep, kFinite, kH, Acc, Acc>(plan, max_s, max_t, 0, n, ws, wt, kKeep ? ks + j0 : none,
                                                         kKeep ? kt + j0 : none, kKeep && kHard ? kh + j0 : none, bs,
-                                                        bt, bh, bc);
+                                                        bt, bh, bc, next);
   } else if constexpr (kVectorMath && std::is_same_v<Acc, float>) {
-    statistics_x16<D, kHard, kKeep, kFinite, kH>(plan, max_s, max_t, j0, j1, s, t, ks, kt, kh, bs, bt, bh, bc);
+    statistics_x16<D, kHard, kKeep, kFinite, kH>(plan, max_s, max_t, j0, j1, s, t, ks, kt, kh, bs, bt, bh, bc, next);
   } else {
 #pragma omp simd reduction(+ : bs, bt, bh, bc)
     for (std::int64_t j = j0; j < j1; ++j) {
@@ -240,7 +243,7 @@ struct RowScratch {
 // statistics sweep's own widening, block by block into L1, stays in cache).
 template <Divergence D, typename In, typename Acc>
 Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t r, bool valid,
-                std::int64_t label, const RowScratch<Acc>& scratch) {
+                std::int64_t label, const RowScratch<Acc>& scratch, const RowPrefetch& next) {
   const std::int64_t cols = a.cols;
   Acc* __restrict xs = scratch.xs;
   Acc* __restrict xt = scratch.xt;
@@ -283,7 +286,7 @@ Acc process_row(const SoftTargetArgs& a, const RowPlan<Acc>& plan, std::int64_t 
     const auto sweep = [&](auto hard, auto kept, auto no_neg_inf, auto numerator) {
       statistics_block<D, decltype(hard)::value, decltype(kept)::value, decltype(no_neg_inf)::value,
                        decltype(numerator)::value>(plan, st.max_s, st.max_t, j0, j1, s, t, xs, xt, xh, bs, bt, bh,
-                                                   bc);
+                                                   bc, next.at(j0));
     };
     const auto with_finite = [&](auto hard, auto kept, auto numerator) {
       finite ? sweep(hard, kept, std::true_type{}, numerator) : sweep(hard, kept, std::false_type{}, numerator);
@@ -602,11 +605,17 @@ void run(const SoftTargetArgs& a, const CpuExecutor& executor) {
     scratch.xh = plan.hard && keeps ? scratch_row<Acc>(a.cols, 2) : nullptr;
     scratch.cs = scratch_row<Acc>(a.cols, 3);
     scratch.ct = scratch_row<Acc>(a.cols, 4);
+    const std::int64_t s_bytes = static_cast<std::int64_t>(dtype_size(a.student_dtype));
+    const std::int64_t t_bytes = static_cast<std::int64_t>(dtype_size(a.teacher_dtype));
     const auto rows = [&](auto d, auto in) {
       for (std::int64_t r = begin; r < end; ++r) {
         const std::int64_t label = a.labels ? a.labels[r] : -1;
         const bool valid = !a.labels || label != a.ignore_index;
-        row_losses[r] = process_row<decltype(d)::value, decltype(in)>(a, plan, r, valid, label, scratch);
+        const std::int64_t n = r + 1 < end ? r + 1 : r;  // the row to ask for (RowPrefetch)
+        const RowPrefetch next{static_cast<const char*>(a.student) + n * a.student_row_stride * s_bytes,
+                               static_cast<const char*>(a.teacher) + n * a.teacher_row_stride * t_bytes, s_bytes,
+                               t_bytes};
+        row_losses[r] = process_row<decltype(d)::value, decltype(in)>(a, plan, r, valid, label, scratch, next);
       }
     };
     with_divergence(a.divergence, [&](auto d) {

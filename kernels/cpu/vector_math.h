@@ -45,9 +45,11 @@ inline __attribute__((always_inline)) __m512 exp2_nonpositive_x16(__m512 x) {
   return _mm512_maskz_scalef_ps(kept, exp2_fraction(x - n), n);
 }
 
-// weighted(p, x) of each lane: p * x, exactly 0 where p is 0; a NaN p stays NaN.
-inline __attribute__((always_inline)) __m512 weighted_x16(__m512 p, __m512 x) {
-  return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ), p, x);
+// acc + weighted(p, x) in each lane of `lanes`, one fused multiply-add: a lane whose p is 0 keeps
+// acc whatever x holds (an infinite or NaN log-ratio), a NaN p gives NaN; the lanes outside
+// `lanes` keep acc.
+inline __attribute__((always_inline)) __m512 weighted_fmadd_x16(__m512 acc, __m512 p, __m512 x, __mmask16 lanes) {
+  return _mm512_mask3_fmadd_ps(p, x, acc, _mm512_mask_cmp_ps_mask(lanes, p, _mm512_setzero_ps(), _CMP_NEQ_UQ));
 }
 
 // square_nonnegative(e) of each lane: e * e, 0 where that would fall below the smallest normal,
