@@ -405,25 +405,23 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
     }
   } else {
     const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
-    if (gx)
-      for_units<Acc>(executor, units, [&](std::int64_t u, const CpuExecutor& inner, std::vector<Acc>& scratch) {
-        const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
-        if (group == 1) {  // dX_n[Cs, S] = W^T G_n
-          parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp, sp);
-          return;
-        }
-        // dX_g[Cs, g*S] = W^T G_g
-        scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
-        Acc *gg = scratch.data(), *dxg = gg + ct * cols;
-        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg);
-        parallel_gemm(inner, true, false, cs, cols, ct, 1.0, w, cs, gg, cols, 0.0, dxg, cols);
-        unpack_samples(dxg, b0, count, cs, sp, gx);
-      });
-    if (gw && s.batch > 0)  // dW = sum over units of G_g X_g^T
+    // dX_g[Cs, g*S] = W^T G_g of a unit (scratch: the packed G_g, then room for dX_g).
+    const auto input_gradient = [&](std::int64_t b0, std::int64_t count, const Acc* gg, Acc* dxg,
+                                    const CpuExecutor& inner) {
+      const std::int64_t cols = count * sp;
+      parallel_gemm(inner, true, false, cs, cols, ct, 1.0, w, cs, gg, cols, 0.0, dxg, cols);
+      unpack_samples(dxg, b0, count, cs, sp, gx);
+    };
+    if (gw && s.batch > 0) {
+      // dW = sum over units of G_g X_g^T, and each unit's dX_g from the same packed G_g (packed
+      // once for both GEMMs).
       chunked_sum(executor, units, ct * cs, gw,
                   [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor& inner, std::vector<Acc>& scratch) {
         const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
         if (group == 1) {
+          if (gx)  // dX_n[Cs, S] = W^T G_n
+            parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp,
+                          sp);
           parallel_gemm(inner, false, true, ct, cs, sp, 1.0, g + b0 * ct * sp, sp, x + b0 * s.batch_stride,
                         s.channel_stride, beta, dst, cs);
           return;
@@ -431,9 +429,23 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
         scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
         Acc *gg = scratch.data(), *xg = gg + ct * cols;
         pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg);
+        if (gx) input_gradient(b0, count, gg, xg, inner);  // xg as dX_g's room, before X_g
         pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg);
         parallel_gemm(inner, false, true, ct, cs, cols, 1.0, gg, cols, xg, cols, beta, dst, cs);
       });
+    } else if (gx) {
+      for_units<Acc>(executor, units, [&](std::int64_t u, const CpuExecutor& inner, std::vector<Acc>& scratch) {
+        const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
+        if (group == 1) {  // dX_n[Cs, S] = W^T G_n
+          parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp, sp);
+          return;
+        }
+        scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
+        Acc* gg = scratch.data();
+        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg);
+        input_gradient(b0, count, gg, gg + ct * cols, inner);
+      });
+    }
   }
   if (a.grad_bias) {  // db[c] = sum over batch and space of G[., c, .]
     Acc* db = static_cast<Acc*>(a.grad_bias);

@@ -70,6 +70,22 @@ def test_projected_and_similarity_match_composites(device):
     torch.testing.assert_close(torch.autograd.grad(out, (x, t)), torch.autograd.grad(ref, (x, t)))
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wanted", ["x", "w", "x and w"])
+def test_projected_grouped_samples_each_gradient(device, wanted):
+    # 100 samples of 7 x 7: on the CPU channels-first samples this small are multiplied in groups
+    # (11 a GEMM, so 10 units: the weight's sum split over the threads, each unit's dX from the same
+    # packed dL/dy); each gradient alone and both.
+    x = torch.randn(100, 6, 7, 7, device=device, dtype=torch.float64)
+    w = torch.randn(5, 6, 1, 1, device=device, dtype=torch.float64)
+    t = torch.randn(100, 5, 7, 7, device=device, dtype=torch.float64)
+    leaves = [v.requires_grad_() for v, name in ((x, "x"), (w, "w")) if name in wanted.split(" and ")]
+    out = ops.projected_feature_mse(x, w, None, t)
+    ref = F.mse_loss(F.conv2d(x, w), t)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, leaves), torch.autograd.grad(ref, leaves))
+
 def test_gradcheck():
     opts = dict(dtype=torch.float64, requires_grad=True)
     s, t = torch.randn(2, 3, 4, 3, **opts), torch.randn(2, 3, 4, 3, **opts)
