@@ -334,6 +334,29 @@ TEST(SoftTargetLauncher, LowestFiniteMaskWeighsNothingAsMinusInfinityDoes) {
     }
 }
 
+// The other side padded with the lowest finite value (forward KL: the student; reverse KL: the
+// teacher), where its weight is not 0: the log-ratio over T overflows at T < 1 and the loss is
+// +inf, on short rows (the scalar kl_cross_term) and long rows (the AVX-512 statistics loop where
+// the processor has it) alike; at T = 2 the same log-ratio stays finite, and so does the loss.
+TEST(SoftTargetLauncher, LowestFinitePaddingOnTheWeighedSideOverflowsAsTheScalarRuleDoes) {
+  const std::int64_t R = 2;
+  const float lowest = std::numeric_limits<float>::lowest(), inf = std::numeric_limits<float>::infinity();
+  for (const std::int64_t V : {std::int64_t{10}, std::int64_t{64}})
+    for (Divergence d : {Divergence::ForwardKL, Divergence::ReverseKL})
+      for (const double T : {0.5, 2.0}) {
+        std::vector<double> sv = random_logits(R, V, 7), tv = random_logits(R, V, 8);
+        std::vector<double>& padded = d == Divergence::ForwardKL ? sv : tv;
+        for (std::int64_t r = 0; r < R; ++r) padded[r * V + 3] = lowest;
+        const Buffer s = Buffer::from(DType::Float32, sv);
+        const Buffer t = Buffer::from(DType::Float32, tv);
+        SoftTargetArgs args = contiguous_args(s, t, R, V, T);
+        args.divergence = d;
+        const float loss = run_in_tasks(args, R, false)[0];
+        if (T < 1) EXPECT_EQ(loss, inf) << divergence_name(d) << " V " << V;
+        else EXPECT_TRUE(std::isfinite(loss)) << divergence_name(d) << " V " << V << ": " << loss;
+      }
+}
+
 TEST(SoftTargetLauncher, RejectsBadArguments) {
   std::vector<float> x(8, 0.f);
   std::vector<unsigned char> workspace(256);

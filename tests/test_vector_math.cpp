@@ -1,5 +1,6 @@
 // The AVX-512 forms of the shared math (kernels/cpu/vector_math.h) against the scalar functions
-// they stand in for, bit for bit, on a processor with AVX-512 (skipped elsewhere). Only
+// they stand in for, bit for bit (the weighted multiply-add: the same values, and bit for bit
+// against its rule), on a processor with AVX-512 (skipped elsewhere). Only
 // tests/vector_math_probe.cpp is compiled for AVX-512 (with the kernels' avx512 flags, so that
 // the scalar and the vector forms both contract the polynomial's multiply-adds, as in that copy):
 // this file, and the test binary's start-up, run on any x86-64 processor.
@@ -68,16 +69,18 @@ TEST(VectorMath, WeightedAndSquareFollowTheScalarRules) {
   const float values[] = {0.0f, -0.0f, 1.0f, 0.25f, 0x1p-63f, 0x1.fffffep-64f, 1e-30f, 0x1p-126f, 3.5f,
                           -kInf, kInf, kNaN, std::numeric_limits<float>::lowest()};
   for (float p : values)
-    for (float x : values) {
-      ps.push_back(p);
-      xs.push_back(x);
-    }
+    for (float x : values)
+      for (int twice = 0; twice < 2; ++twice) {  // each pair in an even lane and an odd one (which 3)
+        ps.push_back(p);
+        xs.push_back(x);
+      }
   std::vector<float> scalar, vector;
-  for (int which : {1, 2}) {
+  for (int which : {1, 2, 3}) {
     const std::vector<std::size_t> bad = mismatches(which, ps, xs, scalar, vector, which == 1);
+    const char* name = which == 1 ? "weighted(" : which == 2 ? "square_nonnegative(" : "1.5 + weighted(";
     for (std::size_t k = 0; k < bad.size() && k < 5; ++k)
-      ADD_FAILURE() << (which == 1 ? "weighted(" : "square_nonnegative(") << ps[bad[k]] << ", " << xs[bad[k]]
-                    << "): " << vector[bad[k]] << " against " << scalar[bad[k]];
+      ADD_FAILURE() << name << ps[bad[k]] << ", " << xs[bad[k]] << ") at " << bad[k] << ": " << vector[bad[k]]
+                    << " against " << scalar[bad[k]];
     EXPECT_EQ(bad.size(), 0u);
   }
 }

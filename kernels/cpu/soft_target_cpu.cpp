@@ -67,7 +67,7 @@ inline __attribute__((always_inline)) void statistics_x16(const RowPlan<float>& 
                                                                  float* __restrict kh, float& bs, float& bt, float& bh,
                                                                  float& bc, const RowPrefetch& next) {
   const __m512 ms = _mm512_set1_ps(max_s), mt = _mm512_set1_ps(max_t);
-  const __m512 scale = _mm512_set1_ps(plan.scale_log2);
+  const __m512 scale = _mm512_set1_ps(plan.scale_log2), inv_t = _mm512_set1_ps(plan.inv_t);
   const __m512 log2e = _mm512_set1_ps(static_cast<float>(kLog2e));
   __m512 vs = _mm512_setzero_ps(), vt = vs, vh = vs, vc = vs;
   const __m512 neg_inf = _mm512_set1_ps(neg_infinity<float>());
@@ -83,9 +83,10 @@ inline __attribute__((always_inline)) void statistics_x16(const RowPlan<float>& 
     const __m512 et = _mm512_maskz_mov_ps(ft, exp2_nonpositive_x16(dt * scale));
     vs = _mm512_mask_add_ps(vs, m, vs, es);
     vt = _mm512_mask_add_ps(vt, m, vt, et);
-    // The KL share: the weight times the log-ratio, without 1/T (applied to the sum, once).
-    if constexpr (D == Divergence::ForwardKL) vc = weighted_fmadd_x16(vc, et, dt - ds, m);
-    if constexpr (D == Divergence::ReverseKL) vc = weighted_fmadd_x16(vc, es, ds - dt, m);
+    // The KL share, the weight times the log-ratio over T (scaled per element, as kl_cross_term
+    // does, so that the same elements overflow), added by one multiply-add.
+    if constexpr (D == Divergence::ForwardKL) vc = weighted_fmadd_x16(vc, et, (dt - ds) * inv_t, m);
+    if constexpr (D == Divergence::ReverseKL) vc = weighted_fmadd_x16(vc, es, (ds - dt) * inv_t, m);
     __m512 eh = es;
     if constexpr (kHard) {
       if constexpr (kH == HardNumerator::Exp) eh = _mm512_maskz_mov_ps(fs, exp2_nonpositive_x16(ds * log2e));
@@ -102,7 +103,7 @@ inline __attribute__((always_inline)) void statistics_x16(const RowPlan<float>& 
   bs += _mm512_reduce_add_ps(vs);
   bt += _mm512_reduce_add_ps(vt);
   if constexpr (kHard) bh += _mm512_reduce_add_ps(vh);
-  if constexpr (is_kl(D)) bc += _mm512_reduce_add_ps(vc) * plan.inv_t;
+  if constexpr (is_kl(D)) bc += _mm512_reduce_add_ps(vc);
 }
 #else
 template <Divergence D, bool kHard, bool kKeep, bool kFinite, HardNumerator kH, typename... Args>
