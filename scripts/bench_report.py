@@ -47,6 +47,15 @@ def output_cache(m):
     return "not recorded" if mib is None else (f"{mib} MiB" if mib else "off")
 
 
+def timing(data):
+    """How each case was timed: rounds of the implementations in turn (bench/compare.py --rounds),
+    or, from a run before rounds, one median each."""
+    rounds = data.get("rounds", 1)
+    if rounds == 1:
+        return "one median per implementation"
+    return f"the best median of {rounds} rounds, the implementations of a case in turn each round"
+
+
 def compare_section(data):
     m = data["machine"]
     lines = [f"Machine: {m['device']}, {m['cpus']} CPUs, {m['threads']} intra-op threads; torch {m['torch']}, "
@@ -54,7 +63,7 @@ def compare_section(data):
              f"fusedkd's CPU huge-page outputs: {'on' if m['huge_pages'] else 'off'}; "
              f"fusedkd's CPU output cache: {output_cache(m)}; "
              f"OpenBLAS kernels (the feature losses' CPU GEMMs): {openblas_kernels(m)}. "
-             f"Date {data['date']}. Command: `{data['command']}`.", ""]
+             f"Timing: {timing(data)}. Date {data['date']}. Command: `{data['command']}`.", ""]
     cases = defaultdict(dict)
     for r in data["results"]:
         cases[(r["op"], r["phase"], r["dtype"], tuple(r["shape"]))][r["impl"]] = r
@@ -201,7 +210,9 @@ def main():
         "same inputs for every implementation: fusedkd, the eager PyTorch composite a user writes",
         "(`bench/compare.py` lists them), `torch.compile` of that composite (compilation not timed),",
         "and liger-kernel's loss where it runs (CUDA). Medians of `torch.utils.benchmark`'s",
-        "`blocked_autorange`. Logits are `randn * 3`, T = 2. The floor is the minimal traffic (3X for",
+        "`blocked_autorange`, in rounds that time a case's implementations in turn, the best round's",
+        "median kept (the machine line says how many rounds: a slow spell of a shared VM then lands in",
+        "one round, not in the result). Logits are `randn * 3`, T = 2. The floor is the minimal traffic (3X for",
         "forward + backward: read the student and the teacher, write the gradient; 2X for stats) at the",
         "bandwidth of a copy of one such tensor measured in the same run (the best of three timings);",
         "\"% of floor\" is the floor's time over fusedkd's (100% = at the memory floor; the copy's",

@@ -206,14 +206,15 @@ PY
 }
 # bench/compare.py at LLM shapes: fusedkd, the eager composite, torch.compile of it and liger-kernel
 # (its wheel from DEPS_DIR, installed into a scratch folder), with peak memory; the JSON goes into
-# OUT_DIR as compare_cuda.json (copy it to docs/gpu/ and run scripts/bench_report.py).
+# OUT_DIR as compare_cuda.json (copy it to docs/gpu/ and run scripts/bench_report.py). One round of
+# timings per case (--rounds 1): the step's minutes on a lent GPU are few.
 compare_cuda() {
   local liger=/tmp/fusedkd-liger
   rm -rf "$liger"
   ls "$DEPS"/wheels/liger_kernel-*.whl > /dev/null 2>&1 &&
     "$PYTHON" -m pip install -q --no-deps --no-index --target "$liger" "$DEPS"/wheels/liger_kernel-*.whl
   PYTHONPATH="$ROOT/python:$liger" FUSEDKD_TORCH_LIBRARY="$BUILD/torch_ext/libfusedkd_torch.so" \
-    "$PYTHON" "$ROOT/bench/compare.py" --device cuda --ops kd_loss,kl_div,jsd --min-time 0.3 \
+    "$PYTHON" "$ROOT/bench/compare.py" --device cuda --ops kd_loss,kl_div,jsd --min-time 0.3 --rounds 1 \
     --out "$OUT/compare_cuda.json" \
     > "$LOG/compare_cuda.log" 2>&1
   local rc=$?

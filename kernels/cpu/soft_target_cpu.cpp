@@ -52,7 +52,8 @@ inline __attribute__((always_inline)) Acc kl_cross(Acc s, Acc t, Acc max_s, Acc 
 // statistics_block's loop for a float row pair, 16 elements at a time in AVX-512 (vector_math.h:
 // the same exponentials, bit for bit, and the same zero rules), the last partial vector under a
 // mask. The omp simd loop of statistics_block builds about 51 instructions per 16 elements for
-// kd_loss (forward KL, labels, T = 2) on a row free of -inf, this one about 37. (A 16-bit pair
+// kd_loss (forward KL, labels, T = 2) on a row free of -inf, this one about 36 (the KL share one
+// multiply-add since 2026-12-02), and two prefetches of the next row (RowPrefetch). (A 16-bit pair
 // widened in the registers as this loop reads it, instead of through statistics_block's float
 // blocks in L1, measured the same: bfloat16 at 4096 x 32,000, 2026-12-01.) Without kFinite
 // the terms of -inf logits are selected to 0 as softmax_sum_term and kl_cross_term do; the KL
