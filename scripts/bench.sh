@@ -3,7 +3,8 @@
 # Benchmark: bench_soft_target, bench_softmax, bench_feature; JSON into out/) and the Python
 # comparison (bench/compare.py: fusedkd, the eager composite, torch.compile of it, the copy
 # ceiling; out/compare_cpu.json), and docs/benchmarks.md generated from those JSON files
-# (scripts/bench_report.py). About 10 minutes on this project's 2-core VM (9 min 46 s, 2026-12-02).
+# (scripts/bench_report.py). About 15 minutes on this project's 2-core VM (14 min 35 s with 3
+# rounds of timings per case, 2026-12-02).
 #   scripts/bench.sh             everything
 #   scripts/bench.sh --quick     small shapes, short timings: a smoke run (report into out/, not docs/)
 set -euo pipefail
