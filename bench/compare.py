@@ -173,9 +173,11 @@ def median_ms(fn, threads, min_time):
 def best_of_rounds_ms(fns, threads, min_time, rounds):
     """{impl: ms, or the exception it raised} for [(impl, fn)]: each warmed up, then `rounds` rounds
     that time every implementation in turn, each implementation's best median kept. A slow spell of
-    a shared VM (one moved a 1.3 ms case to 1.8 ms in a whole run, 2026-12-02) then lands in one
-    round of one implementation, not in the case's result, and the implementations of a case are
-    timed in interleaved windows rather than one after the other."""
+    a shared VM then lands in one round of one implementation, not in the case's result, and the
+    implementations of a case are timed in interleaved windows rather than one after the other.
+    (What moved kl_div float32 65536 x 10 from 1.25 ms alone to 1.8-1.9 ms in whole runs on
+    2026-12-02 was not such a spell: fusedkd's short rows run slower in a process that has run its
+    forward-KL long rows, reproduced outside this script; issue 15's note.)"""
     out = {}
     for impl, fn in fns:
         try:
