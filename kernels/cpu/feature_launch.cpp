@@ -405,45 +405,46 @@ void projection_backward_typed(const ProjectionBackwardArgs& a, const CpuExecuto
     }
   } else {
     const std::int64_t group = samples_per_gemm(s), units = (s.batch + group - 1) / group;
-    // dX_g[Cs, g*S] = W^T G_g of a unit (scratch: the packed G_g, then room for dX_g).
-    const auto input_gradient = [&](std::int64_t b0, std::int64_t count, const Acc* gg, Acc* dxg,
+    // A unit's dL/dy as one [Ct, count*S] matrix: the sample's own for one, else G_g packed into the
+    // front of `scratch` (sized for G_g and one [Cs, g*S] matrix after it).
+    const auto unit_g = [&](std::int64_t b0, std::int64_t count, std::vector<Acc>& scratch) -> const Acc* {
+      if (group == 1) return g + b0 * ct * sp;
+      scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
+      pack_samples(g, b0, count, ct, sp, ct * sp, sp, scratch.data());
+      return scratch.data();
+    };
+    // dX of a unit = W^T G: into gx for one sample, else through the room after G_g in `scratch`.
+    const auto input_gradient = [&](std::int64_t b0, std::int64_t count, const Acc* gu, std::vector<Acc>& scratch,
                                     const CpuExecutor& inner) {
       const std::int64_t cols = count * sp;
-      parallel_gemm(inner, true, false, cs, cols, ct, 1.0, w, cs, gg, cols, 0.0, dxg, cols);
+      if (group == 1) {
+        parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, gu, sp, 0.0, gx + b0 * cs * sp, sp);
+        return;
+      }
+      Acc* dxg = scratch.data() + ct * cols;
+      parallel_gemm(inner, true, false, cs, cols, ct, 1.0, w, cs, gu, cols, 0.0, dxg, cols);
       unpack_samples(dxg, b0, count, cs, sp, gx);
     };
     if (gw && s.batch > 0) {
-      // dW = sum over units of G_g X_g^T, and each unit's dX_g from the same packed G_g (packed
-      // once for both GEMMs).
+      // dW = sum over units of G X^T, each unit's dX from the same G (packed once for both GEMMs).
       chunked_sum(executor, units, ct * cs, gw,
                   [&](std::int64_t u, Acc* dst, double beta, const CpuExecutor& inner, std::vector<Acc>& scratch) {
         const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
+        const Acc* gu = unit_g(b0, count, scratch);
+        if (gx) input_gradient(b0, count, gu, scratch, inner);  // before X_g takes dX_g's room
         if (group == 1) {
-          if (gx)  // dX_n[Cs, S] = W^T G_n
-            parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp,
-                          sp);
-          parallel_gemm(inner, false, true, ct, cs, sp, 1.0, g + b0 * ct * sp, sp, x + b0 * s.batch_stride,
-                        s.channel_stride, beta, dst, cs);
+          parallel_gemm(inner, false, true, ct, cs, sp, 1.0, gu, sp, x + b0 * s.batch_stride, s.channel_stride, beta,
+                        dst, cs);
           return;
         }
-        scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
-        Acc *gg = scratch.data(), *xg = gg + ct * cols;
-        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg);
-        if (gx) input_gradient(b0, count, gg, xg, inner);  // xg as dX_g's room, before X_g
+        Acc* xg = scratch.data() + ct * cols;
         pack_samples(x, b0, count, cs, sp, s.batch_stride, s.channel_stride, xg);
-        parallel_gemm(inner, false, true, ct, cs, cols, 1.0, gg, cols, xg, cols, beta, dst, cs);
+        parallel_gemm(inner, false, true, ct, cs, cols, 1.0, gu, cols, xg, cols, beta, dst, cs);
       });
     } else if (gx) {
       for_units<Acc>(executor, units, [&](std::int64_t u, const CpuExecutor& inner, std::vector<Acc>& scratch) {
-        const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0), cols = count * sp;
-        if (group == 1) {  // dX_n[Cs, S] = W^T G_n
-          parallel_gemm(inner, true, false, cs, sp, ct, 1.0, w, cs, g + b0 * ct * sp, sp, 0.0, gx + b0 * cs * sp, sp);
-          return;
-        }
-        scratch.resize(static_cast<std::size_t>((ct + cs) * group * sp));
-        Acc* gg = scratch.data();
-        pack_samples(g, b0, count, ct, sp, ct * sp, sp, gg);
-        input_gradient(b0, count, gg, gg + ct * cols, inner);
+        const std::int64_t b0 = u * group, count = std::min(group, s.batch - b0);
+        input_gradient(b0, count, unit_g(b0, count, scratch), scratch, inner);
       });
     }
   }

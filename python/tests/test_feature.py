@@ -70,7 +70,6 @@ def test_projected_and_similarity_match_composites(device):
     torch.testing.assert_close(torch.autograd.grad(out, (x, t)), torch.autograd.grad(ref, (x, t)))
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wanted", ["x", "w", "x and w"])
 def test_projected_grouped_samples_each_gradient(device, wanted):
@@ -85,6 +84,7 @@ def test_projected_grouped_samples_each_gradient(device, wanted):
     ref = F.mse_loss(F.conv2d(x, w), t)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(torch.autograd.grad(out, leaves), torch.autograd.grad(ref, leaves))
+
 
 def test_gradcheck():
     opts = dict(dtype=torch.float64, requires_grad=True)
